@@ -1,0 +1,16 @@
+"""The ``idcmap`` command line."""
+from __future__ import annotations
+
+import click
+
+from . import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="idcmap")
+def cli():
+    """idcmap: tile whole-slide images and score them for invasive ductal carcinoma."""
+
+
+def main():
+    cli()

@@ -1,0 +1,1 @@
+"""The IDC model: architectures, training, evaluation, calibration, bundles, inference backends."""

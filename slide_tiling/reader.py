@@ -1,0 +1,144 @@
+"""The one interface every slide reader implements, and the error they raise.
+
+Coordinates follow OpenSlide: ``read_region(level, x, y, w, h)`` takes ``x, y`` in level-0 pixels
+(the top-left corner) and ``w, h`` in pixels of ``level``. Pixels outside the slide come back white,
+so a region that overhangs the right or bottom edge is padded with background.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+class SlideError(Exception):
+    """A slide that cannot be used. ``str()`` is one line: ``<file>: <what is wrong>``."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = " ".join(str(reason).split())  # always one line
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+class SlideReader(ABC):
+    """A whole-slide image opened for reading. Use as a context manager or call ``close()``."""
+
+    #: short format name shown by ``idcmap info`` ("aperio-svs", "tiff", "dicom", ...)
+    format: str = "unknown"
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    # --- metadata -------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        """(width, height) of every level, level 0 (finest) first."""
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        w0 = self.level_dimensions[0][0]
+        return [w0 / w for w, _ in self.level_dimensions]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    @property
+    def mpp(self) -> tuple[float, float] | None:
+        """Microns per pixel (x, y) at level 0, or None when the file does not say."""
+        return None
+
+    @property
+    def objective_power(self) -> float | None:
+        return None
+
+    @property
+    def vendor(self) -> str | None:
+        return None
+
+    # --- pixels ---------------------------------------------------------------------------------
+    @abstractmethod
+    def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Read a region that lies inside the level; return (h, w, 3) uint8 RGB."""
+
+    def read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """RGB uint8 array of shape (h, w, 3); ``x, y`` level-0 pixels, ``w, h`` level pixels.
+
+        The part outside the slide is white (255).
+        """
+        if not 0 <= level < self.level_count:
+            raise ValueError(f"level {level} out of range 0..{self.level_count - 1}")
+        ds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        lx, ly = int(x // ds), int(y // ds)
+        out = np.full((h, w, 3), 255, np.uint8)
+        x0, y0 = max(lx, 0), max(ly, 0)
+        x1, y1 = min(lx + w, lw), min(ly + h, lh)
+        if x1 > x0 and y1 > y0:
+            try:
+                pixels = self._read(level, round(x0 * ds), round(y0 * ds), x1 - x0, y1 - y0)
+            except SlideError:
+                raise
+            except Exception as exc:  # codec errors, truncated files ...
+                raise SlideError(self.path, f"cannot read pixels at level {level} ({x0},{y0}): "
+                                            f"{type(exc).__name__}: {exc}") from exc
+            out[y0 - ly:y1 - ly, x0 - lx:x1 - lx] = pixels
+        return out
+
+    def get_thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
+        """A whole-slide RGB thumbnail whose long side is at most ``max_size``.
+
+        Returns (image, downsample) where downsample is level-0 pixels per thumbnail pixel.
+        Reads the coarsest level that is at least as fine as the thumbnail, then resizes.
+        """
+        w0, h0 = self.dimensions
+        want = max(w0, h0) / max_size
+        level = 0
+        for i, ds in enumerate(self.level_downsamples):
+            if ds <= max(want, 1.0):
+                level = i
+        lw, lh = self.level_dimensions[level]
+        scale = max(1.0, max(w0, h0) / max_size)
+        tw, th = max(1, round(w0 / scale)), max(1, round(h0 / scale))
+        # Read in horizontal strips so a huge single-level slide never sits in memory whole.
+        ds = self.level_downsamples[level]
+        rows_per_strip = max(1, (32 << 20) // (lw * 3 * max(1, round(lh / th))))
+        strips = []
+        for t0 in range(0, th, rows_per_strip):
+            t1 = min(th, t0 + rows_per_strip)
+            l0, l1 = round(t0 * lh / th), max(round(t0 * lh / th) + 1, round(t1 * lh / th))
+            strip = self.read_region(level, 0, round(l0 * ds), lw, l1 - l0)
+            strips.append(cv2.resize(strip, (tw, t1 - t0), interpolation=cv2.INTER_AREA)
+                          if strip.shape[:2] != (t1 - t0, tw) else strip)
+        img = np.concatenate(strips, axis=0)
+        return img, w0 / tw
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def describe(self) -> dict:
+        """Metadata as a plain dict (used by ``idcmap info``)."""
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "vendor": self.vendor,
+            "dimensions": list(self.dimensions),
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": [round(d, 4) for d in self.level_downsamples],
+            "mpp": list(self.mpp) if self.mpp else None,
+            "objective_power": self.objective_power,
+        }
