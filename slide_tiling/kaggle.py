@@ -113,7 +113,7 @@ class KaggleFolderReader(SlideReader):
     def vendor(self):
         return "kaggle-idc"
 
-    def _read(self, level, x, y, w, h):
+    def _read(self, level, x, y, w, h):  # one level: level pixels are level-0 pixels
         out = np.full((h, w, 3), 255, np.uint8)
         c0, r0 = x // PATCH_SIZE, y // PATCH_SIZE
         c1, r1 = (x + w - 1) // PATCH_SIZE, (y + h - 1) // PATCH_SIZE

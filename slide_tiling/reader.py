@@ -65,8 +65,10 @@ class SlideReader(ABC):
 
     # --- pixels ---------------------------------------------------------------------------------
     @abstractmethod
-    def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """Read a region that lies inside the level; return (h, w, 3) uint8 RGB."""
+    def _read(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
+        """Read a region that lies inside the level, ``lx, ly`` in pixels of ``level``.
+
+        Returns (h, w, 3) uint8 RGB."""
 
     def read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """RGB uint8 array of shape (h, w, 3); ``x, y`` level-0 pixels, ``w, h`` level pixels.
@@ -77,13 +79,13 @@ class SlideReader(ABC):
             raise ValueError(f"level {level} out of range 0..{self.level_count - 1}")
         ds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
-        lx, ly = int(x // ds), int(y // ds)
+        lx, ly = int(round(x / ds)), int(round(y / ds))
         out = np.full((h, w, 3), 255, np.uint8)
         x0, y0 = max(lx, 0), max(ly, 0)
         x1, y1 = min(lx + w, lw), min(ly + h, lh)
         if x1 > x0 and y1 > y0:
             try:
-                pixels = self._read(level, round(x0 * ds), round(y0 * ds), x1 - x0, y1 - y0)
+                pixels = self._read(level, x0, y0, x1 - x0, y1 - y0)
             except SlideError:
                 raise
             except Exception as exc:  # codec errors, truncated files ...
@@ -142,3 +144,21 @@ class SlideReader(ABC):
             "mpp": list(self.mpp) if self.mpp else None,
             "objective_power": self.objective_power,
         }
+
+
+def compose_from_tiles(lx: int, ly: int, w: int, h: int, tile_w: int, tile_h: int,
+                       get_tile) -> np.ndarray:
+    """Assemble the region (lx, ly, w, h) of a level stored as a grid of tiles.
+
+    ``get_tile(col, row)`` returns the decoded tile (rows, cols, >=3) at that grid position; edge
+    tiles may be smaller than ``tile_w x tile_h``. Only the tiles that overlap the region are read.
+    """
+    out = np.empty((h, w, 3), np.uint8)
+    for r in range(ly // tile_h, (ly + h - 1) // tile_h + 1):
+        for c in range(lx // tile_w, (lx + w - 1) // tile_w + 1):
+            tile = get_tile(c, r)
+            sx0, sy0 = c * tile_w, r * tile_h
+            ax0, ay0 = max(sx0, lx), max(sy0, ly)
+            ax1, ay1 = min(sx0 + tile.shape[1], lx + w), min(sy0 + tile.shape[0], ly + h)
+            out[ay0 - ly:ay1 - ly, ax0 - lx:ax1 - lx] = tile[ay0 - sy0:ay1 - sy0, ax0 - sx0:ax1 - sx0, :3]
+    return out

@@ -1,0 +1,32 @@
+"""Ordinary images (PNG, JPEG, ...) read whole with OpenCV as a one-level slide."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .reader import SlideError, SlideReader
+
+
+class ImageReader(SlideReader):
+    format = "image"
+
+    def __init__(self, path):
+        super().__init__(path)
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise SlideError(path, "OpenCV cannot decode it as an image")
+        if img.dtype != np.uint8:
+            raise SlideError(path, f"unsupported pixel type {img.dtype} (need 8-bit RGB)")
+        if img.ndim == 2 or img.shape[2] == 1:
+            raise SlideError(path, "grayscale image: need 8-bit RGB (H&E colour)")
+        if img.shape[2] == 4:
+            alpha = img[..., 3:] / 255.0
+            img = (img[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+        self._img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+    @property
+    def level_dimensions(self):
+        return [(self._img.shape[1], self._img.shape[0])]
+
+    def _read(self, level, lx, ly, w, h):
+        return self._img[ly:ly + h, lx:lx + w]

@@ -1,0 +1,51 @@
+"""Open any supported slide: pick the reader from what the file is, not from its name."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import openslide
+
+from .dicom_reader import DicomReader, is_dicom
+from .image_reader import ImageReader
+from .kaggle import KaggleFolderReader, is_patient_dir
+from .openslide_reader import OpenSlideReader
+from .reader import SlideError, SlideReader
+from .tiff_reader import TiffReader
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM")
+
+
+def open_slide(path) -> SlideReader:
+    """Open a slide file or folder, or raise SlideError with a one-line reason."""
+    path = Path(path)
+    if not path.exists():
+        raise SlideError(path, "no such file or folder")
+    if path.is_dir():
+        if is_patient_dir(path):
+            return KaggleFolderReader(path)
+        if any(is_dicom(f) for f in path.iterdir() if f.is_file()):
+            return DicomReader(path)
+        raise SlideError(path, "folder is neither a Kaggle IDC patient folder nor a DICOM slide")
+    if not os.access(path, os.R_OK):
+        raise SlideError(path, "permission denied")
+    if path.stat().st_size == 0:
+        raise SlideError(path, "file is empty (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if is_dicom(path):
+        return DicomReader(path)
+    if head.startswith(_TIFF_MAGIC) or path.suffix.lower() in (".ndpi", ".mrxs", ".scn", ".vms", ".bif"):
+        if openslide.OpenSlide.detect_format(str(path)):
+            try:
+                return OpenSlideReader(path)
+            except SlideError:
+                if not head.startswith(_TIFF_MAGIC):
+                    raise
+        if head.startswith(_TIFF_MAGIC):
+            return TiffReader(path)
+    if head.startswith(_IMAGE_MAGIC):
+        return ImageReader(path)
+    raise SlideError(path, f"unrecognised file format (starts with {head[:4]!r}); "
+                           "supported: SVS/NDPI/MRXS/SCN/TIFF, DICOM WSI, PNG/JPEG, Kaggle patch folders")

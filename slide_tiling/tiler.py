@@ -1,0 +1,114 @@
+"""Plan a slide (level, tissue, regions) and cut its tissue patches region by region.
+
+Only one region's pixels are in memory at a time, and a region is bounded in level pixels, so peak
+memory does not depend on the slide's size. Regions the thumbnail shows no tissue in are never read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from .grid import PatchGrid
+from .reader import SlideError, SlideReader
+from .resolution import DEFAULT_TARGET_MPP, LevelChoice, choose_level
+from .tissue import TissueMask
+
+DEFAULT_MIN_TISSUE = 0.05
+
+
+@dataclass(frozen=True)
+class TilingSpec:
+    target_mpp: float = DEFAULT_TARGET_MPP
+    patch_size: int = 50
+    stride: int = 50
+    min_tissue: float = DEFAULT_MIN_TISSUE  # minimum tissue fraction of a patch
+    mpp: float | None = None                # overrides the slide's own mpp
+    thumbnail_size: int = 2048              # long side of the thumbnail tissue is fitted on
+    region_size: int = 2048                 # most level pixels per side read at once
+
+
+@dataclass
+class SlidePlan:
+    reader: SlideReader
+    spec: TilingSpec
+    level: LevelChoice
+    grid: PatchGrid
+    tissue: TissueMask
+    thumbnail: np.ndarray
+    regions: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+
+@dataclass
+class PatchBatch:
+    """The tissue patches of one region."""
+
+    cols: np.ndarray             # int32 (N,)
+    rows: np.ndarray             # int32 (N,)
+    x: np.ndarray                # int64 (N,) level-0 left
+    y: np.ndarray                # int64 (N,) level-0 top
+    tissue_fraction: np.ndarray  # float32 (N,)
+    pixels: np.ndarray           # uint8 (N, patch, patch, 3) RGB
+
+    def __len__(self) -> int:
+        return len(self.cols)
+
+
+def plan_slide(reader: SlideReader, spec: TilingSpec = TilingSpec()) -> SlidePlan:
+    """Choose the level, fit the tissue mask on a thumbnail, list the regions that hold tissue."""
+    level = choose_level(reader, spec.target_mpp, spec.mpp)
+    grid = PatchGrid(*reader.dimensions, level.downsample0, spec.patch_size, spec.stride)
+    w, h = grid.target_size
+    if w < spec.patch_size / 2 or h < spec.patch_size / 2:
+        raise SlideError(reader.path, f"slide is only {w}x{h} px at {spec.target_mpp:g} µm/px, "
+                                      f"smaller than half a {spec.patch_size} px patch")
+    thumbnail, thumb_ds = reader.get_thumbnail(spec.thumbnail_size)
+    tissue = TissueMask.from_thumbnail(thumbnail, thumb_ds)
+    per_side = max(1, int(spec.region_size / (spec.stride * max(level.scale))))
+    regions = []
+    for c0, r0, c1, r1 in grid.regions(per_side):
+        (x0, x1), (y0, y1) = grid.level0_xy([c0, c1], [r0, r1])
+        extra = (spec.patch_size - spec.stride) * level.downsample0[0]
+        if tissue.any_tissue(x0, y0, x1 + extra, y1 + extra):
+            regions.append((c0, r0, c1, r1))
+    return SlidePlan(reader, spec, level, grid, tissue, thumbnail, regions)
+
+
+def read_region_patches(plan: SlidePlan, region: tuple[int, int, int, int]) -> PatchBatch:
+    """Read one region at the target resolution and cut its tissue patches."""
+    spec, grid, level = plan.spec, plan.grid, plan.level
+    c0, r0, c1, r1 = region
+    ps, st = spec.patch_size, spec.stride
+    tx0, ty0 = c0 * st, r0 * st
+    tw, th = (c1 - c0 - 1) * st + ps, (r1 - r0 - 1) * st + ps
+    sx, sy = level.scale
+    lw, lh = max(1, round(tw * sx)), max(1, round(th * sy))
+    x0, y0 = grid.level0_xy(c0, r0)
+    pixels = plan.reader.read_region(level.level, int(x0), int(y0), lw, lh)
+    if (lw, lh) != (tw, th):
+        pixels = cv2.resize(pixels, (tw, th), interpolation=cv2.INTER_AREA)
+    # tissue fraction of every patch window, through an integral image
+    integral = cv2.integral(plan.tissue.threshold.mask(pixels).astype(np.uint8))
+    rr, cc = np.mgrid[0:r1 - r0, 0:c1 - c0]
+    py, px = rr.ravel() * st, cc.ravel() * st
+    counts = (integral[py + ps, px + ps] - integral[py, px + ps]
+              - integral[py + ps, px] + integral[py, px])
+    fraction = (counts / float(ps * ps)).astype(np.float32)
+    keep = np.flatnonzero(fraction >= spec.min_tissue)
+    patches = np.empty((len(keep), ps, ps, 3), np.uint8)
+    for i, k in enumerate(keep):
+        patches[i] = pixels[py[k]:py[k] + ps, px[k]:px[k] + ps]
+    cols = (cc.ravel()[keep] + c0).astype(np.int32)
+    rows = (rr.ravel()[keep] + r0).astype(np.int32)
+    x, y = grid.level0_xy(cols, rows)
+    return PatchBatch(cols, rows, x, y, fraction[keep], patches)
+
+
+def iter_patches(plan: SlidePlan) -> Iterator[PatchBatch]:
+    """The tissue patches of the whole slide, one region at a time."""
+    for region in plan.regions:
+        batch = read_region_patches(plan, region)
+        if len(batch):
+            yield batch

@@ -1,0 +1,87 @@
+"""Tissue detection, fitted on a thumbnail and applied to every patch at full resolution.
+
+H&E tissue is pink to purple (saturated), and where it is pale (fat, loose stroma) its thin
+membranes are still darker than the glass around it. So a pixel is tissue when it is saturated
+(Otsu on the thumbnail's saturation, clamped to a range between glass and the palest stain) or
+clearly darker than the slide's background (its brightest unsaturated tone, from the thumbnail).
+Pen ink, which is green/teal (green above red) or deep blue (blue far above red and green), and
+near-black pixels (debris, black ink, scanner padding) never count.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+#: bounds of the fitted saturation threshold (0-255 scale)
+MIN_SATURATION, MAX_SATURATION = 15, 25
+#: a pixel this much darker than the background (HSV value) is tissue even when unsaturated
+GREY_DROP = 30
+#: pixels darker than this (HSV value, 0-255) are debris or black ink, not tissue
+DARK_VALUE = 50
+
+
+@dataclass(frozen=True)
+class TissueThreshold:
+    saturation: int
+    background_value: int = 255
+    dark_value: int = DARK_VALUE
+
+    def mask(self, rgb: np.ndarray) -> np.ndarray:
+        """Boolean tissue mask of an RGB uint8 image (any size)."""
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+        sat, val = hsv[..., 1], hsv[..., 2]
+        stained = (sat >= self.saturation) | (val <= self.background_value - GREY_DROP)
+        return stained & (val >= self.dark_value) & ~ink_mask(rgb)
+
+
+def ink_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of green/teal or blue marker ink."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    green = g > r + 15
+    blue = (b > r + 50) & (b > g + 30)
+    return green | blue
+
+
+def fit_threshold(thumbnail: np.ndarray) -> TissueThreshold:
+    """Otsu on the saturation of a thumbnail's non-ink, non-dark pixels, clamped; background tone."""
+    hsv = cv2.cvtColor(thumbnail, cv2.COLOR_RGB2HSV)
+    keep = (hsv[..., 2] >= DARK_VALUE) & ~ink_mask(thumbnail)
+    sat, val = hsv[..., 1][keep], hsv[..., 2][keep]
+    if sat.size == 0:
+        return TissueThreshold(MAX_SATURATION)
+    otsu, _ = cv2.threshold(sat.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    saturation = int(np.clip(otsu, MIN_SATURATION, MAX_SATURATION))
+    glass = val[sat < saturation]
+    background = int(np.percentile(glass, 90)) if glass.size else 255
+    return TissueThreshold(saturation, background)
+
+
+@dataclass
+class TissueMask:
+    """A slide's tissue mask at thumbnail resolution."""
+
+    mask: np.ndarray        # bool (rows, cols)
+    downsample: float       # level-0 pixels per mask pixel
+    threshold: TissueThreshold
+
+    @classmethod
+    def from_thumbnail(cls, thumbnail: np.ndarray, downsample: float) -> "TissueMask":
+        threshold = fit_threshold(thumbnail)
+        mask = threshold.mask(thumbnail)
+        # drop speckle (dust, single noisy pixels) but keep thin tissue strands
+        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)) > 0
+        return cls(mask, downsample, threshold)
+
+    def any_tissue(self, x0: float, y0: float, x1: float, y1: float, margin: int = 1) -> bool:
+        """Whether the level-0 box [x0, x1) x [y0, y1) touches tissue (with a margin in mask px)."""
+        c0 = max(int(x0 / self.downsample) - margin, 0)
+        r0 = max(int(y0 / self.downsample) - margin, 0)
+        c1 = int(np.ceil(x1 / self.downsample)) + margin
+        r1 = int(np.ceil(y1 / self.downsample)) + margin
+        return bool(self.mask[r0:r1, c0:c1].any())
+
+    @property
+    def fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
