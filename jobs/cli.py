@@ -12,5 +12,11 @@ def cli():
     """idcmap: tile whole-slide images and score them for invasive ductal carcinoma."""
 
 
+from .tiling_cli import build_slide_cmd, info, tile  # noqa: E402
+
+for _command in (info, tile, build_slide_cmd):
+    cli.add_command(_command)
+
+
 def main():
     cli()
