@@ -1,0 +1,104 @@
+"""Network architectures for 50x50x3 RGB patches, and their cost in FLOPs per patch.
+
+Every network takes normalised float32 input (N, 50, 50, 3) and outputs softmax probabilities
+(N, 2) of (no IDC, IDC). Normalisation and uint8 handling live outside, in the bundle's scoring
+function, so the same network serves Keras and ONNX.
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+INPUT_SHAPE = (50, 50, 3)
+
+
+def seed_cnn() -> keras.Model:
+    """The reference network, exactly as specified (145.5 MFLOP per patch)."""
+    conv = dict(kernel_size=3, activation="relu", kernel_initializer="he_uniform", padding="same")
+    dense = dict(activation="relu", kernel_initializer="he_uniform")
+    return keras.Sequential([
+        keras.Input(INPUT_SHAPE),
+        layers.Conv2D(32, **conv), layers.BatchNormalization(),
+        layers.Conv2D(32, **conv), layers.MaxPooling2D(2),
+        layers.BatchNormalization(), layers.Dropout(0.3),
+        layers.Conv2D(64, **conv), layers.BatchNormalization(),
+        layers.Conv2D(64, **conv), layers.BatchNormalization(),
+        layers.MaxPooling2D(2), layers.Dropout(0.3),
+        layers.Conv2D(128, **conv),
+        layers.Flatten(),
+        layers.Dense(128, **dense), layers.BatchNormalization(),
+        layers.Dense(64, **dense), layers.BatchNormalization(),
+        layers.Dense(64, **dense), layers.Dropout(0.3),
+        layers.Dense(24, **dense),
+        layers.Dense(2, activation="softmax"),
+    ], name="seed_cnn")
+
+
+def _sep_block(x, filters: int, name: str):
+    """Separable 3x3 conv, batch norm, ReLU."""
+    x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def idcnet(width: int = 32, dropout: float = 0.3) -> keras.Model:
+    """The optimised network: a full conv stem, then separable-conv stages, global average pooling.
+
+    Stages at 50, 25, 12 and 6 pixels with width, 2x, 4x, 8x channels; the Flatten + wide Dense
+    head of seed_cnn is replaced by global average pooling, so the cost is ~1/3 of seed_cnn's.
+    """
+    inp = keras.Input(INPUT_SHAPE)
+    x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(inp)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = _sep_block(x, width, "s1a")
+    for stage, mult in enumerate((2, 4, 8), start=2):
+        x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
+        x = _sep_block(x, width * mult, f"s{stage}a")
+        x = _sep_block(x, width * mult, f"s{stage}b")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    out = layers.Dense(2, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="idcnet")
+
+
+ARCHITECTURES = {"seed_cnn": seed_cnn, "idcnet": idcnet}
+
+
+def build(name: str) -> keras.Model:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name]()
+
+
+def flops_per_patch(model: keras.Model) -> int:
+    """Multiply-adds x 2 of the convolutions and dense layers for one patch.
+
+    Batch norm, activations, pooling and the softmax are left out (they are a few percent at most).
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D, layers.Dense)):
+            out_shape = layer.output.shape  # (None, [H, W,] C)
+            in_ch = layer.input.shape[-1]
+            positions = 1
+            for d in out_shape[1:-1]:
+                positions *= d
+            out_ch = out_shape[-1]
+            if isinstance(layer, layers.SeparableConv2D):
+                kh, kw = layer.kernel_size
+                macs = positions * (kh * kw * in_ch + in_ch * out_ch)
+            elif isinstance(layer, layers.DepthwiseConv2D):
+                kh, kw = layer.kernel_size
+                macs = positions * kh * kw * out_ch
+            elif isinstance(layer, layers.Conv2D):
+                kh, kw = layer.kernel_size
+                macs = positions * kh * kw * in_ch * out_ch
+            else:
+                macs = positions * in_ch * out_ch
+            total += 2 * macs
+    return int(total)
+
+#: optimiser settings (Adam); seed_cnn's constant 1e-4 is part of its specification
+TRAINING = {"seed_cnn": {"lr": 1e-4, "schedule": "constant"},
+            "idcnet": {"lr": 2e-3, "schedule": "cosine"}}

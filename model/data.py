@@ -1,0 +1,167 @@
+"""Kaggle IDC patch folders as in-memory arrays, the patient split, class balance, augmentation.
+
+A *data directory* is either one patient folder (PATIENT/{0,1}/*.png) or a folder of patient
+folders. Every patch is read with :func:`slide_tiling.load_patch`, so partial edge patches are
+padded with white exactly as they are at scoring time.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slide_tiling import PATCH_SIZE, is_patient_dir, list_patches, load_patch
+
+#: share of each data directory's patches (whole patients) held out for validation
+VALIDATION_FRACTION = 0.2
+SPLIT_SALT = "idcmap-split-v1"
+
+
+class DataError(ValueError):
+    """A data directory that cannot be used; the message says which and why."""
+
+
+@dataclass
+class PatchSet:
+    """Patches of one or more patients: RGB uint8 images with their labels and provenance."""
+
+    images: np.ndarray  # (N, 50, 50, 3) uint8 RGB
+    labels: np.ndarray  # (N,) int8, 1 = IDC
+    patient_ids: np.ndarray  # (N,) str
+    sources: np.ndarray  # (N,) str, the data directory each patch came from
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, mask_or_index) -> "PatchSet":
+        return PatchSet(self.images[mask_or_index], self.labels[mask_or_index],
+                        self.patient_ids[mask_or_index], self.sources[mask_or_index])
+
+    @property
+    def patients(self) -> list[str]:
+        return sorted(set(self.patient_ids.tolist()))
+
+
+def patient_dirs(data_dir) -> list[Path]:
+    """The patient folders of a data directory (itself, if it is one), sorted by name."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: not a directory (expected Kaggle IDC patient folders)")
+    if is_patient_dir(data_dir):
+        return [data_dir]
+    found = sorted(p for p in data_dir.iterdir() if is_patient_dir(p))
+    if not found:
+        raise DataError(f"{data_dir}: holds no Kaggle IDC patient folders (PATIENT/0|1/*_classN.png)")
+    return found
+
+
+def _index(data_dirs) -> list[tuple[str, str, int, Path]]:
+    """(source, patient, label, path) for every patch, in a deterministic order."""
+    rows = []
+    for d in data_dirs:
+        source = str(Path(d))
+        for pdir in patient_dirs(d):
+            rows += [(source, p.patient_id, p.label, p.path) for p in list_patches(pdir)]
+    return rows
+
+
+def fingerprint(data_dirs) -> str:
+    """sha256 over (patient, file name, size) of every patch: identifies the training data."""
+    h = hashlib.sha256()
+    for _, patient, label, path in _index(data_dirs):
+        h.update(f"{patient}/{label}/{path.name}/{path.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def load_patches(data_dirs, limit_per_patient: int | None = None, threads: int = 4) -> PatchSet:
+    """Read every patch of the given data directories (optionally at most N per patient)."""
+    rows = _index(data_dirs)
+    if limit_per_patient:
+        kept, seen = [], {}
+        for r in rows:
+            if seen.get(r[1], 0) < limit_per_patient:
+                kept.append(r)
+                seen[r[1]] = seen.get(r[1], 0) + 1
+        rows = kept
+    if not rows:
+        raise DataError(f"no patches found in {', '.join(map(str, data_dirs))}")
+    images = np.empty((len(rows), PATCH_SIZE, PATCH_SIZE, 3), np.uint8)
+
+    def read(i):
+        images[i] = load_patch(rows[i][3])
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(read, range(len(rows))))
+    return PatchSet(images, np.array([r[2] for r in rows], np.int8),
+                    np.array([r[1] for r in rows]), np.array([r[0] for r in rows]))
+
+
+def load_patches_cached(data_dirs, cache_dir=None, **kw) -> PatchSet:
+    """:func:`load_patches`, memoised as an .npz under ``cache_dir`` keyed by the data fingerprint."""
+    if cache_dir is None:
+        return load_patches(data_dirs, **kw)
+    key = hashlib.sha256((fingerprint(data_dirs) + repr(sorted(kw.items()))).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"patches-{key}.npz"
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        return PatchSet(z["images"], z["labels"], z["patient_ids"], z["sources"])
+    ps = load_patches(data_dirs, **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, images=ps.images, labels=ps.labels, patient_ids=ps.patient_ids, sources=ps.sources)
+    os.replace(tmp, path)
+    return ps
+
+
+def _patient_rank(patient_id: str) -> str:
+    return hashlib.sha256(f"{SPLIT_SALT}:{patient_id}".encode()).hexdigest()
+
+
+def split_patients(ps: PatchSet, fraction: float = VALIDATION_FRACTION) -> dict[str, list[str]]:
+    """Deterministic split by patient, never by patch.
+
+    Rule: within each data directory, order its patients by sha256("idcmap-split-v1:" + id) and
+    move them to validation in that order until validation holds at least ``fraction`` of that
+    directory's patches. Every directory thus contributes whole patients to both sides.
+    """
+    val = []
+    for source in sorted(set(ps.sources.tolist())):
+        in_src = ps.sources == source
+        counts = {p: int(n) for p, n in zip(*np.unique(ps.patient_ids[in_src], return_counts=True))}
+        total, taken = sum(counts.values()), 0
+        for p in sorted(counts, key=_patient_rank):
+            if taken >= fraction * total or len(counts) < 2:
+                break
+            val.append(p)
+            taken += counts[p]
+    train = sorted(set(ps.patients) - set(val))
+    return {"rule": f"per data dir, patients by sha256('{SPLIT_SALT}:'+id) until >= {fraction:.0%} "
+                    "of its patches are in validation",
+            "train": train, "validation": sorted(val)}
+
+
+def apply_split(ps: PatchSet, split: dict) -> tuple[PatchSet, PatchSet]:
+    """(train, validation) patch sets for a split made by :func:`split_patients`."""
+    is_val = np.isin(ps.patient_ids, split["validation"])
+    return ps.subset(~is_val), ps.subset(is_val)
+
+
+def class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Inverse-frequency weights, normalised so the mean weight per patch is 1."""
+    counts = np.bincount(labels.astype(np.int64), minlength=2).astype(float)
+    counts[counts == 0] = 1.0
+    w = len(labels) / (2.0 * counts)
+    return {0: float(w[0]), 1: float(w[1])}
+
+
+def channel_stats(images: np.ndarray, sample: int = 4000, seed: int = 0) -> dict:
+    """Per-channel mean and std of RGB pixel values (0..255) on a sample of patches."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(images), min(sample, len(images)), replace=False)
+    px = images[np.sort(idx)].reshape(-1, 3).astype(np.float64)
+    return {"mean": [round(float(v), 3) for v in px.mean(0)],
+            "std": [round(float(v), 3) for v in px.std(0)]}
