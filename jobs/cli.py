@@ -20,3 +20,9 @@ for _command in (info, tile, build_slide_cmd):
 
 def main():
     cli()
+
+
+from .model_cli import evaluate, train  # noqa: E402
+
+cli.add_command(train)
+cli.add_command(evaluate)

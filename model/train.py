@@ -218,7 +218,7 @@ def prepare(cfg: TrainConfig):
     return train, val
 
 
-def fit(cfg: TrainConfig, run_dir, resume: bool = False) -> Path:
+def fit(cfg: TrainConfig, run_dir, resume: bool = False, ray_address: str | None = None) -> Path:
     """Run the Ray Train job; returns the directory of its final checkpoint."""
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -231,7 +231,10 @@ def fit(cfg: TrainConfig, run_dir, resume: bool = False) -> Path:
             raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from (train without --resume)")
         cfg.resume_from = str(last)
     if not ray.is_initialized():
-        ray.init(num_cpus=cfg.cpus, include_dashboard=False, log_to_driver=True)
+        if ray_address:
+            ray.init(address=ray_address)
+        else:  # embedded local instance
+            ray.init(num_cpus=max(2, cfg.cpus), include_dashboard=False)
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=asdict(cfg),

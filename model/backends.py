@@ -1,0 +1,107 @@
+"""Inference backends behind one interface.
+
+``backend.predict(patches)`` takes uint8 RGB patches (N, 50, 50, 3) and returns float32 (N,):
+the calibrated probability of IDC (the bundle's temperature applied). Backends: ``keras`` (the
+scoring ``tf.function``), ``onnx`` (ONNX Runtime fp32) and ``onnx-int8`` (ONNX Runtime, static
+int8 quantization; offered only when the bundle says it passed its accuracy check).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from slide_tiling import PATCH_SIZE
+
+from .bundle import KERAS_FILE, ModelBundle, load_keras_model
+from .scoring import calibrated_probability
+
+BACKENDS = ("onnx", "keras", "onnx-int8")
+DEFAULT_BATCH = 256
+
+
+class Backend:
+    """Batches uint8 patches through ``_raw`` (-> (n, 2) softmax) and applies the temperature."""
+
+    name = "base"
+
+    def __init__(self, bundle: ModelBundle, batch_size: int = DEFAULT_BATCH):
+        self.bundle = bundle
+        self.batch_size = batch_size
+        self.temperature = bundle.temperature
+
+    def _raw(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, patches: np.ndarray) -> np.ndarray:
+        patches = np.asarray(patches)
+        if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[1:] != (PATCH_SIZE, PATCH_SIZE, 3):
+            raise ValueError(f"expected uint8 RGB patches of shape (N, {PATCH_SIZE}, {PATCH_SIZE}, 3), "
+                             f"got {patches.dtype} {patches.shape}")
+        if not len(patches):
+            return np.zeros(0, np.float32)
+        probs = np.concatenate([self._raw(np.ascontiguousarray(patches[i:i + self.batch_size]))
+                                for i in range(0, len(patches), self.batch_size)])
+        return calibrated_probability(probs, self.temperature)
+
+
+class KerasBackend(Backend):
+    name = "keras"
+
+    def __init__(self, bundle: ModelBundle, threads: int | None = None, batch_size: int = DEFAULT_BATCH):
+        super().__init__(bundle, batch_size)
+        import tensorflow as tf
+
+        from .scoring import scoring_function
+
+        if threads:
+            try:  # only possible before TensorFlow has run anything in this process
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:
+                pass
+        self._score = scoring_function(load_keras_model(bundle), bundle.normalisation)
+
+    def _raw(self, batch):
+        return self._score(batch).numpy()
+
+
+class OnnxBackend(Backend):
+    name = "onnx"
+    file = "model.onnx"
+
+    def __init__(self, bundle: ModelBundle, threads: int | None = None, batch_size: int = DEFAULT_BATCH):
+        super().__init__(bundle, batch_size)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(bundle.file(self.file)), opts,
+                                             providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def _raw(self, batch):
+        return self._session.run(None, {self._input: batch})[0]
+
+
+class OnnxInt8Backend(OnnxBackend):
+    name = "onnx-int8"
+    file = "model.int8.onnx"
+
+
+_CLASSES = {"keras": KerasBackend, "onnx": OnnxBackend, "onnx-int8": OnnxInt8Backend}
+
+
+def make_backend(bundle: ModelBundle, name: str = "onnx", threads: int | None = None,
+                 batch_size: int = DEFAULT_BATCH) -> Backend:
+    """An inference backend for a loaded (verified) bundle."""
+    if name not in _CLASSES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name not in bundle.backends:
+        why = bundle.meta["backends"].get(name, {}).get("reason", "not in this bundle")
+        raise ValueError(f"backend {name!r} is not offered by {bundle.path}: {why}")
+    return _CLASSES[name](bundle, threads=threads, batch_size=batch_size)
+
+
+__all__ = ["BACKENDS", "Backend", "KerasBackend", "OnnxBackend", "OnnxInt8Backend", "make_backend",
+           "KERAS_FILE"]

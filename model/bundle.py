@@ -1,0 +1,135 @@
+"""The model bundle: a folder with the Keras model, its ONNX export(s) and ``model.json``.
+
+``model.json`` lists the sha256 of every other file and carries ``manifest_sha256``, the sha256
+of its own canonical form without that key; it must be stored in that canonical form byte for
+byte. :func:`load_bundle` checks all of this before anything is loaded, so any modified byte is
+refused with a :class:`BundleError`. Nothing in a bundle is unpickled: weights are read by Keras
+with ``safe_mode=True`` or by ONNX Runtime.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "model.json"
+FORMAT = "idcmap-model-bundle/1"
+KERAS_FILE = "model.keras"
+ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"
+
+
+class BundleError(Exception):
+    """A bundle that is missing, malformed or modified; the message is one line for the user."""
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _canonical(meta: dict) -> bytes:
+    return (json.dumps(meta, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def _manifest_hash(meta: dict) -> str:
+    return hashlib.sha256(_canonical({k: v for k, v in meta.items() if k != "manifest_sha256"})).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A verified bundle folder and its manifest."""
+
+    path: Path
+    meta: dict
+
+    @property
+    def architecture(self) -> str:
+        return self.meta["architecture"]["name"]
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta["calibration"]["temperature"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"]["value"])
+
+    @property
+    def normalisation(self) -> dict:
+        return self.meta["normalisation"]
+
+    @property
+    def target_mpp(self) -> float:
+        return float(self.meta["input"]["target_mpp"])
+
+    @property
+    def sha256(self) -> str:
+        """Identifies the bundle (the manifest hash, which covers every file's hash)."""
+        return self.meta["manifest_sha256"]
+
+    @property
+    def version(self) -> str:
+        return f"{self.meta['name']}@{self.sha256[:12]}"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def backends(self) -> list[str]:
+        """Inference backends this bundle offers."""
+        return [name for name, spec in self.meta["backends"].items() if spec.get("offered", True)]
+
+
+def write_manifest(folder, meta: dict) -> ModelBundle:
+    """Hash every file in ``folder``, then write ``model.json`` from ``meta`` (atomically)."""
+    folder = Path(folder)
+    meta = dict(meta, format=FORMAT)
+    meta["files"] = {f.name: sha256_file(f) for f in sorted(folder.iterdir())
+                     if f.is_file() and f.name != MANIFEST}
+    meta.pop("manifest_sha256", None)
+    meta["manifest_sha256"] = _manifest_hash(meta)
+    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_bytes(_canonical(meta))
+    os.replace(tmp, folder / MANIFEST)
+    return ModelBundle(folder, meta)
+
+
+def load_bundle(path) -> ModelBundle:
+    """Open a bundle folder after verifying its manifest and every file's sha256."""
+    path = Path(path)
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise BundleError(f"{path}: not a model bundle (no {MANIFEST}); pass a folder written by `idcmap train`")
+    raw = manifest.read_bytes()
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{manifest}: not valid JSON ({e.__class__.__name__}); the bundle is damaged or modified")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"{manifest}: not an {FORMAT} manifest")
+    if meta.get("manifest_sha256") != _manifest_hash(meta) or raw != _canonical(meta):
+        raise BundleError(f"{manifest}: contents do not match manifest_sha256; the bundle was modified")
+    files = meta.get("files") or {}
+    for name, expected in files.items():
+        f = path / name
+        if not f.is_file():
+            raise BundleError(f"{f}: listed in {MANIFEST} but missing; the bundle is incomplete")
+        if sha256_file(f) != expected:
+            raise BundleError(f"{f}: sha256 does not match {MANIFEST}; the bundle was modified, refusing to load it")
+    extra = sorted(f.name for f in path.iterdir() if f.is_file() and f.name not in files and f.name != MANIFEST)
+    if extra:
+        raise BundleError(f"{path}: files not listed in {MANIFEST}: {', '.join(extra)}; the bundle was modified")
+    return ModelBundle(path, meta)
+
+
+def load_keras_model(bundle: ModelBundle):
+    """The bundle's Keras network (verified bundle only; ``safe_mode=True``, no compile)."""
+    import keras
+
+    return keras.saving.load_model(bundle.file(KERAS_FILE), compile=False, safe_mode=True)

@@ -1,0 +1,96 @@
+"""Evaluate a bundle on Kaggle-layout folders: metrics at the bundle's threshold, plots as PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from .backends import make_backend
+from .bundle import ModelBundle, load_bundle
+from .data import load_patches
+from .metrics import metrics_report, reliability_bins
+
+_SIZE, _MARGIN = 480, 60
+_BLACK, _GREY, _BLUE, _RED = (0, 0, 0), (170, 170, 170), (200, 90, 20), (40, 40, 220)
+
+
+def evaluate(bundle, data_dirs, backend: str = "onnx", threads: int | None = None,
+             plots_dir=None) -> dict:
+    """Score every patch of ``data_dirs`` with ``bundle`` and report the metrics (JSON-ready)."""
+    if not isinstance(bundle, ModelBundle):
+        bundle = load_bundle(bundle)
+    patches = load_patches(data_dirs)
+    prob = make_backend(bundle, backend, threads=threads).predict(patches.images)
+    report = metrics_report(patches.labels, prob, patches.patient_ids, bundle.threshold)
+    report.update(model=bundle.version, backend=backend, data_dirs=[str(d) for d in data_dirs],
+                  reliability=reliability_bins(prob, patches.labels))
+    if plots_dir is not None:
+        report["plots"] = write_plots(patches.labels, prob, plots_dir, bundle.threshold)
+    return report
+
+
+def _to_px(x: float, y: float) -> tuple[int, int]:
+    span = _SIZE - 2 * _MARGIN
+    return int(round(_MARGIN + x * span)), int(round(_SIZE - _MARGIN - y * span))
+
+
+def _axes(title: str, xlabel: str, ylabel: str) -> np.ndarray:
+    img = np.full((_SIZE, _SIZE, 3), 255, np.uint8)
+    cv2.rectangle(img, _to_px(0, 0), _to_px(1, 1), _BLACK, 1)
+    for t in np.linspace(0, 1, 6):
+        cv2.putText(img, f"{t:.1f}", (_to_px(t, 0)[0] - 10, _SIZE - _MARGIN + 18),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, _BLACK, 1, cv2.LINE_AA)
+        cv2.putText(img, f"{t:.1f}", (_MARGIN - 30, _to_px(0, t)[1] + 4),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, _BLACK, 1, cv2.LINE_AA)
+    cv2.putText(img, title, (_MARGIN, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.55, _BLACK, 1, cv2.LINE_AA)
+    cv2.putText(img, xlabel, (_SIZE // 2 - 60, _SIZE - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _BLACK, 1, cv2.LINE_AA)
+    cv2.putText(img, ylabel, (5, _MARGIN - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _BLACK, 1, cv2.LINE_AA)
+    cv2.line(img, _to_px(0, 0), _to_px(1, 1), _GREY, 1, cv2.LINE_AA)
+    return img
+
+
+def roc_plot(labels, prob, threshold: float) -> np.ndarray:
+    """ROC curve (BGR image) with the operating point of ``threshold`` marked."""
+    fpr, tpr, _ = roc_curve(labels, prob)
+    from sklearn.metrics import auc
+
+    img = _axes(f"ROC curve, AUC {auc(fpr, tpr):.4f}", "false positive rate", "true positive rate")
+    pts = np.array([_to_px(x, y) for x, y in zip(fpr, tpr)], np.int32)
+    cv2.polylines(img, [pts], False, _BLUE, 2, cv2.LINE_AA)
+    pred = np.asarray(prob) >= threshold
+    y = np.asarray(labels).astype(bool)
+    op = (float((pred & ~y).sum() / max((~y).sum(), 1)), float((pred & y).sum() / max(y.sum(), 1)))
+    cv2.circle(img, _to_px(*op), 6, _RED, -1, cv2.LINE_AA)
+    cv2.putText(img, f"threshold {threshold:.3f}", (_to_px(*op)[0] + 10, _to_px(*op)[1] + 18),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, _RED, 1, cv2.LINE_AA)
+    return img
+
+
+def reliability_plot(labels, prob) -> np.ndarray:
+    """Reliability diagram (BGR image): observed IDC rate per probability bin, bar width = bin."""
+    bins = reliability_bins(prob, labels)
+    from .metrics import expected_calibration_error
+
+    img = _axes(f"Reliability, ECE {expected_calibration_error(prob, labels):.4f}",
+                "predicted IDC probability", "observed IDC rate")
+    for b in bins:
+        if b["n"]:
+            cv2.rectangle(img, _to_px(b["lo"], 0), _to_px(b["hi"], b["idc_rate"]), _BLUE, -1)
+            cv2.rectangle(img, _to_px(b["lo"], 0), _to_px(b["hi"], b["idc_rate"]), _BLACK, 1)
+            cv2.circle(img, _to_px((b["lo"] + b["hi"]) / 2, b["mean_prob"]), 3, _RED, -1, cv2.LINE_AA)
+    return img
+
+
+def write_plots(labels, prob, plots_dir, threshold: float) -> dict:
+    """Write roc.png and reliability.png into ``plots_dir``; returns their paths."""
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    if len(np.unique(labels)) == 2:
+        out["roc"] = str(plots_dir / "roc.png")
+        cv2.imwrite(out["roc"], roc_plot(labels, prob, threshold))
+    out["reliability"] = str(plots_dir / "reliability.png")
+    cv2.imwrite(out["reliability"], reliability_plot(labels, prob))
+    return out
