@@ -45,5 +45,7 @@ def quantize_int8(fp32_path, out_path, calibration_patches: np.ndarray) -> Path:
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out_path), _PatchReader(calibration_patches),
                         quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        # convolutions and dense layers only: normalisation and softmax stay fp32
+                        op_types_to_quantize=["Conv", "MatMul", "Gemm"])
     return Path(out_path)
