@@ -83,14 +83,17 @@ def tile(slide, mpp, target_mpp, patch_size, stride, min_tissue, preview, patche
     except SlideError as exc:
         _fail(exc)
     x, y, cols, rows, frac = (np.concatenate(v) if v else np.zeros(0, np.int64) for v in found.values())
+    if preview:
+        write_png(preview, render_preview(plan, cols, rows))
+    if not len(cols):
+        _fail(SlideError(slide, f"no tissue found: none of the {plan.grid.cols * plan.grid.rows} patches "
+                                f"reaches {min_tissue:.0%} tissue"))
     if patches:
         with open(patches, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["x", "y", "col", "row", "tissue_fraction"])
             w.writerows(zip(x.tolist(), y.tolist(), cols.tolist(), rows.tolist(),
                             np.round(frac.astype(float), 4).tolist()))
-    if preview:
-        write_png(preview, render_preview(plan, cols, rows))
     lvl = plan.level
     click.echo(f"{slide}: {len(cols)} tissue patches of {plan.grid.cols * plan.grid.rows} in the "
                f"{plan.grid.cols}x{plan.grid.rows} grid ({patch_size} px at {target_mpp:g} µm/px, "

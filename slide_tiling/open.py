@@ -39,10 +39,21 @@ def open_slide(path) -> SlideReader:
     if head.startswith(_TIFF_MAGIC) or path.suffix.lower() in (".ndpi", ".mrxs", ".scn", ".vms", ".bif"):
         if openslide.OpenSlide.detect_format(str(path)):
             try:
-                return OpenSlideReader(path)
+                reader = OpenSlideReader(path)
             except SlideError:
                 if not head.startswith(_TIFF_MAGIC):
                     raise
+            else:
+                if reader.format != "generic-tiff":
+                    return reader
+                # OpenSlide's generic TIFF sees only the main IFD chain; SubIFD pyramids
+                # (OME-TIFF, QuPath exports) and OME mpp need tifffile
+                tiff = TiffReader(path)
+                if tiff.level_count > reader.level_count or (tiff.mpp and not reader.mpp):
+                    reader.close()
+                    return tiff
+                tiff.close()
+                return reader
         if head.startswith(_TIFF_MAGIC):
             return TiffReader(path)
     if head.startswith(_IMAGE_MAGIC):

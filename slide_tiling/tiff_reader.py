@@ -5,6 +5,8 @@ region are ever decompressed.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import tifffile
 
@@ -38,6 +40,24 @@ class TiffReader(SlideReader):
 
     @property
     def mpp(self):
+        return self._ome_mpp() or self._resolution_mpp()
+
+    def _ome_mpp(self):
+        xml = self._tif.ome_metadata
+        if not xml:
+            return None
+        pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", xml)
+        if not pixels:
+            return None
+        attrs = dict(re.findall(r'(\w+)="([^"]*)"', pixels.group(0)))
+        scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}
+        try:
+            return tuple(float(attrs[f"PhysicalSize{a}"]) * scale[attrs.get(f"PhysicalSize{a}Unit", "µm")]
+                         for a in "XY")
+        except (KeyError, ValueError):
+            return None
+
+    def _resolution_mpp(self):
         page = self._pages[0]
         unit = page.tags.get("ResolutionUnit")
         xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")

@@ -1,0 +1,173 @@
+"""Readers on inputs the tests build themselves, and every real file in ../shared/data/wsi."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from slide_tiling import SlideError, TilingSpec, iter_patches, open_slide, plan_slide, write_pyramid
+
+from .conftest import shared_path
+
+
+def tissue_image(h=600, w=800, seed=0):
+    """A smooth pink/purple 'tissue' blob on glass: compresses well and is clearly tissue."""
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 240, np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    blob = ((yy - h / 2) / (h / 3)) ** 2 + ((xx - w / 2) / (w / 3)) ** 2 < 1
+    noise = cv2.GaussianBlur(rng.integers(0, 60, (h, w)).astype(np.uint8), (9, 9), 3)
+    img[blob] = np.stack([200 - noise, 110 - noise // 2, 170 - noise // 3], -1)[blob]
+    return img
+
+
+def test_pyramid_tiff_opens_in_openslide_with_mpp_and_levels(tmp_path):
+    img = tissue_image()
+    path = tmp_path / "slide.tiff"
+    sizes = write_pyramid(path, img, mpp=0.5, upsample=2, downsamples=(1, 4, 16))
+    assert sizes == [(1600, 1200), (400, 300), (100, 75)]
+    with open_slide(path) as r:
+        assert r.format == "generic-tiff" and r.mpp == pytest.approx((0.5, 0.5))
+        assert r.level_dimensions == sizes
+        region = r.read_region(0, 800, 600, 64, 64)   # upsampled 2x by repetition
+        assert np.abs(region[::2, ::2].astype(int) - img[300:332, 400:432]).mean() < 4
+
+
+def test_tifffile_reader_plain_striped_rgb(tmp_path):
+    img = tissue_image(300, 400)
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, img, photometric="rgb", rowsperstrip=37, resolution=(2e4, 2e4),
+                     resolutionunit="CENTIMETER")
+    with open_slide(path) as r:
+        assert r.format == "tiff" and r.mpp == pytest.approx((0.5, 0.5))
+        assert np.array_equal(r.read_region(0, 10, 30, 200, 100), img[30:130, 10:210])
+        assert np.array_equal(r.read_region(0, 390, 290, 20, 20)[:10, :10], img[290:, 390:])
+
+
+def test_tifffile_reader_tiled_compressed_pyramid(tmp_path):
+    img = tissue_image(512, 768)
+    path = tmp_path / "pyr.tif"
+    with tifffile.TiffWriter(path) as tw:  # SubIFD pyramid: OpenSlide sees only its first level
+        tw.write(img, tile=(128, 128), compression="zlib", subifds=1, photometric="rgb")
+        tw.write(img[::2, ::2], tile=(128, 128), compression="zlib", subfiletype=1, photometric="rgb")
+    with open_slide(path) as r:
+        assert r.level_dimensions == [(768, 512), (384, 256)]
+        assert np.array_equal(r.read_region(1, 200, 100, 100, 50), img[::2, ::2][50:100, 100:200])
+        assert r.mpp is None
+
+
+def test_dpi_defaults_are_not_taken_for_a_scan_resolution(tmp_path):
+    path = tmp_path / "photo.tif"
+    tifffile.imwrite(path, tissue_image(64, 64), photometric="rgb", resolution=(72, 72),
+                     resolutionunit="INCH")
+    with open_slide(path) as r:
+        assert r.mpp is None
+
+
+def test_png_and_rgba_png(tmp_path):
+    img = tissue_image(200, 300)
+    rgba = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
+    rgba[:10, :10, 3] = 0
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    with open_slide(tmp_path / "a.png") as r:
+        out = r.read_region(0, 0, 0, 300, 200)
+        assert (out[:10, :10] == 255).all() and np.array_equal(out[10:, 10:], img[10:, 10:])
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.svs", b"", "file is empty"),
+    ("notes.svs", b"this is a text file, not a slide\n", "unrecognised file format"),
+    ("bad.tiff", b"II*\x00" + b"\x00" * 64, "not a readable TIFF"),
+])
+def test_bad_files_give_one_line_errors(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(SlideError, match=message) as err:
+        open_slide(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_file_and_grayscale_png(tmp_path):
+    with pytest.raises(SlideError, match="no such file"):
+        open_slide(tmp_path / "nope.svs")
+    cv2.imwrite(str(tmp_path / "g.png"), np.zeros((20, 20), np.uint8))
+    with pytest.raises(SlideError, match="grayscale"):
+        open_slide(tmp_path / "g.png")
+
+
+def test_truncated_tiff_fails_on_read_with_the_file_named(tmp_path):
+    path = tmp_path / "slide.tiff"
+    write_pyramid(path, tissue_image(1024, 1024), mpp=4.0, downsamples=(1,))
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tiff"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideError) as err:
+        with open_slide(cut) as r:
+            r.read_region(0, 0, 0, 1024, 1024)
+    assert str(cut) in str(err.value)
+
+
+# --- the real whole-slide files --------------------------------------------------------------
+# (file, --mpp, expected tissue patches at 4 µm/px or the error it must give)
+REAL = [
+    ("cmu-1-small-region.svs", None, (20, 40)),
+    ("tcga-cr-7395-01a-01-ts1.svs", None, "no microns-per-pixel"),
+    ("tcga-cr-7395-01a-01-ts1.svs", 0.25, (15, 30)),
+    ("kidney-48-5.tif", None, "no microns-per-pixel"),
+    ("kidney-48-5.tif", 4.0, (2, 12)),
+    ("small_dicom.dcm", None, "no microns-per-pixel"),
+    ("small_dicom.dcm", 0.5, (25, 50)),
+    ("small.svs", None, "smaller than half"),
+]
+
+
+@pytest.mark.parametrize("name, mpp, expected", REAL, ids=[f"{n}-{m}" for n, m, _ in REAL])
+def test_real_wsi_tiles_or_fails_clearly(name, mpp, expected):
+    path = shared_path("wsi", name)
+    if isinstance(expected, str):
+        with pytest.raises(SlideError, match=expected) as err:
+            with open_slide(path) as r:
+                plan_slide(r, TilingSpec(mpp=mpp))
+        assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+        return
+    with open_slide(path) as r:
+        plan = plan_slide(r, TilingSpec(mpp=mpp))
+        n = sum(len(b) for b in iter_patches(plan))
+    lo, hi = expected
+    assert lo <= n <= hi, f"{name}: {n} tissue patches"
+
+
+def test_dicom_frames_are_placed_where_they_join_up():
+    """small_dicom.dcm stores its frames column-major without saying so; tiles must join seamlessly."""
+    path = shared_path("wsi", "small_dicom.dcm")
+    with open_slide(path) as r:
+        assert r.format == "dicom-wsi" and r.dimensions == (3236, 2638)
+        strip = r.read_region(0, 400, 0, 200, 2638).astype(int)  # crosses the tile border at x=500
+    step_at_border = np.abs(strip[:, 99] - strip[:, 100]).mean()
+    step_elsewhere = np.abs(strip[:, 49] - strip[:, 50]).mean()
+    assert step_at_border < 2 * step_elsewhere + 5
+
+
+def test_pen_ink_is_not_tissue_on_the_marked_dicom():
+    path = shared_path("wsi", "small_dicom.dcm")
+    with open_slide(path) as r:
+        plan = plan_slide(r, TilingSpec(mpp=0.5))
+        thumb = plan.thumbnail
+    from slide_tiling.tissue import ink_mask
+    ink = ink_mask(thumb)
+    assert ink.mean() > 0.03                       # the slide really carries green and blue ink
+    assert not (plan.tissue.mask & ink).any()      # and none of it counts as tissue
+
+
+def test_ome_tiff_subifd_pyramid_with_physical_size(tmp_path):
+    img = tissue_image(512, 768)
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        tw.write(img, tile=(128, 128), subifds=1, photometric="rgb",
+                 metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+        tw.write(img[::4, ::4], tile=(128, 128), subfiletype=1, photometric="rgb")
+    with open_slide(path) as r:
+        assert r.format == "tiff" and r.mpp == pytest.approx((0.25, 0.25))
+        assert r.level_dimensions == [(768, 512), (192, 128)]
+        assert np.array_equal(r.read_region(1, 400, 200, 64, 32), img[::4, ::4][50:82, 100:164])
