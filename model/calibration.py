@@ -4,8 +4,8 @@ Temperature scaling divides the IDC logit log(p1/p0) by one scalar T > 0 chosen 
 negative log-likelihood of the validation labels; it changes confidence, not the ranking (AUC).
 
 Threshold rule: the calibrated probability that maximises balanced accuracy on the validation
-patients (equivalently Youden's J = sensitivity + specificity - 1), taken at the midpoint
-between the two neighbouring distinct scores so it does not sit exactly on a patch's value.
+patients (equivalently Youden's J = sensitivity + specificity - 1), placed midway between the
+lowest score called IDC and the next lower score, so it does not sit exactly on a patch's value.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sklearn.metrics import roc_curve
 from .scoring import calibrated_probability, idc_logit
 
 THRESHOLD_RULE = ("maximise balanced accuracy (Youden's J) of the calibrated IDC probability on the "
-                  "validation patients; midpoint between neighbouring scores")
+                  "validation patients; midway to the next lower score")
 
 
 def nll(prob: np.ndarray, labels: np.ndarray) -> float:
@@ -41,10 +41,11 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def choose_threshold(prob: np.ndarray, labels: np.ndarray) -> float:
     """Decision threshold by :data:`THRESHOLD_RULE` (predict IDC when prob >= threshold)."""
-    fpr, tpr, thr = roc_curve(labels, prob)
+    fpr, tpr, thr = roc_curve(labels, prob, drop_intermediate=False)
     best = int(np.argmax(tpr - fpr))
-    upper = min(float(thr[best - 1]), 1.0) if best > 0 else 1.0
-    return float((float(thr[best]) + upper) / 2.0) if best > 0 else float(thr[best])
+    if best + 1 < len(thr):  # midway down to the next lower score: same predictions, a margin
+        return float((thr[best] + thr[best + 1]) / 2.0)
+    return float(thr[best])
 
 
 def calibrate(probs: np.ndarray, labels: np.ndarray) -> dict:

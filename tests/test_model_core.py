@@ -1,0 +1,189 @@
+"""The model's numeric core without Ray: architectures, calibration, metrics, split, bundle hashes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, f1_score,
+                             precision_score, recall_score, roc_auc_score)
+
+from model.bundle import BundleError, load_bundle, write_manifest
+from model.calibration import calibrate, choose_threshold, fit_temperature, nll
+from model.data import PatchSet, apply_split, class_weights, split_patients
+from model.metrics import classification_metrics, expected_calibration_error, metrics_report
+from model.scoring import calibrated_probability
+
+
+# --- architectures ---------------------------------------------------------------------------
+
+def test_seed_cnn_flops_and_shapes():
+    from model.architectures import build, flops_per_patch
+
+    seed, net = build("seed_cnn"), build("idcnet")
+    assert flops_per_patch(seed) == pytest.approx(145.5e6, rel=1e-3)
+    assert flops_per_patch(net) < flops_per_patch(seed) / 2
+    # the spec's Flatten is 12 x 12 x 128 = 18432 wide
+    assert seed.get_layer(index=[type(l).__name__ for l in seed.layers].index("Flatten")).output.shape[-1] == 18432
+    x = np.random.default_rng(0).normal(size=(3, 50, 50, 3)).astype(np.float32)
+    for m in (seed, net):
+        p = np.asarray(m(x, training=False))
+        assert p.shape == (3, 2)
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+
+
+def test_unknown_architecture_is_refused():
+    from model.architectures import build
+
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build("resnet999")
+
+
+def test_augmentation_keeps_pixels_and_range():
+    import tensorflow as tf
+
+    from model.augment import augment, dihedral
+
+    x = tf.constant(np.random.default_rng(1).integers(0, 256, (8, 50, 50, 3)), tf.float32)
+    d = dihedral(x).numpy()
+    # symmetries only move pixels: each image keeps its multiset of values
+    np.testing.assert_array_equal(np.sort(d.reshape(8, -1), 1), np.sort(x.numpy().reshape(8, -1), 1))
+    a = augment(x).numpy()
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 255
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+def _overconfident(n=4000, factor=3.0, seed=0):
+    """Labels drawn from sigmoid(z), reported as softmax probabilities with logit factor * z."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 2, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
+    p1 = 1 / (1 + np.exp(-factor * z))
+    return np.stack([1 - p1, p1], 1), y
+
+
+def test_temperature_scaling_fixes_overconfidence():
+    probs, y = _overconfident()
+    t = fit_temperature(probs, y)
+    assert t == pytest.approx(3.0, rel=0.15)
+    assert nll(calibrated_probability(probs, t), y) < nll(calibrated_probability(probs, 1.0), y) - 0.05
+    cal = calibrate(probs, y)
+    assert cal["nll_after"] < cal["nll_before"]
+    # temperature scaling does not change the ranking
+    assert roc_auc_score(y, calibrated_probability(probs, t)) == pytest.approx(roc_auc_score(y, probs[:, 1]))
+
+
+def test_threshold_maximises_balanced_accuracy():
+    probs, y = _overconfident(n=1500, factor=1.0, seed=3)
+    p = probs[:, 1]
+    thr = choose_threshold(p, y)
+    best = max(balanced_accuracy_score(y, p >= t) for t in np.unique(p))
+    assert balanced_accuracy_score(y, p >= thr) == pytest.approx(best)
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+def test_metrics_equal_sklearn():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 0, 1, 0])
+    p = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9, 0.3, 0.2, 0.65, 0.55])
+    m = classification_metrics(y, p, 0.5)
+    pred = p >= 0.5
+    assert m["confusion_matrix"] == {"tn": 4, "fp": 2, "fn": 1, "tp": 3}
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred)) == pytest.approx(0.7)
+    assert m["sensitivity"] == pytest.approx(recall_score(y, pred)) == pytest.approx(0.75)
+    assert m["specificity"] == pytest.approx(4 / 6)
+    assert m["precision"] == pytest.approx(precision_score(y, pred))
+    assert m["f1"] == pytest.approx(f1_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["pr_auc"] == pytest.approx(average_precision_score(y, p))
+
+
+def test_ece_known_values():
+    # perfectly calibrated bins -> 0; all predicted 0.9 for a 50 % rate -> 0.4
+    assert expected_calibration_error(np.array([0.25] * 4), np.array([1, 0, 0, 0])) == pytest.approx(0.0)
+    assert expected_calibration_error(np.array([0.9] * 4), np.array([1, 0, 1, 0])) == pytest.approx(0.4)
+
+
+def test_report_per_patient_and_single_class_patient():
+    y = np.array([0, 1, 0, 0, 0])
+    p = np.array([0.2, 0.9, 0.6, 0.1, 0.3])
+    r = metrics_report(y, p, np.array(["a", "a", "a", "b", "b"]), 0.5)
+    assert r["n_patients"] == 2 and r["n_patches"] == 5
+    assert r["per_patient"]["a"]["roc_auc"] == pytest.approx(1.0)
+    assert r["per_patient"]["b"]["roc_auc"] is None  # one class only
+    assert r["per_patient"]["b"]["specificity"] == pytest.approx(1.0)
+    json.dumps(r)  # JSON-ready
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def _synthetic_patches():
+    rng = np.random.default_rng(0)
+    pids, srcs = [], []
+    for src, n_pat in (("big", 10), ("small", 30)):
+        for i in range(n_pat):
+            k = int(rng.integers(5, 40))
+            pids += [f"{src}{i}"] * k
+            srcs += [src] * k
+    n = len(pids)
+    return PatchSet(np.zeros((n, 50, 50, 3), np.uint8), (rng.random(n) < 0.3).astype(np.int8),
+                    np.array(pids), np.array(srcs))
+
+
+def test_split_is_by_patient_deterministic_and_covers_each_source():
+    ps = _synthetic_patches()
+    split = split_patients(ps)
+    assert split == split_patients(ps)
+    assert not set(split["train"]) & set(split["validation"])
+    assert set(split["train"]) | set(split["validation"]) == set(ps.patients)
+    train, val = apply_split(ps, split)
+    assert len(train) + len(val) == len(ps)
+    for src in ("big", "small"):
+        share = (val.sources == src).sum() / (ps.sources == src).sum()
+        assert 0.2 <= share < 0.6
+        assert (train.sources == src).any()
+
+
+def test_class_weights_balance_the_classes():
+    y = np.array([0] * 80 + [1] * 20)
+    w = class_weights(y)
+    assert w[1] / w[0] == pytest.approx(4.0)
+    assert (80 * w[0] + 20 * w[1]) / 100 == pytest.approx(1.0)
+
+
+# --- bundle manifest -------------------------------------------------------------------------
+
+def _fake_bundle(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(bytes(range(256)))
+    write_manifest(tmp_path, {"name": "fake", "calibration": {"temperature": 1.5}})
+    return tmp_path
+
+
+def test_manifest_roundtrip_and_tamper(tmp_path):
+    b = load_bundle(_fake_bundle(tmp_path))
+    assert b.temperature == 1.5 and set(b.meta["files"]) == {"weights.bin"}
+    data = bytearray((tmp_path / "weights.bin").read_bytes())
+    data[100] ^= 1
+    (tmp_path / "weights.bin").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="weights.bin: sha256 does not match"):
+        load_bundle(tmp_path)
+
+
+def test_manifest_edit_and_extra_file_are_refused(tmp_path):
+    _fake_bundle(tmp_path)
+    text = (tmp_path / "model.json").read_text()
+    (tmp_path / "model.json").write_text(text.replace('"temperature": 1.5', '"temperature": 1.6'))
+    with pytest.raises(BundleError, match="manifest_sha256"):
+        load_bundle(tmp_path)
+    (tmp_path / "model.json").write_text(text)
+    load_bundle(tmp_path)
+    (tmp_path / "extra.onnx").write_bytes(b"x")
+    with pytest.raises(BundleError, match="not listed"):
+        load_bundle(tmp_path)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="not a model bundle"):
+        load_bundle(tmp_path)
