@@ -1,0 +1,139 @@
+"""End to end on real patches: a 2-worker Ray Train run writes a bundle that loads, scores and
+evaluates; tampered bundles are refused; backends agree; training resumes from its checkpoint."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import shared_path
+
+PATCHES_PER_PATIENT = 4  # 147 patients -> ~590 real patches
+
+
+@pytest.fixture(scope="module")
+def data_dirs():
+    return [str(shared_path("idc", "patients")), str(shared_path("idc", "sparse"))]
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, data_dirs, tmp_path_factory):
+    """One epoch of idcnet with 2 Ray Train workers on a few hundred real patches."""
+    from model.pipeline import train_bundle
+    from model.train import TrainConfig
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = TrainConfig(data_dirs=data_dirs, arch="idcnet", epochs=1, num_workers=2, cpus=2,
+                      global_batch_size=32, limit_per_patient=PATCHES_PER_PATIENT)
+    bundle = train_bundle(cfg, root / "bundle", root / "runs")
+    return {"bundle": bundle, "cfg": cfg, "root": root}
+
+
+def test_bundle_manifest(trained):
+    from model import load_bundle
+
+    b = load_bundle(trained["bundle"].path)
+    m = b.meta
+    assert m["architecture"]["name"] == "idcnet" and m["architecture"]["flops_per_patch"] < 145.5e6
+    assert m["input"] == {"shape": [50, 50, 3], "dtype": "uint8", "channels": "RGB", "target_mpp": 4.0,
+                          "partial_patches": "padded with white (255) at right/bottom to 50x50"}
+    assert len(m["normalisation"]["mean"]) == 3 and all(s > 0 for s in m["normalisation"]["std"])
+    assert not set(m["split"]["train"]) & set(m["split"]["validation"])
+    assert len(m["split"]["train"]) + len(m["split"]["validation"]) == 147
+    assert m["calibration"]["temperature"] > 0 and m["calibration"]["nll_after"] <= m["calibration"]["nll_before"]
+    assert 0.0 < b.threshold < 1.0
+    assert len(m["training"]["data_fingerprint"]) == 64
+    assert len(m["training"]["history"]) == 1 and m["training"]["history"][0]["patches_per_s"] > 0
+    vm = m["validation_metrics"]
+    assert vm["n_patches"] == m["training"]["n_validation_patches"] > 50
+    assert 0.0 <= vm["roc_auc"] <= 1.0
+    assert set(m["files"]) >= {"model.keras", "model.onnx"}
+    assert {"keras", "onnx"} <= set(b.backends)
+
+
+def test_backends_agree_on_real_patches(trained, data_dirs):
+    from model import make_backend
+    from model.data import load_patches
+
+    patches = load_patches(data_dirs, limit_per_patient=1).images[:100]
+    keras_p = make_backend(trained["bundle"], "keras").predict(patches)
+    onnx_p = make_backend(trained["bundle"], "onnx", threads=1, batch_size=33).predict(patches)
+    assert keras_p.dtype == onnx_p.dtype == np.float32 and keras_p.shape == (100,)
+    assert np.all((keras_p >= 0) & (keras_p <= 1))
+    assert np.abs(keras_p - onnx_p).max() < 1e-4
+    assert keras_p.std() > 0  # not a constant
+    int8 = trained["bundle"].meta["backends"]["onnx-int8"]
+    assert int8["offered"] == (int8["fp32_val_roc_auc"] - int8["val_roc_auc"] <= 0.005)
+    if int8["offered"]:
+        assert np.abs(make_backend(trained["bundle"], "onnx-int8").predict(patches) - onnx_p).max() < 0.2
+    else:
+        with pytest.raises(ValueError, match="not offered"):
+            make_backend(trained["bundle"], "onnx-int8")
+
+
+def test_predict_rejects_wrong_input(trained):
+    from model import make_backend
+
+    with pytest.raises(ValueError, match="uint8 RGB patches"):
+        make_backend(trained["bundle"], "onnx").predict(np.zeros((2, 50, 50, 3), np.float32))
+    assert make_backend(trained["bundle"], "onnx").predict(np.zeros((0, 50, 50, 3), np.uint8)).shape == (0,)
+
+
+def test_evaluate_cli_writes_report_and_plots(trained, tmp_path):
+    from jobs.cli import cli
+
+    patient = sorted(p for p in shared_path("idc", "sparse").iterdir() if p.is_dir())[0]
+    n_files = sum(1 for _ in patient.glob("[01]/*.png"))
+    res = CliRunner().invoke(cli, ["evaluate", str(trained["bundle"].path), str(patient),
+                                   "--json", str(tmp_path / "r.json"), "--plots", str(tmp_path / "plots")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    for key in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "f1", "accuracy", "ece",
+                "n_patches", "n_patients"):
+        assert key in report
+    assert report["n_patches"] == n_files and report["n_patients"] == 1
+    assert report["threshold"] == pytest.approx(trained["bundle"].threshold)
+    cm = report["confusion_matrix"]
+    assert sum(cm.values()) == n_files
+    assert 0 <= report["accuracy"] <= 1 and 0 <= report["ece"] <= 1
+    for png in ("roc.png", "reliability.png"):
+        if png == "roc.png" and report["roc_auc"] is None:
+            continue
+        assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("victim", ["model.keras", "model.onnx", "model.json"])
+def test_tampered_bundle_is_refused(trained, tmp_path, victim):
+    from jobs.cli import cli
+    from model import BundleError, load_bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained["bundle"].path, copy)
+    data = bytearray((copy / victim).read_bytes())
+    if victim == "model.json":  # change one digit of a stored value
+        i = data.index(b'"temperature": ') + len(b'"temperature": ')
+        data[i] = ord("7") if data[i] != ord("7") else ord("8")
+    else:
+        data[len(data) // 2] ^= 0x01
+    (copy / victim).write_bytes(bytes(data))
+    with pytest.raises(BundleError):
+        load_bundle(copy)
+    res = CliRunner().invoke(cli, ["evaluate", str(copy), str(shared_path("idc", "sparse"))])
+    assert res.exit_code == 1
+    assert "Error:" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_resume_continues_from_last_checkpoint(trained):
+    from dataclasses import replace
+
+    from model.train import fit
+
+    first = json.loads((next((trained["root"] / "runs").rglob("state.json"))).read_text())
+    ckpt = fit(replace(trained["cfg"], epochs=2), trained["root"] / "runs", resume=True)
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["epoch"] == 1 and len(state["history"]) == 2
+    assert state["history"][0] == first["history"][0]
