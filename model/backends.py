@@ -11,7 +11,7 @@ import numpy as np
 
 from slide_tiling import PATCH_SIZE
 
-from .bundle import KERAS_FILE, ModelBundle, load_keras_model
+from .bundle import ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_keras_model
 from .scoring import calibrated_probability
 
 BACKENDS = ("onnx", "keras", "onnx-int8")
@@ -66,7 +66,7 @@ class KerasBackend(Backend):
 
 class OnnxBackend(Backend):
     name = "onnx"
-    file = "model.onnx"
+    file = ONNX_FILE
 
     def __init__(self, bundle: ModelBundle, threads: int | None = None, batch_size: int = DEFAULT_BATCH):
         super().__init__(bundle, batch_size)
@@ -86,7 +86,7 @@ class OnnxBackend(Backend):
 
 class OnnxInt8Backend(OnnxBackend):
     name = "onnx-int8"
-    file = "model.int8.onnx"
+    file = ONNX_INT8_FILE
 
 
 _CLASSES = {"keras": KerasBackend, "onnx": OnnxBackend, "onnx-int8": OnnxInt8Backend}
@@ -102,6 +102,3 @@ def make_backend(bundle: ModelBundle, name: str = "onnx", threads: int | None = 
         raise ValueError(f"backend {name!r} is not offered by {bundle.path}: {why}")
     return _CLASSES[name](bundle, threads=threads, batch_size=batch_size)
 
-
-__all__ = ["BACKENDS", "Backend", "KerasBackend", "OnnxBackend", "OnnxInt8Backend", "make_backend",
-           "KERAS_FILE"]

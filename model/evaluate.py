@@ -5,12 +5,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from sklearn.metrics import roc_curve
+from sklearn.metrics import auc, roc_curve
 
 from .backends import make_backend
 from .bundle import ModelBundle, load_bundle
 from .data import load_patches
-from .metrics import metrics_report, reliability_bins
+from .metrics import expected_calibration_error, metrics_report, reliability_bins
 
 _SIZE, _MARGIN = 480, 60
 _BLACK, _GREY, _BLUE, _RED = (0, 0, 0), (170, 170, 170), (200, 90, 20), (40, 40, 220)
@@ -54,8 +54,6 @@ def _axes(title: str, xlabel: str, ylabel: str) -> np.ndarray:
 def roc_plot(labels, prob, threshold: float) -> np.ndarray:
     """ROC curve (BGR image) with the operating point of ``threshold`` marked."""
     fpr, tpr, _ = roc_curve(labels, prob)
-    from sklearn.metrics import auc
-
     img = _axes(f"ROC curve, AUC {auc(fpr, tpr):.4f}", "false positive rate", "true positive rate")
     pts = np.array([_to_px(x, y) for x, y in zip(fpr, tpr)], np.int32)
     cv2.polylines(img, [pts], False, _BLUE, 2, cv2.LINE_AA)
@@ -71,8 +69,6 @@ def roc_plot(labels, prob, threshold: float) -> np.ndarray:
 def reliability_plot(labels, prob) -> np.ndarray:
     """Reliability diagram (BGR image): observed IDC rate per probability bin, bar width = bin."""
     bins = reliability_bins(prob, labels)
-    from .metrics import expected_calibration_error
-
     img = _axes(f"Reliability, ECE {expected_calibration_error(prob, labels):.4f}",
                 "predicted IDC probability", "observed IDC rate")
     for b in bins:

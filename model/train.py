@@ -55,7 +55,8 @@ def _epoch_indices(labels: np.ndarray, cfg: TrainConfig, epoch: int) -> np.ndarr
     """The global order of training patches for an epoch (same on every worker)."""
     rng = np.random.default_rng([cfg.seed, epoch])
     if cfg.imbalance == "sampling":
-        w = np.where(labels == 1, *(datalib.class_weights(labels)[c] for c in (1, 0)))
+        cw = datalib.class_weights(labels)
+        w = np.where(labels == 1, cw[1], cw[0])
         return rng.choice(len(labels), len(labels), replace=True, p=w / w.sum())
     return rng.permutation(len(labels))
 
