@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
+
+# TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise for CLI users
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 

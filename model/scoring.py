@@ -3,16 +3,14 @@ and the map from probabilities to calibrated IDC probabilities (temperature scal
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from slide_tiling import PATCH_SIZE
 
 #: clip for probabilities before taking logits (float32 softmax saturates near 1e-7)
 PROB_EPS = 1e-7
-INPUT_SIGNATURE = [tf.TensorSpec([None, PATCH_SIZE, PATCH_SIZE, 3], tf.uint8, name="patches")]
 
 
-def normalise(x: tf.Tensor, normalisation: dict) -> tf.Tensor:
+def normalise(x, normalisation: dict):
     """(x - mean) / std per RGB channel, on float32 pixel values in [0, 255]."""
     # numpy constants, not captured eager tensors: tf2onnx would turn those into graph inputs
     mean = np.asarray(normalisation["mean"], np.float32)
@@ -22,8 +20,9 @@ def normalise(x: tf.Tensor, normalisation: dict) -> tf.Tensor:
 
 def scoring_function(model, normalisation: dict):
     """A ``tf.function``: uint8 (N, 50, 50, 3) RGB patches -> softmax probabilities (N, 2)."""
+    import tensorflow as tf
 
-    @tf.function(input_signature=INPUT_SIGNATURE)
+    @tf.function(input_signature=[tf.TensorSpec([None, PATCH_SIZE, PATCH_SIZE, 3], tf.uint8, name="patches")])
     def score(patches):
         return model(normalise(tf.cast(patches, tf.float32), normalisation), training=False)
 
