@@ -83,6 +83,9 @@ def tile(slide, mpp, target_mpp, patch_size, stride, min_tissue, preview, patche
     except SlideError as exc:
         _fail(exc)
     x, y, cols, rows, frac = (np.concatenate(v) if v else np.zeros(0, np.int64) for v in found.values())
+    for out in (preview, patches):
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
     if preview:
         write_png(preview, render_preview(plan, cols, rows))
     if not len(cols):
