@@ -1,0 +1,138 @@
+"""The Parquet results of a scoring job: one schema per table, defined here and nowhere else.
+
+    JOB_DIR/predictions/patient_id=<P>/<slide_id>.parquet   one row per tissue patch
+    JOB_DIR/summaries.parquet                               one row per slide and per patient
+
+A predictions file carries, in its key-value metadata, everything needed to rebuild the maps and
+the report without the slide: the bundle hash, the job spec, the slide's geometry and a JPEG
+thumbnail. Files are written under a temporary name in the same folder and renamed when complete,
+so a reader (or a resumed job) never sees a partial file.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PREDICTIONS = pa.schema([
+    pa.field("job_id", pa.string(), nullable=False),
+    pa.field("patient_id", pa.string(), nullable=False),
+    pa.field("slide_id", pa.string(), nullable=False),
+    pa.field("x", pa.int64(), nullable=False),          # level-0 pixel, left
+    pa.field("y", pa.int64(), nullable=False),          # level-0 pixel, top
+    pa.field("col", pa.int32(), nullable=False),        # grid column at the target resolution
+    pa.field("row", pa.int32(), nullable=False),
+    pa.field("level0_patch_size", pa.float32(), nullable=False),
+    pa.field("tissue_fraction", pa.float32(), nullable=False),
+    pa.field("prob_idc", pa.float32(), nullable=False),
+    pa.field("model_version", pa.string(), nullable=False),
+])
+
+SUMMARIES = pa.schema([
+    pa.field("level", pa.string(), nullable=False),     # "slide" or "patient"
+    pa.field("patient_id", pa.string(), nullable=False),
+    pa.field("slide_id", pa.string()),                  # null on patient rows
+    pa.field("slides", pa.int32()),
+    pa.field("patches", pa.int64()),                    # grid patches
+    pa.field("tissue_patches", pa.int64()),
+    pa.field("idc_patches", pa.int64()),
+    pa.field("idc_fraction", pa.float64()),             # idc / tissue patches
+    pa.field("idc_area_mm2", pa.float64()),
+    pa.field("mean_prob", pa.float64()),
+    pa.field("max_prob", pa.float64()),
+    pa.field("p95_prob", pa.float64()),
+    pa.field("call", pa.string()),                      # "IDC", "no IDC"; null when failed
+    pa.field("status", pa.string(), nullable=False),    # "done" or "failed"
+    pa.field("error", pa.string()),
+])
+
+META_KEY = b"idcmap"  # the JSON document of SlideMeta in each predictions file
+
+
+@dataclass
+class SlideMeta:
+    """What a predictions file knows about its slide and its job."""
+
+    job_id: str
+    patient_id: str
+    slide_id: str
+    source: str                       # slide path as given
+    bundle_sha256: str
+    model_version: str
+    threshold: float
+    job_spec: dict
+    width0: int
+    height0: int
+    mpp: tuple[float, float]          # level-0 µm/px
+    target_mpp: float
+    patch_size: int
+    stride: int
+    cols: int
+    rows: int
+    level: int
+    thumbnail_downsample: float       # level-0 px per thumbnail px
+    thumbnail_jpeg: str = ""          # base64
+
+    def thumbnail_bytes(self) -> bytes:
+        return base64.b64decode(self.thumbnail_jpeg) if self.thumbnail_jpeg else b""
+
+
+def predictions_path(job_dir, patient_id: str, slide_id: str) -> Path:
+    return Path(job_dir) / "predictions" / f"patient_id={patient_id}" / f"{slide_id}.parquet"
+
+
+def write_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None) -> None:
+    """Write a Parquet file under a temporary name and rename it into place when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_predictions(job_dir, table: pa.Table, meta: SlideMeta) -> Path:
+    table = table.cast(PREDICTIONS)
+    path = predictions_path(job_dir, meta.patient_id, meta.slide_id)
+    write_atomic(table, path, {META_KEY: json.dumps(asdict(meta)).encode()})
+    return path
+
+
+def read_slide_meta(path) -> SlideMeta:
+    raw = pq.read_schema(path).metadata[META_KEY]
+    data = json.loads(raw)
+    data["mpp"] = tuple(data["mpp"])
+    return SlideMeta(**data)
+
+
+def prediction_files(job_dir) -> list[Path]:
+    """Complete predictions files of a job (temporary files are hidden and never listed)."""
+    return sorted((Path(job_dir) / "predictions").glob("patient_id=*/*.parquet"))
+
+
+# --- failed slides: one small JSON per slide, removed when the slide later succeeds -------------
+def failure_path(job_dir, patient_id: str, slide_id: str) -> Path:
+    return Path(job_dir) / "failed" / patient_id / f"{slide_id}.json"
+
+
+def write_failure(job_dir, patient_id: str, slide_id: str, source: str, error: str) -> None:
+    path = failure_path(job_dir, patient_id, slide_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"patient_id": patient_id, "slide_id": slide_id, "source": source,
+                               "error": error}))
+    os.replace(tmp, path)
+
+
+def read_failures(job_dir) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(job_dir) / "failed").glob("*/*.json"))]
