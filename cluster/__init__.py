@@ -1,1 +1,4 @@
 """Connecting to Ray: an embedded local instance by default, or a running cluster by address."""
+from .connect import PACKAGES, ray_session, runtime_env
+
+__all__ = ["PACKAGES", "ray_session", "runtime_env"]

@@ -77,7 +77,7 @@ def tile(slide, mpp, target_mpp, patch_size, stride, min_tissue, preview, patche
         with open_slide(slide) as reader:
             plan = plan_slide(reader, spec)
             found = {k: [] for k in ("x", "y", "cols", "rows", "tissue_fraction")}
-            for batch in iter_patches(plan):
+            for batch in iter_patches(reader, plan):
                 for k, v in found.items():
                     v.append(getattr(batch, k))
     except SlideError as exc:

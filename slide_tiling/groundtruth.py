@@ -38,7 +38,7 @@ def check_rebuild(patient_dir, slide_path, spec: TilingSpec = TilingSpec()) -> R
     diffs, extra = [], 0
     with open_slide(slide_path) as reader:
         plan = plan_slide(reader, spec)
-        for batch in iter_patches(plan):
+        for batch in iter_patches(reader, plan):
             for col, row, pixels in zip(batch.cols, batch.rows, batch.pixels):
                 patch = wanted.get((int(col), int(row)))
                 if patch is None:

@@ -5,7 +5,7 @@ memory does not depend on the slide's size. Regions the thumbnail shows no tissu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import cv2
@@ -32,13 +32,19 @@ class TilingSpec:
 
 @dataclass
 class SlidePlan:
-    reader: SlideReader
+    """Everything needed to cut a slide's patches, apart from the open slide itself."""
+
     spec: TilingSpec
     level: LevelChoice
     grid: PatchGrid
     tissue: TissueMask
-    thumbnail: np.ndarray
+    thumbnail: np.ndarray | None
     regions: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+    def slim(self, regions=None) -> "SlidePlan":
+        """A copy without the thumbnail and mask images (cheap to send to a worker)."""
+        return replace(self, thumbnail=None, tissue=replace(self.tissue, mask=np.zeros((0, 0), bool)),
+                       regions=list(self.regions if regions is None else regions))
 
 
 @dataclass
@@ -73,10 +79,11 @@ def plan_slide(reader: SlideReader, spec: TilingSpec = TilingSpec()) -> SlidePla
         extra = (spec.patch_size - spec.stride) * level.downsample0[0]
         if tissue.any_tissue(x0, y0, x1 + extra, y1 + extra):
             regions.append((c0, r0, c1, r1))
-    return SlidePlan(reader, spec, level, grid, tissue, thumbnail, regions)
+    return SlidePlan(spec, level, grid, tissue, thumbnail, regions)
 
 
-def read_region_patches(plan: SlidePlan, region: tuple[int, int, int, int]) -> PatchBatch:
+def read_region_patches(reader: SlideReader, plan: SlidePlan,
+                        region: tuple[int, int, int, int]) -> PatchBatch:
     """Read one region at the target resolution and cut its tissue patches."""
     spec, grid, level = plan.spec, plan.grid, plan.level
     c0, r0, c1, r1 = region
@@ -86,7 +93,7 @@ def read_region_patches(plan: SlidePlan, region: tuple[int, int, int, int]) -> P
     sx, sy = level.scale
     lw, lh = max(1, round(tw * sx)), max(1, round(th * sy))
     x0, y0 = grid.level0_xy(c0, r0)
-    pixels = plan.reader.read_region(level.level, int(x0), int(y0), lw, lh)
+    pixels = reader.read_region(level.level, int(x0), int(y0), lw, lh)
     if (lw, lh) != (tw, th):
         pixels = cv2.resize(pixels, (tw, th), interpolation=cv2.INTER_AREA)
     # tissue fraction of every patch window, through an integral image
@@ -106,9 +113,9 @@ def read_region_patches(plan: SlidePlan, region: tuple[int, int, int, int]) -> P
     return PatchBatch(cols, rows, x, y, fraction[keep], patches)
 
 
-def iter_patches(plan: SlidePlan) -> Iterator[PatchBatch]:
-    """The tissue patches of the whole slide, one region at a time."""
+def iter_patches(reader: SlideReader, plan: SlidePlan) -> Iterator[PatchBatch]:
+    """The tissue patches of the slide (of the plan's regions), one region at a time."""
     for region in plan.regions:
-        batch = read_region_patches(plan, region)
+        batch = read_region_patches(reader, plan, region)
         if len(batch):
             yield batch

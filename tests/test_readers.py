@@ -133,7 +133,7 @@ def test_real_wsi_tiles_or_fails_clearly(name, mpp, expected):
         return
     with open_slide(path) as r:
         plan = plan_slide(r, TilingSpec(mpp=mpp))
-        n = sum(len(b) for b in iter_patches(plan))
+        n = sum(len(b) for b in iter_patches(r, plan))
     lo, hi = expected
     assert lo <= n <= hi, f"{name}: {n} tissue patches"
 

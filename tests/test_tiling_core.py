@@ -123,7 +123,7 @@ def test_tiler_finds_exactly_the_tissue_patches_and_their_pixels():
     reader = ArrayReader(img, mpp=(1.0, 1.0), downsamples=(1, 2, 4))
     plan = plan_slide(reader, TilingSpec(target_mpp=4.0, min_tissue=0.5, thumbnail_size=256))
     assert plan.level.level == 2 and (plan.grid.cols, plan.grid.rows) == (5, 4)
-    batches = list(iter_patches(plan))
+    batches = list(iter_patches(reader, plan))
     cols = np.concatenate([b.cols for b in batches])
     rows = np.concatenate([b.rows for b in batches])
     # tissue spans target px x [50, 150), y [25, 75): patches (1,0), (2,0), (1,1), (2,1) hold >= half
@@ -142,7 +142,7 @@ def test_tiler_is_independent_of_region_size_and_skips_glass_regions():
     results = []
     for region in (100, 400, 4000):
         plan = plan_slide(reader, TilingSpec(target_mpp=1.0, region_size=region))
-        batches = list(iter_patches(plan))
+        batches = list(iter_patches(reader, plan))
         results.append(sorted(zip(np.concatenate([b.cols for b in batches]).tolist(),
                                   np.concatenate([b.rows for b in batches]).tolist())))
         if region == 100:
@@ -153,7 +153,7 @@ def test_tiler_is_independent_of_region_size_and_skips_glass_regions():
 def test_region_patches_without_tissue_are_dropped():
     reader = ArrayReader(np.full((400, 400, 3), GLASS, np.uint8), mpp=(4.0, 4.0))
     plan = plan_slide(reader, TilingSpec())
-    assert plan.regions == [] and len(read_region_patches(plan, (0, 0, 8, 8))) == 0
+    assert plan.regions == [] and len(read_region_patches(reader, plan, (0, 0, 8, 8))) == 0
 
 
 def test_too_small_slide_is_an_error():

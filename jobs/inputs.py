@@ -1,0 +1,131 @@
+"""What a job scores: slide files, folders (one patient per sub-folder) and manifest CSVs.
+
+- a slide file: its own patient; patient and slide id are the file name without extension;
+- a Kaggle patient folder (PATIENT/{0,1}/*.png): one virtual slide of that patient;
+- another folder: every sub-folder is a patient (its slide files, or itself if it is a Kaggle
+  patient folder); slide files directly inside are each their own patient;
+- a manifest CSV with columns ``patient_id,slide_path[,mpp][,slide_id]``; relative slide paths are
+  relative to the manifest's folder; several slides per patient are allowed.
+
+Ids become folder and file names in the job's output, so they are checked: letters, digits, ``.``,
+``_`` and ``-`` only, not starting with a dot (so ``../../etc`` can never write outside the job).
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from slide_tiling import is_patient_dir
+
+SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif",
+                  ".svslide", ".dcm", ".png", ".jpg", ".jpeg"}
+_SAFE_ID = re.compile(r"^[\w-][\w.-]{0,127}$")  # \w: any letter or digit, non-ASCII too
+
+
+class InputError(Exception):
+    """Input that cannot make a job at all (a manifest without its columns, duplicate ids ...)."""
+
+
+@dataclass(frozen=True)
+class SlideTask:
+    patient_id: str
+    slide_id: str
+    source: str
+    mpp: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.patient_id}/{self.slide_id}"
+
+
+def check_id(value: str, what: str, where) -> str:
+    value = value.strip()
+    if not _SAFE_ID.match(value):
+        raise InputError(f"{where}: {what} {value!r} is not a safe id "
+                         "(letters, digits, '.', '_', '-'; not starting with '.')")
+    return value
+
+
+def slide_id_of(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem if path.is_file() or path.suffix else name
+
+
+def _read_manifest(path: Path, default_mpp: float | None) -> list[SlideTask]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in ("patient_id", "slide_path") if c not in columns]
+        if missing:
+            raise InputError(f"{path}: manifest lacks column(s) {', '.join(missing)} "
+                             f"(has: {', '.join(columns) or 'nothing'}); need patient_id,slide_path[,mpp]")
+        tasks = []
+        for line, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            where = f"{path}:{line}"
+            if not row["slide_path"]:
+                raise InputError(f"{where}: empty slide_path")
+            slide = Path(row["slide_path"])
+            slide = slide if slide.is_absolute() else path.parent / slide
+            mpp = default_mpp
+            if row.get("mpp"):
+                try:
+                    mpp = float(row["mpp"])
+                except ValueError:
+                    raise InputError(f"{where}: mpp {row['mpp']!r} is not a number") from None
+            tasks.append(SlideTask(check_id(row["patient_id"], "patient_id", where),
+                                   check_id(row.get("slide_id") or slide_id_of(slide), "slide id", where),
+                                   str(slide), mpp))
+    return tasks
+
+
+def _folder_tasks(folder: Path, default_mpp: float | None) -> list[SlideTask]:
+    if is_patient_dir(folder):
+        return [SlideTask(check_id(folder.name, "patient id", folder), check_id(folder.name, "slide id", folder),
+                          str(folder), default_mpp)]
+    tasks = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            patient = check_id(entry.name, "patient id", entry)
+            if is_patient_dir(entry):
+                tasks.append(SlideTask(patient, patient, str(entry), default_mpp))
+                continue
+            for f in sorted(entry.iterdir()):
+                if f.suffix.lower() in SLIDE_SUFFIXES and f.is_file():
+                    tasks.append(SlideTask(patient, check_id(slide_id_of(f), "slide id", f), str(f), default_mpp))
+        elif entry.suffix.lower() in SLIDE_SUFFIXES:
+            sid = check_id(slide_id_of(entry), "slide id", entry)
+            tasks.append(SlideTask(sid, sid, str(entry), default_mpp))
+    return tasks
+
+
+def collect_tasks(inputs, default_mpp: float | None = None) -> list[SlideTask]:
+    """Expand the command line's INPUTs into slide tasks; refuse duplicate (patient, slide) ids."""
+    tasks: list[SlideTask] = []
+    for item in inputs:
+        path = Path(item)
+        if path.suffix.lower() == ".csv":
+            if not path.is_file():
+                raise InputError(f"{path}: manifest not found")
+            tasks += _read_manifest(path, default_mpp)
+        elif path.is_dir():
+            tasks += _folder_tasks(path, default_mpp)
+        else:  # a slide file; if it is missing, the job records that as the slide's failure
+            sid = check_id(slide_id_of(path), "slide id", path)
+            tasks.append(SlideTask(sid, sid, str(path), default_mpp))
+    seen: dict[tuple[str, str], SlideTask] = {}
+    for t in tasks:
+        other = seen.setdefault((t.patient_id, t.slide_id), t)
+        if other is not t:
+            if Path(other.source).resolve() == Path(t.source).resolve():
+                continue
+            raise InputError(f"duplicate slide id {t.slide_id!r} for patient {t.patient_id!r}: "
+                             f"{other.source} and {t.source}; give one a slide_id column in the manifest")
+    return list(seen.values())
