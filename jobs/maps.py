@@ -1,0 +1,353 @@
+"""Per-slide IDC maps from a predictions file: pure numpy/OpenCV functions and their writer.
+
+``JOB_DIR/maps/<patient>/<slide>/``:
+
+- ``prob.npy``: float32 ``(rows, cols)`` probability map at patch resolution, NaN off tissue.
+- ``heatmap.png``: the map coloured (inferno, 0..1), glass white, upscaled, with a colour bar and
+  the decision threshold marked.
+- ``overlay.png``: the coloured patches blended on the slide thumbnail (placed with the level-0
+  ``x``, ``y`` and ``level0_patch_size`` of each patch), with the same colour bar.
+- ``idc.geojson``: IDC regions for QuPath: 8-connected patches with ``prob >= threshold``, one
+  ``Polygon`` Feature each (holes as inner rings), in level-0 pixels, clipped to the slide.
+
+A patch stands for its grid cell (``min(stride, patch_size)`` target pixels a side, centred on the
+patch), the same area :mod:`jobs.summaries` counts, so a region's polygon area is its patch count
+times the patch area. Polygon outlines follow patch edges exactly (no corner cutting).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import SlideMeta
+from .summaries import downsample0, load_meta, patch_area_mm2
+
+MAP_FILES = ("prob.npy", "heatmap.png", "overlay.png", "idc.geojson")
+IDC_COLOR_RGB = (220, 30, 30)
+COLORMAP = cv2.COLORMAP_INFERNO
+GLASS_BGR = (255, 255, 255)
+LEGEND_HEIGHT = 44
+MIN_IMAGE_WIDTH = 320          # room for the colour bar and its labels
+HEATMAP_TARGET_SIDE = 768      # the heatmap's longer side is upscaled towards this many pixels
+MAX_CELL_PX = 16
+COLUMNS = ["x", "y", "col", "row", "level0_patch_size", "prob_idc"]
+
+
+class MapError(Exception):
+    """A predictions file whose maps cannot be built; the message names the file."""
+
+
+# --- probability map ---------------------------------------------------------------------------
+def _columns(data, names):
+    """Arrays from a pyarrow Table, a mapping of arrays, or a tuple in ``names`` order."""
+    if isinstance(data, pa.Table):
+        return [data.column(n).to_numpy() for n in names]
+    if isinstance(data, (tuple, list)):
+        return [np.asarray(a) for a in data]
+    return [np.asarray(data[n]) for n in names]
+
+
+def probability_map(table_or_arrays, cols: int, rows: int) -> np.ndarray:
+    """Float32 ``(rows, cols)`` map: each patch's ``prob_idc`` at (row, col), NaN elsewhere.
+
+    ``table_or_arrays``: a Table or mapping with ``col``, ``row``, ``prob_idc``, or a tuple
+    ``(col, row, prob)``. Where patches repeat a cell, the highest probability wins.
+    """
+    col, row, prob = _columns(table_or_arrays, ["col", "row", "prob_idc"])
+    col, row = col.astype(np.int64), row.astype(np.int64)
+    outside = (col < 0) | (col >= cols) | (row < 0) | (row >= rows)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"patch (col {col[i]}, row {row[i]}) is outside the {cols}x{rows} grid")
+    out = np.full((rows, cols), np.nan, dtype=np.float32)
+    np.fmax.at(out, (row, col), prob.astype(np.float32))
+    return out
+
+
+# --- colouring ---------------------------------------------------------------------------------
+def colorize(prob: np.ndarray) -> np.ndarray:
+    """BGR uint8 image of probabilities (any shape HxW) in the colormap; NaN becomes glass."""
+    valid = ~np.isnan(prob)
+    levels = np.zeros(prob.shape, np.uint8)
+    levels[valid] = np.round(np.clip(prob[valid], 0, 1) * 255).astype(np.uint8)
+    bgr = cv2.applyColorMap(levels, COLORMAP)
+    bgr[~valid] = GLASS_BGR
+    return bgr
+
+
+def with_legend(image: np.ndarray, threshold: float) -> np.ndarray:
+    """``image`` on a white canvas with a 0..1 colour bar below it and the threshold marked."""
+    h, w = image.shape[:2]
+    width = max(w, MIN_IMAGE_WIDTH)
+    canvas = np.full((h + LEGEND_HEIGHT, width, 3), 255, np.uint8)
+    canvas[:h, :w] = image
+    x0, x1, y0, y1 = 12, width - 12, h + 8, h + 20
+    ramp = np.linspace(0, 1, x1 - x0, dtype=np.float32)[None, :].repeat(y1 - y0, axis=0)
+    canvas[y0:y1, x0:x1] = colorize(ramp)
+    cv2.rectangle(canvas, (x0 - 1, y0 - 1), (x1, y1), (0, 0, 0), 1)
+    font, scale, ink = cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0)
+    cv2.putText(canvas, "0", (x0 - 3, y1 + 14), font, scale, ink, 1, cv2.LINE_AA)
+    cv2.putText(canvas, "1", (x1 - 5, y1 + 14), font, scale, ink, 1, cv2.LINE_AA)
+    tx = x0 + int(round(min(max(threshold, 0.0), 1.0) * (x1 - x0 - 1)))
+    cv2.line(canvas, (tx, y0 - 4), (tx, y1 + 3), (255, 160, 0), 2)
+    label = f"threshold {threshold:.2f}"
+    (tw, _), _ = cv2.getTextSize(label, font, scale, 1)
+    lx = min(max(tx - tw // 2, 14), width - tw - 14)
+    cv2.putText(canvas, label, (lx, y1 + 14), font, scale, ink, 1, cv2.LINE_AA)
+    return canvas
+
+
+def heatmap_scale(cols: int, rows: int) -> int:
+    """Pixels per patch so the heatmap's longer side nears HEATMAP_TARGET_SIDE (1..MAX_CELL_PX)."""
+    return int(min(MAX_CELL_PX, max(1, math.ceil(HEATMAP_TARGET_SIDE / max(cols, rows, 1)))))
+
+
+def heatmap_image(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """BGR heatmap of a probability map: one square of ``heatmap_scale`` px per patch, legend below."""
+    rows, cols = prob.shape
+    s = heatmap_scale(cols, rows)
+    big = cv2.resize(colorize(prob), (cols * s, rows * s), interpolation=cv2.INTER_NEAREST)
+    return with_legend(big, threshold)
+
+
+def decode_thumbnail(jpeg: bytes, size: tuple[int, int]) -> np.ndarray:
+    """BGR thumbnail from JPEG bytes; a white image of ``size`` (w, h) when there is none."""
+    if not jpeg:
+        return np.full((size[1], size[0], 3), 255, np.uint8)
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("the thumbnail is not a decodable JPEG")
+    return image
+
+
+def overlay_image(thumbnail: np.ndarray, x, y, size0, prob, downsample: float,
+                  threshold: float) -> np.ndarray:
+    """Patches coloured by probability, blended on ``thumbnail`` (BGR), legend below.
+
+    ``x``, ``y``, ``size0``: level-0 top-left and side of each patch; ``downsample``: level-0
+    pixels per thumbnail pixel. Opacity rises with the probability (0.25 at 0 to 0.75 at 1) so low
+    scores leave the tissue visible. Where patches overlap, the highest probability shows.
+    """
+    if not downsample > 0:
+        raise ValueError(f"thumbnail downsample must be positive, got {downsample}")
+    h, w = thumbnail.shape[:2]
+    x, y, size0 = (np.asarray(a, np.float64) for a in (x, y, size0))
+    x0 = np.clip(np.round(x / downsample), 0, w).astype(np.int64)
+    y0 = np.clip(np.round(y / downsample), 0, h).astype(np.int64)
+    x1 = np.clip(np.maximum(np.round((x + size0) / downsample), x0 + 1), 0, w).astype(np.int64)
+    y1 = np.clip(np.maximum(np.round((y + size0) / downsample), y0 + 1), 0, h).astype(np.int64)
+    canvas = np.full((h, w), np.nan, np.float32)
+    for a, b, c, d, p in zip(y0, y1, x0, x1, np.asarray(prob, np.float32)):
+        np.fmax(canvas[a:b, c:d], p, out=canvas[a:b, c:d])
+    covered = ~np.isnan(canvas)
+    alpha = np.where(covered, 0.25 + 0.5 * np.nan_to_num(canvas), 0.0)[..., None]
+    blended = thumbnail.astype(np.float32) * (1 - alpha) + colorize(canvas).astype(np.float32) * alpha
+    return with_legend(np.round(blended).astype(np.uint8), threshold)
+
+
+# --- IDC regions as GeoJSON --------------------------------------------------------------------
+def _shoelace(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def _edge_ring(contour: np.ndarray) -> np.ndarray:
+    """Corner points, in patch units, of a contour traced on the doubled corner grid.
+
+    On that grid patch corners are at even indices. OpenCV steps diagonally past concave corners;
+    putting the skipped corner back and keeping only corners gives the exact patch-edge outline.
+    """
+    p = contour[:, 0, :].astype(np.int64)
+    q = np.roll(p, -1, axis=0)
+    diagonal = (p[:, 0] != q[:, 0]) & (p[:, 1] != q[:, 1])
+    corner_a = np.stack([p[:, 0], q[:, 1]], axis=1)
+    corner_b = np.stack([q[:, 0], p[:, 1]], axis=1)
+    corner = np.where(((corner_a % 2) == 0).all(axis=1)[:, None], corner_a, corner_b)
+    points = np.stack([p, corner], axis=1).reshape(-1, 2)
+    points = points[np.stack([np.ones_like(diagonal), diagonal], axis=1).reshape(-1)]
+    points = points[((points % 2) == 0).all(axis=1)]
+    return _drop_redundant(points.astype(np.float64) / 2)
+
+
+def _drop_redundant(ring: np.ndarray) -> np.ndarray:
+    """Remove repeated and collinear points of an open ring (last != first)."""
+    ring = ring[np.any(ring != np.roll(ring, 1, axis=0), axis=1)] if len(ring) > 1 else ring
+    if len(ring) < 3:
+        return ring
+    prev, nxt = np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0)
+    cross = ((ring[:, 0] - prev[:, 0]) * (nxt[:, 1] - ring[:, 1])
+             - (ring[:, 1] - prev[:, 1]) * (nxt[:, 0] - ring[:, 0]))
+    return ring[cross != 0]
+
+
+def component_rings(component: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Outer ring and holes (patch units, open rings) of one 8-connected boolean component."""
+    h, w = component.shape
+    centres = np.zeros((2 * h + 1, 2 * w + 1), np.uint8)
+    centres[1::2, 1::2] = component
+    grid = cv2.dilate(centres, np.ones((3, 3), np.uint8))  # patch (r, c) covers [2r, 2r+2]
+    contours, hierarchy = cv2.findContours(grid, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    outer, holes = None, []
+    for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):
+        ring = _edge_ring(contour)
+        if parent == -1:
+            outer = ring
+        elif len(ring) >= 3:
+            holes.append(ring)
+    return outer, holes
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """Maps patch-grid units (col, row as continuous coordinates) to level-0 pixels."""
+
+    cell_x: float        # level-0 px per grid step
+    cell_y: float
+    offset_x: float      # level-0 px from the grid origin to the patch's cell
+    offset_y: float
+    width0: int
+    height0: int
+
+    @classmethod
+    def from_meta(cls, meta: SlideMeta) -> "GridGeometry":
+        ds_x, ds_y = downsample0(meta)
+        shift = (meta.patch_size - meta.stride) / 2   # the cell is centred on the patch
+        return cls(meta.stride * ds_x, meta.stride * ds_y, shift * ds_x, shift * ds_y,
+                   meta.width0, meta.height0)
+
+    def to_level0(self, ring: np.ndarray) -> np.ndarray:
+        """Level-0 coordinates, clipped to the slide ``[0, width0] x [0, height0]``."""
+        out = np.empty_like(ring, dtype=np.float64)
+        out[:, 0] = np.clip(ring[:, 0] * self.cell_x + self.offset_x, 0, self.width0)
+        out[:, 1] = np.clip(ring[:, 1] * self.cell_y + self.offset_y, 0, self.height0)
+        return np.round(out, 2)
+
+
+def _geojson_ring(ring: np.ndarray, exterior: bool) -> list[list[float]] | None:
+    """A closed ring (first == last), exterior with positive shoelace area, holes negative."""
+    ring = _drop_redundant(ring)
+    if len(ring) < 3 or _shoelace(ring) == 0:
+        return None
+    if (_shoelace(ring) > 0) != exterior:
+        ring = ring[::-1]
+    closed = np.vstack([ring, ring[:1]])
+    return [[float(x), float(y)] for x, y in closed]
+
+
+def idc_regions(prob: np.ndarray, meta: SlideMeta) -> dict:
+    """GeoJSON FeatureCollection of IDC regions (``prob >= meta.threshold``) in level-0 pixels.
+
+    Each region is a QuPath annotation classified "IDC" with its patch count, area in mm² and
+    mean/max probability as measurements.
+    """
+    mask = np.nan_to_num(prob, nan=-1.0) >= meta.threshold
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    geometry = GridGeometry.from_meta(meta)
+    area_per_patch = patch_area_mm2(meta)
+    features = []
+    for k in range(1, n):
+        x, y, w, h, count = (int(v) for v in stats[k])
+        component = labels[y:y + h, x:x + w] == k
+        outer, holes = component_rings(component)
+        shell = _geojson_ring(geometry.to_level0(outer + (x, y)), exterior=True)
+        if shell is None:  # clipped away entirely
+            continue
+        rings = [shell] + [r for r in (_geojson_ring(geometry.to_level0(h_ + (x, y)), False)
+                                       for h_ in holes) if r is not None]
+        probs = prob[y:y + h, x:x + w][component]
+        index = len(features) + 1
+        area = round(count * area_per_patch, 6)
+        mean_p = round(float(probs.mean()), 4)
+        features.append({
+            "type": "Feature",
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"idcmap:{meta.patient_id}/{meta.slide_id}/{index}")),
+            "geometry": {"type": "Polygon", "coordinates": rings},
+            "properties": {
+                "objectType": "annotation",
+                "name": f"IDC {index}: {area:.3f} mm², mean p {mean_p:.2f}",
+                "classification": {"name": "IDC", "color": list(IDC_COLOR_RGB)},
+                "isLocked": False,
+                "measurements": {"IDC patches": count, "Area mm^2": area,
+                                 "Mean probability": mean_p,
+                                 "Max probability": round(float(probs.max()), 4)},
+            },
+        })
+    return {"type": "FeatureCollection", "features": features}
+
+
+# --- writing a slide's maps --------------------------------------------------------------------
+def write_bytes_atomic(path: Path, data: bytes) -> bool:
+    """Write ``data`` under a temporary name in the same folder, then rename it into place.
+
+    A file that already holds exactly ``data`` is left alone (its mtime too); returns whether the
+    file was written.
+    """
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def _png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def maps_dir(job_dir, patient_id: str, slide_id: str) -> Path:
+    return Path(job_dir) / "maps" / patient_id / slide_id
+
+
+def slide_map_files(meta: SlideMeta, table: pa.Table) -> dict[str, bytes]:
+    """Pure: the bytes of each map file of one slide, from its metadata and predictions."""
+    prob = probability_map(table, meta.cols, meta.rows)
+    x, y, size0, p = _columns(table, ["x", "y", "level0_patch_size", "prob_idc"])
+    size = (max(1, math.ceil(meta.width0 / meta.thumbnail_downsample)),
+            max(1, math.ceil(meta.height0 / meta.thumbnail_downsample)))
+    thumbnail = decode_thumbnail(meta.thumbnail_bytes(), size)
+    return {
+        "prob.npy": _npy(prob),
+        "heatmap.png": _png(heatmap_image(prob, meta.threshold)),
+        "overlay.png": _png(overlay_image(thumbnail, x, y, size0, p, meta.thumbnail_downsample,
+                                          meta.threshold)),
+        "idc.geojson": (json.dumps(idc_regions(prob, meta)) + "\n").encode(),
+    }
+
+
+def write_slide_maps(job_dir, predictions_file, meta: SlideMeta | None = None) -> Path:
+    """Build one slide's maps from its predictions file into ``JOB_DIR/maps/P/SLIDE/``."""
+    path = Path(predictions_file)
+    meta = meta or load_meta(path)
+    try:
+        table = pq.read_table(path, columns=COLUMNS)
+        files = slide_map_files(meta, table)
+    except (OSError, KeyError, ValueError, pa.ArrowException) as e:
+        raise MapError(f"{path}: cannot build the maps: {e}") from e
+    out = maps_dir(job_dir, meta.patient_id, meta.slide_id)
+    for name, data in files.items():
+        write_bytes_atomic(out / name, data)
+    return out
