@@ -4,6 +4,9 @@ from __future__ import annotations
 import click
 
 from . import __version__
+from .model_cli import evaluate, train
+from .score_cli import query, report, score, status
+from .tiling_cli import build_slide_cmd, info, tile
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -12,17 +15,9 @@ def cli():
     """idcmap: tile whole-slide images and score them for invasive ductal carcinoma."""
 
 
-from .tiling_cli import build_slide_cmd, info, tile  # noqa: E402
-
-for _command in (info, tile, build_slide_cmd):
+for _command in (score, status, query, report, info, tile, build_slide_cmd, train, evaluate):
     cli.add_command(_command)
 
 
 def main():
     cli()
-
-
-from .model_cli import evaluate, train  # noqa: E402
-
-cli.add_command(train)
-cli.add_command(evaluate)

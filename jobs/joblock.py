@@ -1,0 +1,44 @@
+"""One writer per job folder: an flock on JOB_DIR/.lock, which the kernel releases if the holder dies."""
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class JobLocked(Exception):
+    pass
+
+
+@contextmanager
+def job_lock(job_dir: Path):
+    job_dir.mkdir(parents=True, exist_ok=True)
+    path = job_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise JobLocked(f"{job_dir}: another idcmap score (pid {holder}) is writing this job; "
+                            "wait for it to finish or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def is_locked(job_dir: Path) -> bool:
+    path = Path(job_dir) / ".lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

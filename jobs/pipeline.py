@@ -1,0 +1,276 @@
+"""The scoring job: slides -> plan (task) -> tile (tasks) -> infer (actor pool) -> one Parquet per slide.
+
+The driver keeps a bounded number of slides being planned and of patch chunks in flight, so memory
+does not grow with the number or size of slides. Pixels go from a tiling task to an inference
+actor through the object store, never through the driver; the driver receives only coordinates and
+probabilities, and writes each slide's file when all its chunks are scored (temporary name, then
+rename). A slide's file existing means it is done: re-running the same command scores only what is
+missing. Tasks are retried when their worker dies; actors restart and their calls are retried.
+"""
+from __future__ import annotations
+
+import base64
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import ray
+
+from model import load_bundle, make_backend
+from slide_tiling import SlideError, SlidePlan, TilingSpec, iter_patches, open_slide, plan_slide
+
+from .inputs import SlideTask
+from .progress import Progress
+from .schema import (SlideMeta, failure_path, predictions_path, write_failure, write_predictions)
+
+THUMBNAIL_SIZE = 1024          # long side of the thumbnail stored with each slide's predictions
+CHUNK_PATCHES = 1024           # grid patches per tiling task (before the tissue filter)
+
+
+@dataclass
+class ScoreSpec:
+    job_id: str
+    bundle: str
+    backend: str = "onnx"
+    batch_size: int = 256
+    actors: int | None = None           # inference actors; default: one per 2 CPUs, at least 1
+    threads_per_actor: int | None = None
+    mpp: float | None = None            # for slides without mpp metadata
+    stride: int | None = None           # default: the bundle's patch size (no overlap)
+    min_tissue: float = 0.05
+    min_idc_area_mm2: float = 0.2
+    max_slides_in_flight: int = 2
+    chunks_per_actor: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SlideResult:
+    task: SlideTask
+    ok: bool
+    error: str = ""
+    patches: int = 0
+    seconds: float = 0.0
+
+
+def _one_line(exc: BaseException, source: str) -> str:
+    """The user-facing reason of a failure: the SlideError's own line, or file + exception."""
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(cause, SlideError):
+        return str(cause)
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    return f"{source}: {type(cause).__name__}: {text}"
+
+
+# --- remote functions ----------------------------------------------------------------------------
+@ray.remote(num_cpus=1, max_retries=3)
+def plan_remote(task: SlideTask, spec: TilingSpec):
+    """Open the slide and plan it. Returns (slim plan, slide facts) or a failure string."""
+    try:
+        with open_slide(task.source) as reader:
+            plan = plan_slide(reader, spec)
+            thumb, thumb_ds = reader.get_thumbnail(THUMBNAIL_SIZE)
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, 85])
+            facts = {"width0": reader.dimensions[0], "height0": reader.dimensions[1],
+                     "mpp": list(plan.level.mpp0), "thumbnail_downsample": thumb_ds,
+                     "thumbnail_jpeg": base64.b64encode(jpeg.tobytes()).decode() if ok else ""}
+        return plan.slim(), facts
+    except SlideError as exc:
+        return str(exc)
+    except Exception as exc:  # a reader bug or a codec crash: still one line, still this slide only
+        return _one_line(exc, task.source)
+
+
+@ray.remote(num_cpus=1, max_retries=3)
+def tile_remote(source: str, plan: SlidePlan):
+    """Cut the tissue patches of the plan's regions: dict of arrays, pixels included."""
+    with open_slide(source) as reader:
+        batches = list(iter_patches(reader, plan))
+    if not batches:
+        return None
+    return {k: np.concatenate([getattr(b, k) for b in batches])
+            for k in ("cols", "rows", "x", "y", "tissue_fraction", "pixels")}
+
+
+@ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)
+class Scorer:
+    """Holds the model: loaded once per actor, verified against its hashes."""
+
+    def __init__(self, bundle_files: dict[str, bytes], backend: str, threads: int | None, batch_size: int):
+        import tempfile
+        self._dir = tempfile.TemporaryDirectory(prefix="idcmap-bundle-")
+        for name, data in bundle_files.items():
+            path = Path(self._dir.name, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        self.backend = make_backend(load_bundle(self._dir.name), backend, threads=threads,
+                                    batch_size=batch_size)
+
+    def score(self, chunk):
+        if chunk is None:
+            return None
+        probs = self.backend.predict(chunk.pop("pixels"))
+        chunk["prob_idc"] = probs
+        return chunk
+
+
+def bundle_files(path) -> dict[str, bytes]:
+    root = Path(path)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --- the driver ------------------------------------------------------------------------------------
+@dataclass
+class _SlideState:
+    task: SlideTask
+    plan: SlidePlan
+    facts: dict
+    chunks_total: int
+    started: float
+    parts: list = field(default_factory=list)
+    chunks_done: int = 0
+    failed: str = ""
+
+
+def _chunks(plan: SlidePlan) -> list[list]:
+    """Group the plan's regions into chunks of about CHUNK_PATCHES grid patches."""
+    chunks, current, size = [], [], 0
+    for region in plan.regions:
+        c0, r0, c1, r1 = region
+        current.append(region)
+        size += (c1 - c0) * (r1 - r0)
+        if size >= CHUNK_PATCHES:
+            chunks.append(current)
+            current, size = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: int,
+                progress: Progress) -> list[SlideResult]:
+    """Score ``tasks`` (the slides not done yet) into ``job_dir``. Ray must be initialised."""
+    bundle = load_bundle(spec.bundle)
+    tiling = TilingSpec(target_mpp=bundle.target_mpp, patch_size=bundle.meta["input"]["shape"][0],
+                        stride=spec.stride or bundle.meta["input"]["shape"][0],
+                        min_tissue=spec.min_tissue, mpp=spec.mpp)
+    n_actors = spec.actors or max(1, cpus // 2)
+    files_ref = ray.put(bundle_files(spec.bundle))
+    actors = [Scorer.remote(files_ref, spec.backend, spec.threads_per_actor, spec.batch_size)
+              for _ in range(n_actors)]
+    max_chunks = n_actors * spec.chunks_per_actor + 1
+
+    todo = deque(tasks)
+    planning: dict = {}                  # plan ref -> task
+    scoring: dict = {}                   # score ref -> slide state
+    ready_chunks: deque = deque()        # (state, regions)
+    results: list[SlideResult] = []
+    next_actor = 0
+
+    def finish(state: _SlideState):
+        task = state.task
+        if state.failed:
+            write_failure(job_dir, task.patient_id, task.slide_id, task.source, state.failed)
+            results.append(SlideResult(task, False, state.failed, seconds=time.time() - state.started))
+            progress.slide_done(task.key, 0, failed=state.failed)
+            return
+        try:
+            rows = _table(state, spec, bundle)
+            meta = SlideMeta(job_id=spec.job_id, patient_id=task.patient_id, slide_id=task.slide_id,
+                             source=task.source, bundle_sha256=bundle.sha256, model_version=bundle.version,
+                             threshold=bundle.threshold, job_spec=spec.to_dict(),
+                             target_mpp=tiling.target_mpp, patch_size=tiling.patch_size,
+                             stride=tiling.stride, cols=state.plan.grid.cols, rows=state.plan.grid.rows,
+                             level=state.plan.level.level, **state.facts)
+            write_predictions(job_dir, rows, meta)
+        except OSError as exc:
+            state.failed = f"{predictions_path(job_dir, task.patient_id, task.slide_id)}: cannot write: {exc.strerror or exc}"
+            return finish(state)
+        failure_path(job_dir, task.patient_id, task.slide_id).unlink(missing_ok=True)
+        results.append(SlideResult(task, True, patches=rows.num_rows, seconds=time.time() - state.started))
+        progress.slide_done(task.key, rows.num_rows)
+
+    while todo or planning or scoring or ready_chunks:
+        # keep a few slides planned ahead, and the actors fed with a bounded number of chunks
+        while todo and len(planning) + len({id(s) for s, _ in ready_chunks}) < spec.max_slides_in_flight:
+            task = todo.popleft()
+            planning[plan_remote.remote(task, tiling)] = task
+        while ready_chunks and len(scoring) < max_chunks:
+            state, regions = ready_chunks.popleft()
+            if state.failed:
+                state.chunks_done += 1
+                if state.chunks_done == state.chunks_total:
+                    finish(state)
+                continue
+            tile_ref = tile_remote.remote(state.task.source, state.plan.slim(regions))
+            scoring[actors[next_actor].score.remote(tile_ref)] = state
+            next_actor = (next_actor + 1) % n_actors
+        waiting = list(planning) + list(scoring)
+        if not waiting:
+            continue
+        done, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
+        progress.tick()
+        for ref in done:
+            if ref in planning:
+                task = planning.pop(ref)
+                out = ray.get(ref)
+                if isinstance(out, str):
+                    state = _SlideState(task, None, {}, 0, time.time(), failed=out)
+                    finish(state)
+                    continue
+                plan, facts = out
+                chunks = _chunks(plan)
+                state = _SlideState(task, plan, facts, len(chunks), time.time())
+                progress.slide_started(task.key)
+                if not chunks:
+                    state.failed = f"{task.source}: no tissue found at {tiling.target_mpp:g} µm/px"
+                    finish(state)
+                ready_chunks.extend((state, c) for c in chunks)
+            else:
+                state = scoring.pop(ref)
+                try:
+                    part = ray.get(ref)
+                    if part is not None and not state.failed:
+                        state.parts.append(part)
+                        progress.patches_scored(len(part["prob_idc"]))
+                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+                    if not state.failed:
+                        state.failed = _one_line(exc, state.task.source)
+                state.chunks_done += 1
+                if state.chunks_done == state.chunks_total:
+                    if not state.failed and not state.parts:
+                        state.failed = (f"{state.task.source}: no tissue found: no patch reaches "
+                                        f"{tiling.min_tissue:.0%} tissue")
+                    finish(state)
+    for actor in actors:
+        ray.kill(actor)
+    return results
+
+
+def _table(state: _SlideState, spec: ScoreSpec, bundle) -> pa.Table:
+    """The slide's rows, sorted by (row, col) so that the file does not depend on scheduling."""
+    parts = state.parts
+    cols = np.concatenate([p["cols"] for p in parts])
+    rows = np.concatenate([p["rows"] for p in parts])
+    order = np.lexsort((cols, rows))
+    n = len(order)
+    take = lambda k: np.concatenate([p[k] for p in parts])[order]  # noqa: E731
+    task = state.task
+    return pa.table({
+        "job_id": pa.array([spec.job_id] * n, pa.string()),
+        "patient_id": pa.array([task.patient_id] * n, pa.string()),
+        "slide_id": pa.array([task.slide_id] * n, pa.string()),
+        "x": take("x").astype(np.int64), "y": take("y").astype(np.int64),
+        "col": cols[order].astype(np.int32), "row": rows[order].astype(np.int32),
+        "level0_patch_size": np.full(n, state.plan.grid.level0_patch_size, np.float32),
+        "tissue_fraction": take("tissue_fraction").astype(np.float32),
+        "prob_idc": take("prob_idc").astype(np.float32),
+        "model_version": pa.array([bundle.version] * n, pa.string()),
+    })
