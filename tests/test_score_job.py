@@ -1,0 +1,173 @@
+"""The scoring job end to end: rows and probabilities, failures, resume, kill and re-run, lock, query."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from jobs.joblock import job_lock
+from jobs.schema import META_KEY, PREDICTIONS, SUMMARIES, prediction_files, read_slide_meta
+from jobs.score_cli import DEFAULT_MODEL
+from model import load_bundle, make_backend
+from slide_tiling import TilingSpec, build_slide, iter_patches, open_slide, plan_slide
+
+from .conftest import REPO, shared_path
+
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(scope="session")
+def bundle():
+    if not (DEFAULT_MODEL / "model.json").exists():
+        pytest.skip(f"the shipped model bundle {DEFAULT_MODEL} is absent")
+    return load_bundle(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def rebuilt(tmp_path_factory):
+    """Ten patients of ../shared/data rebuilt as 2.5x pyramidal TIFFs, one folder per patient."""
+    patients = sorted((shared_path("idc", "patients")).iterdir())[:10]
+    root = tmp_path_factory.mktemp("rebuilt")
+    for p in patients:
+        (root / p.name).mkdir()
+        build_slide(p, root / p.name / f"{p.name}.tiff", root / p.name / "mask.png")
+    return root
+
+
+def run(*args):
+    """Invoke the CLI in-process; ``output`` holds what the user sees (stdout and stderr)."""
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def read_job_table(job_dir: Path):
+    return pq.ParquetDataset([str(f) for f in prediction_files(job_dir)]).read().sort_by(
+        [("patient_id", "ascending"), ("slide_id", "ascending"), ("row", "ascending"), ("col", "ascending")])
+
+
+def test_examples_end_to_end_with_a_corrupt_and_a_missing_slide(tmp_path, bundle, ray_session):
+    corrupt = tmp_path / "corrupt.svs"
+    corrupt.write_bytes(b"II*\x00" + os.urandom(2000))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("patient_id,slide_path\n"
+                        f"P1,{EXAMPLES / 'patient-8863.tiff'}\n"
+                        f"P2,{EXAMPLES / 'patient-8916.tiff'}\n"
+                        f"P3,{corrupt}\n"
+                        "P4,does-not-exist.svs\n")
+    job = tmp_path / "job"
+    result = run("score", manifest, "--out", job)
+    assert result.exit_code == 1, result.output          # some slides failed
+    assert "FAILED P3/corrupt" in result.output and "FAILED P4/does-not-exist" in result.output
+
+    files = prediction_files(job)
+    assert [f.relative_to(job).as_posix() for f in files] == [
+        "predictions/patient_id=P1/patient-8863.parquet", "predictions/patient_id=P2/patient-8916.parquet"]
+    backend = make_backend(bundle, "onnx")
+    for f in files:
+        table = pq.read_table(f)
+        assert table.schema.remove_metadata() == PREDICTIONS
+        meta = read_slide_meta(f)
+        assert meta.bundle_sha256 == bundle.sha256 and meta.job_spec["backend"] == "onnx"
+        # one row per tissue patch, each probability the bundle's own prediction on those pixels
+        with open_slide(meta.source) as reader:
+            plan = plan_slide(reader, TilingSpec())
+            batches = list(iter_patches(reader, plan))
+        cols = np.concatenate([b.cols for b in batches])
+        rows = np.concatenate([b.rows for b in batches])
+        direct = backend.predict(np.concatenate([b.pixels for b in batches]))
+        order = np.lexsort((cols, rows))
+        assert table.num_rows == len(cols)
+        assert table["col"].to_numpy().tolist() == cols[order].tolist()
+        assert table["row"].to_numpy().tolist() == rows[order].tolist()
+        assert np.abs(table["prob_idc"].to_numpy() - direct[order]).max() <= 1e-5
+        assert (table["x"].to_numpy() == 50 * table["col"].to_numpy()).all()
+
+    failures = {f.parent.name: json.loads(f.read_text()) for f in (job / "failed").glob("*/*.json")}
+    assert set(failures) == {"P3", "P4"}
+    assert failures["P4"]["error"].endswith("does-not-exist.svs: no such file or folder")
+    assert str(corrupt) in failures["P3"]["error"]
+
+    summaries = pq.read_table(job / "summaries.parquet")
+    assert summaries.schema.remove_metadata() == SUMMARIES
+    by_slide = {r["slide_id"]: r for r in summaries.to_pylist() if r["level"] == "slide"}
+    assert by_slide["patient-8863"]["tissue_patches"] == pq.read_metadata(files[0]).num_rows
+    assert by_slide["corrupt"]["status"] == "failed" and by_slide["corrupt"]["error"]
+    assert (job / "report" / "index.html").exists()
+    assert (job / "maps" / "P1" / "patient-8863" / "idc.geojson").exists()
+    job_json = json.loads((job / "job.json").read_text())
+    assert job_json["bundle"]["sha256"] == bundle.sha256 and job_json["runs"][-1]["failed"] == 2
+
+    # status and query read the folder
+    status = run("status", job)
+    assert "2 done, 2 failed, 0 pending, 4 in all" in status.output
+    assert f"{1150:,} patches scored" in status.output
+    q = run("query", job, "SELECT patient_id, count(*) AS n FROM predictions GROUP BY 1 ORDER BY 1",
+            "--format", "json")
+    assert json.loads(q.output) == [{"patient_id": "P1", "n": 979}, {"patient_id": "P2", "n": 171}]
+    q = run("query", job, "SELECT count(*) FROM summaries WHERE status = 'failed' AND level = 'slide'",
+            "--format", "csv")
+    assert q.output.strip().splitlines()[-1] == "2"
+    assert "query failed" in run("query", job, "SELECT nonsense FROM nowhere").output
+
+    # a re-run retries only the failures; the done slides' files are not touched
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    again = run("score", manifest, "--out", job)
+    assert again.exit_code == 1 and "scoring 2 of 4 slides" in again.output
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps
+
+
+def test_finished_job_rerun_does_nothing_and_changes_no_file(tmp_path, bundle, ray_session):
+    job = tmp_path / "job"
+    assert run("score", EXAMPLES / "patient-8916.tiff", "--out", job).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in job.rglob("*") if p.is_file()}
+    result = run("score", EXAMPLES / "patient-8916.tiff", "--out", job)
+    assert result.exit_code == 0 and "nothing to score" in result.output
+    after = {p: p.stat().st_mtime_ns for p in job.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_second_writer_is_refused(tmp_path, bundle):
+    job = tmp_path / "job"
+    with job_lock(job):
+        result = run("score", EXAMPLES / "patient-8916.tiff", "--out", job)
+    assert result.exit_code == 1
+    assert f"another idcmap score (pid {os.getpid()}) is writing this job" in result.output
+
+
+def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, bundle, rebuilt, ray_session):
+    """SIGKILL the command while it writes; the re-run completes the job with no partial file."""
+    reference = tmp_path / "reference"
+    assert run("score", rebuilt, "--out", reference).exit_code == 0
+    expected = read_job_table(reference)
+    assert len(prediction_files(reference)) == 10
+
+    job = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "jobs", "score", str(rebuilt), "--out", str(job), "--num-cpus", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(prediction_files(job)) < 3 and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray, mid-job
+    proc.wait()
+    done_at_kill = len(prediction_files(job))
+    assert 0 < done_at_kill < 10, "the kill should land mid-job"
+    for f in prediction_files(job):   # whatever is visible is complete
+        assert pq.read_metadata(f).metadata[META_KEY]
+
+    assert run("score", rebuilt, "--out", job).exit_code == 0
+    got = read_job_table(job)
+    assert got.num_rows == expected.num_rows
+    for name in ("patient_id", "slide_id", "x", "y", "col", "row", "tissue_fraction"):
+        assert got[name].equals(expected[name]), name
+    assert np.abs(got["prob_idc"].to_numpy() - expected["prob_idc"].to_numpy()).max() <= 1e-6
+    assert not list(job.rglob("*.tmp"))
