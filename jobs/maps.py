@@ -129,6 +129,23 @@ def decode_thumbnail(jpeg: bytes, size: tuple[int, int]) -> np.ndarray:
     return image
 
 
+def paint_patches(shape: tuple[int, int], x0, y0, x1, y1, values) -> np.ndarray:
+    """Float32 image of ``shape`` with each box ``[y0:y1, x0:x1]`` set to its value, NaN elsewhere;
+    where boxes overlap, the highest value wins. Boxes must lie inside the image."""
+    canvas = np.full(shape, np.nan, np.float32)
+    widths, heights = x1 - x0, y1 - y0
+    kx, ky = int(widths.max(initial=0)), int(heights.max(initial=0))
+    if kx * ky <= len(values):     # small boxes: one vectorised pass per pixel offset in a box
+        for dy in range(ky):
+            for dx in range(kx):
+                inside = (dy < heights) & (dx < widths)
+                np.fmax.at(canvas, (y0[inside] + dy, x0[inside] + dx), values[inside])
+    else:                          # few large boxes: one slice per box
+        for a, b, c, d, v in zip(y0, y1, x0, x1, values):
+            np.fmax(canvas[a:b, c:d], v, out=canvas[a:b, c:d])
+    return canvas
+
+
 def overlay_image(thumbnail: np.ndarray, x, y, size0, prob, downsample: float,
                   threshold: float) -> np.ndarray:
     """Patches coloured by probability, blended on ``thumbnail`` (BGR), legend below.
@@ -145,65 +162,94 @@ def overlay_image(thumbnail: np.ndarray, x, y, size0, prob, downsample: float,
     y0 = np.clip(np.round(y / downsample), 0, h).astype(np.int64)
     x1 = np.clip(np.maximum(np.round((x + size0) / downsample), x0 + 1), 0, w).astype(np.int64)
     y1 = np.clip(np.maximum(np.round((y + size0) / downsample), y0 + 1), 0, h).astype(np.int64)
-    canvas = np.full((h, w), np.nan, np.float32)
-    for a, b, c, d, p in zip(y0, y1, x0, x1, np.asarray(prob, np.float32)):
-        np.fmax(canvas[a:b, c:d], p, out=canvas[a:b, c:d])
-    covered = ~np.isnan(canvas)
-    alpha = np.where(covered, 0.25 + 0.5 * np.nan_to_num(canvas), 0.0)[..., None]
+    canvas = paint_patches((h, w), x0, y0, x1, y1, np.asarray(prob, np.float32))
+    alpha = np.where(np.isnan(canvas), 0.0, 0.25 + 0.5 * np.nan_to_num(canvas))[..., None]
     blended = thumbnail.astype(np.float32) * (1 - alpha) + colorize(canvas).astype(np.float32) * alpha
     return with_legend(np.round(blended).astype(np.uint8), threshold)
 
 
 # --- IDC regions as GeoJSON --------------------------------------------------------------------
+def _next(a: np.ndarray) -> np.ndarray:
+    return np.concatenate([a[1:], a[:1]])
+
+
+def _prev(a: np.ndarray) -> np.ndarray:
+    return np.concatenate([a[-1:], a[:-1]])
+
+
 def _shoelace(ring: np.ndarray) -> float:
-    x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-
-
-def _edge_ring(contour: np.ndarray) -> np.ndarray:
-    """Corner points, in patch units, of a contour traced on the doubled corner grid.
-
-    On that grid patch corners are at even indices. OpenCV steps diagonally past concave corners;
-    putting the skipped corner back and keeping only corners gives the exact patch-edge outline.
-    """
-    p = contour[:, 0, :].astype(np.int64)
-    q = np.roll(p, -1, axis=0)
-    diagonal = (p[:, 0] != q[:, 0]) & (p[:, 1] != q[:, 1])
-    corner_a = np.stack([p[:, 0], q[:, 1]], axis=1)
-    corner_b = np.stack([q[:, 0], p[:, 1]], axis=1)
-    corner = np.where(((corner_a % 2) == 0).all(axis=1)[:, None], corner_a, corner_b)
-    points = np.stack([p, corner], axis=1).reshape(-1, 2)
-    points = points[np.stack([np.ones_like(diagonal), diagonal], axis=1).reshape(-1)]
-    points = points[((points % 2) == 0).all(axis=1)]
-    return _drop_redundant(points.astype(np.float64) / 2)
+    """Signed area of an open ring (last != first)."""
+    nxt = _next(ring)
+    return 0.5 * float(np.dot(ring[:, 0], nxt[:, 1]) - np.dot(ring[:, 1], nxt[:, 0]))
 
 
 def _drop_redundant(ring: np.ndarray) -> np.ndarray:
     """Remove repeated and collinear points of an open ring (last != first)."""
-    ring = ring[np.any(ring != np.roll(ring, 1, axis=0), axis=1)] if len(ring) > 1 else ring
+    if len(ring) > 1:
+        ring = ring[np.any(ring != _prev(ring), axis=1)]
     if len(ring) < 3:
         return ring
-    prev, nxt = np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0)
+    prev, nxt = _prev(ring), _next(ring)
     cross = ((ring[:, 0] - prev[:, 0]) * (nxt[:, 1] - ring[:, 1])
              - (ring[:, 1] - prev[:, 1]) * (nxt[:, 0] - ring[:, 0]))
     return ring[cross != 0]
 
 
-def component_rings(component: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Outer ring and holes (patch units, open rings) of one 8-connected boolean component."""
-    h, w = component.shape
+def corner_grid(mask: np.ndarray) -> np.ndarray:
+    """The mask on a doubled grid where patch (r, c) covers ``[2r, 2r+2] x [2c, 2c+2]``: patch
+    corners are at even indices, so contours traced on it run along patch edges."""
+    h, w = mask.shape
     centres = np.zeros((2 * h + 1, 2 * w + 1), np.uint8)
-    centres[1::2, 1::2] = component
-    grid = cv2.dilate(centres, np.ones((3, 3), np.uint8))  # patch (r, c) covers [2r, 2r+2]
-    contours, hierarchy = cv2.findContours(grid, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
-    outer, holes = None, []
-    for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):
-        ring = _edge_ring(contour)
-        if parent == -1:
-            outer = ring
-        elif len(ring) >= 3:
-            holes.append(ring)
-    return outer, holes
+    centres[1::2, 1::2] = mask
+    return cv2.dilate(centres, np.ones((3, 3), np.uint8))
+
+
+def _edge_ring(contour: np.ndarray) -> np.ndarray:
+    """Corner points, in patch units (x=col, y=row), of a contour traced on the corner grid.
+
+    OpenCV steps diagonally past concave corners; putting the skipped corner back and keeping only
+    corners gives the exact patch-edge outline.
+    """
+    p = contour[:, 0, :].astype(np.int64)
+    q = _next(p)
+    diagonal = (p[:, 0] != q[:, 0]) & (p[:, 1] != q[:, 1])
+    corner_a = np.column_stack([p[:, 0], q[:, 1]])
+    corner_b = np.column_stack([q[:, 0], p[:, 1]])
+    corner = np.where(((corner_a % 2) == 0).all(axis=1)[:, None], corner_a, corner_b)
+    points = np.stack([p, corner], axis=1).reshape(-1, 2)
+    points = points[np.column_stack([np.ones_like(diagonal), diagonal]).reshape(-1)]
+    points = points[((points % 2) == 0).all(axis=1)]
+    return _drop_redundant(points.astype(np.float64) / 2)
+
+
+def mask_rings(mask: np.ndarray, labels: np.ndarray) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
+    """Outer ring and holes (patch units, open rings) of each 8-connected component of ``mask``,
+    keyed by its label in ``labels`` (from ``cv2.connectedComponents(mask, connectivity=8)``)."""
+    contours, hierarchy = cv2.findContours(corner_grid(mask.astype(np.uint8)), cv2.RETR_CCOMP,
+                                           cv2.CHAIN_APPROX_NONE)
+    padded = np.pad(labels, 1)   # the 4 patches around corner (x, y) are padded[y:y+2, x:x+2]
+    rings: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+    outer_label: dict[int, int] = {}
+    parents = hierarchy[0][:, 3] if contours else []
+    for i, contour in enumerate(contours):
+        if parents[i] != -1:
+            continue
+        x, y = contour[0, 0] // 2        # a corner of the outline: its patches are one component
+        label = int(padded[y:y + 2, x:x + 2].max())
+        outer_label[i] = label
+        rings[label] = (_edge_ring(contour), [])
+    for i, contour in enumerate(contours):
+        if parents[i] != -1:
+            hole = _edge_ring(contour)
+            if len(hole) >= 3:
+                rings[outer_label[parents[i]]][1].append(hole)
+    return rings
+
+
+def component_rings(component: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Outer ring and holes (patch units) of one 8-connected boolean component."""
+    (result,) = mask_rings(component, component.astype(np.int32)).values()
+    return result
 
 
 @dataclass(frozen=True)
@@ -233,14 +279,15 @@ class GridGeometry:
 
 
 def _geojson_ring(ring: np.ndarray, exterior: bool) -> list[list[float]] | None:
-    """A closed ring (first == last), exterior with positive shoelace area, holes negative."""
-    ring = _drop_redundant(ring)
-    if len(ring) < 3 or _shoelace(ring) == 0:
+    """A closed ring (first == last), exterior with positive shoelace area, holes negative;
+    None when nothing is left of it (clipped away)."""
+    ring = _drop_redundant(ring)   # clipping may have made points repeat or line up
+    area = _shoelace(ring) if len(ring) >= 3 else 0.0
+    if area == 0:
         return None
-    if (_shoelace(ring) > 0) != exterior:
+    if (area > 0) != exterior:
         ring = ring[::-1]
-    closed = np.vstack([ring, ring[:1]])
-    return [[float(x), float(y)] for x, y in closed]
+    return np.vstack([ring, ring[:1]]).tolist()
 
 
 def idc_regions(prob: np.ndarray, meta: SlideMeta) -> dict:
@@ -250,23 +297,24 @@ def idc_regions(prob: np.ndarray, meta: SlideMeta) -> dict:
     mean/max probability as measurements.
     """
     mask = np.nan_to_num(prob, nan=-1.0) >= meta.threshold
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    flat, values = labels[mask], prob[mask].astype(np.float64)
+    counts = np.bincount(flat, minlength=n)
+    means = np.bincount(flat, weights=values, minlength=n) / np.maximum(counts, 1)
+    maxima = np.zeros(n)
+    np.maximum.at(maxima, flat, values)
     geometry = GridGeometry.from_meta(meta)
     area_per_patch = patch_area_mm2(meta)
     features = []
-    for k in range(1, n):
-        x, y, w, h, count = (int(v) for v in stats[k])
-        component = labels[y:y + h, x:x + w] == k
-        outer, holes = component_rings(component)
-        shell = _geojson_ring(geometry.to_level0(outer + (x, y)), exterior=True)
-        if shell is None:  # clipped away entirely
+    for label, (outer, holes) in sorted(mask_rings(mask, labels).items()):
+        shell = _geojson_ring(geometry.to_level0(outer), exterior=True)
+        if shell is None:
             continue
-        rings = [shell] + [r for r in (_geojson_ring(geometry.to_level0(h_ + (x, y)), False)
-                                       for h_ in holes) if r is not None]
-        probs = prob[y:y + h, x:x + w][component]
+        rings = [shell] + [r for r in (_geojson_ring(geometry.to_level0(h), False) for h in holes)
+                           if r is not None]
         index = len(features) + 1
-        area = round(count * area_per_patch, 6)
-        mean_p = round(float(probs.mean()), 4)
+        count, area = int(counts[label]), round(int(counts[label]) * area_per_patch, 6)
+        mean_p = round(float(means[label]), 4)
         features.append({
             "type": "Feature",
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"idcmap:{meta.patient_id}/{meta.slide_id}/{index}")),
@@ -278,7 +326,7 @@ def idc_regions(prob: np.ndarray, meta: SlideMeta) -> dict:
                 "isLocked": False,
                 "measurements": {"IDC patches": count, "Area mm^2": area,
                                  "Mean probability": mean_p,
-                                 "Max probability": round(float(probs.max()), 4)},
+                                 "Max probability": round(float(maxima[label]), 4)},
             },
         })
     return {"type": "FeatureCollection", "features": features}

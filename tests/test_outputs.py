@@ -358,6 +358,16 @@ def test_outputs_are_byte_identical_and_untouched_on_a_second_run(tmp_path):
     assert (tmp_path / "maps/P-A/A1/idc.geojson").read_bytes() == before["maps/P-A/A1/idc.geojson"][0]
 
 
+def test_the_same_inputs_in_another_folder_give_the_same_bytes(job, tmp_path):
+    job_dir = job[0]
+    make_job(tmp_path)
+    build_outputs(tmp_path)
+    ours, theirs = _snapshot(job_dir), _snapshot(tmp_path)
+    assert ours.keys() == theirs.keys()
+    differ = [k for k in ours if ours[k][0] != theirs[k][0] and not k.endswith("inputs.json")]
+    assert differ == []
+
+
 def test_a_corrupt_predictions_file_is_named(tmp_path):
     from jobs.summaries import SummaryError
 
