@@ -376,3 +376,64 @@ def test_a_corrupt_predictions_file_is_named(tmp_path):
     bad.write_bytes(b"not parquet")
     with pytest.raises(SummaryError, match=re.escape(str(bad))):
         build_outputs(tmp_path)
+
+
+# --- a real slide: the example's tiling and thumbnail, probabilities from its ground truth ------
+def test_regions_on_a_real_slide_cover_exactly_its_ground_truth_idc_patches(tmp_path):
+    """Tile examples/patient-8863.tiff, score each patch 0.9 where the ground-truth mask says IDC
+    (0.1 elsewhere): the GeoJSON polygons must hold exactly those patches' centres, in level-0
+    pixels, and the overlay must be at the reader's thumbnail size."""
+    from slide_tiling import TilingSpec, iter_patches, open_slide, plan_slide
+
+    from .conftest import REPO
+
+    slide = REPO / "examples" / "patient-8863.tiff"
+    truth = cv2.imread(str(REPO / "examples" / "patient-8863-idc-mask.png"), cv2.IMREAD_GRAYSCALE)
+    if truth is None or not slide.exists():
+        pytest.skip(f"example slide or mask absent under {slide.parent}")
+    spec = TilingSpec()
+    with open_slide(slide) as reader:
+        plan = plan_slide(reader, spec)
+        batches = list(iter_patches(reader, plan))
+        thumb, thumb_ds = reader.get_thumbnail(1024)
+        width0, height0 = reader.dimensions
+    col = np.concatenate([b.cols for b in batches])
+    row = np.concatenate([b.rows for b in batches])
+    x, y = np.concatenate([b.x for b in batches]), np.concatenate([b.y for b in batches])
+    is_idc = (row < truth.shape[0]) & (col < truth.shape[1])
+    is_idc[is_idc] = truth[row[is_idc], col[is_idc]] == 255
+    prob = np.where(is_idc, 0.9, 0.1).astype(np.float32)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))
+    meta = SlideMeta(job_id="real", patient_id="8863", slide_id="patient-8863", source=str(slide),
+                     bundle_sha256="", model_version="truth", threshold=0.5, job_spec={},
+                     width0=width0, height0=height0, mpp=tuple(plan.level.mpp0),
+                     target_mpp=spec.target_mpp, patch_size=spec.patch_size, stride=spec.stride,
+                     cols=plan.grid.cols, rows=plan.grid.rows, level=plan.level.level,
+                     thumbnail_downsample=thumb_ds, thumbnail_jpeg=base64.b64encode(jpeg.tobytes()).decode())
+    n = len(prob)
+    write_predictions(tmp_path, pa.table({
+        "job_id": ["real"] * n, "patient_id": ["8863"] * n, "slide_id": ["patient-8863"] * n,
+        "x": x, "y": y, "col": col, "row": row,
+        "level0_patch_size": np.full(n, plan.grid.level0_patch_size, np.float32),
+        "tissue_fraction": np.ones(n, np.float32), "prob_idc": prob, "model_version": ["truth"] * n}), meta)
+    assert build_outputs(tmp_path)["errors"] == []
+    assert is_idc.sum() > 100
+
+    features = _geojson(tmp_path, "8863", "patient-8863")["features"]
+    size0 = plan.grid.level0_patch_size
+
+    def inside(px, py):
+        for f in features:
+            shell, *holes = [np.asarray(r, np.float32) for r in f["geometry"]["coordinates"]]
+            if cv2.pointPolygonTest(shell, (px, py), False) > 0 and \
+                    not any(cv2.pointPolygonTest(h, (px, py), False) >= 0 for h in holes):
+                return True
+        return False
+
+    covered = np.array([inside(float(a + size0 / 2), float(b + size0 / 2)) for a, b in zip(x, y)])
+    assert np.array_equal(covered, is_idc)
+    summary = next(r for r in _rows(tmp_path) if r["level"] == "slide")
+    assert summary["idc_patches"] == is_idc.sum()
+    assert summary["idc_area_mm2"] == pytest.approx(is_idc.sum() * (50 * 4.0 / 1000) ** 2)
+    overlay = cv2.imread(str(tmp_path / "maps" / "8863" / "patient-8863" / "overlay.png"))
+    assert overlay.shape[:2] == (thumb.shape[0] + LEGEND_HEIGHT, max(thumb.shape[1], MIN_IMAGE_WIDTH))
