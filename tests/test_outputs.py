@@ -368,6 +368,27 @@ def test_the_same_inputs_in_another_folder_give_the_same_bytes(job, tmp_path):
     assert differ == []
 
 
+def test_a_slide_whose_maps_fail_is_reported_and_the_others_still_built(tmp_path):
+    make_slide(tmp_path, "P", "good", 5, blob_rc=(4, 4))
+    bad = make_slide(tmp_path, "P", "bad", 6)
+    table = pq.read_table(tmp_path / "predictions" / "patient_id=P" / "bad.parquet")
+    path = write_predictions(tmp_path, table, replace(bad.meta, thumbnail_jpeg=base64.b64encode(b"junk").decode()))
+    result = build_outputs(tmp_path)
+    assert len(result["errors"]) == 1 and str(path) in result["errors"][0] and "JPEG" in result["errors"][0]
+    assert result["maps_built"] == [tmp_path / "maps" / "P" / "good"]
+    page = result["report"].read_text()
+    assert page.count('src="data:image/jpeg;base64,') == 1 and "no overlay" in page
+
+
+def test_a_job_whose_slides_all_failed_still_gets_a_report(tmp_path):
+    write_failure(tmp_path, "P1", "S1", "/slides/S1.svs", "slide has no microns-per-pixel metadata")
+    result = build_outputs(tmp_path)
+    assert result["maps_built"] == [] and result["errors"] == []
+    rows = patient_table_rows(result["report"].read_text())
+    assert [(r[0], r[8]) for r in rows] == [("P1", "failed")]
+    assert "no microns-per-pixel metadata" in rows[0][9]
+
+
 def test_a_corrupt_predictions_file_is_named(tmp_path):
     from jobs.summaries import SummaryError
 
