@@ -16,6 +16,7 @@ times the patch area. Polygon outlines follow patch edges exactly (no corner cut
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -359,8 +360,6 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def _npy(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
@@ -374,6 +373,8 @@ def slide_map_files(meta: SlideMeta, table: pa.Table) -> dict[str, bytes]:
     """Pure: the bytes of each map file of one slide, from its metadata and predictions."""
     prob = probability_map(table, meta.cols, meta.rows)
     x, y, size0, p = _columns(table, ["x", "y", "level0_patch_size", "prob_idc"])
+    if not meta.thumbnail_downsample > 0:
+        raise ValueError(f"thumbnail_downsample must be positive, got {meta.thumbnail_downsample}")
     size = (max(1, math.ceil(meta.width0 / meta.thumbnail_downsample)),
             max(1, math.ceil(meta.height0 / meta.thumbnail_downsample)))
     thumbnail = decode_thumbnail(meta.thumbnail_bytes(), size)
