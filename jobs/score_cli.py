@@ -11,6 +11,19 @@ import click
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "idc-default"
 
 
+def _build_outputs(job_dir: Path) -> None:
+    """Summaries, maps and report; a map that cannot be built is reported, not fatal."""
+    from .outputs import build_outputs
+    from .summaries import SummaryError
+
+    try:
+        result = build_outputs(job_dir)
+    except SummaryError as exc:
+        raise click.ClickException(str(exc)) from None
+    for error in result.get("errors", []):
+        click.echo(f"WARNING maps: {error}", err=True)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -37,7 +50,6 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
     from .inputs import InputError, collect_tasks
     from .jobinfo import package_versions, read_job, write_job
     from .joblock import JobLocked, job_lock
-    from .outputs import build_outputs
     from .pipeline import ScoreSpec, run_scoring
     from .progress import Progress
     from .schema import predictions_path
@@ -65,7 +77,7 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
             if not todo:
                 click.echo(f"{job_dir}: all {len(tasks)} slides are done; nothing to score", err=True)
                 if not (job_dir / "summaries.parquet").exists():
-                    build_outputs(job_dir)
+                    _build_outputs(job_dir)
                 return
             known = {(s["patient_id"], s["slide_id"]): s for s in job.get("slides", [])}
             known.update({(t.patient_id, t.slide_id): {"patient_id": t.patient_id, "slide_id": t.slide_id,
@@ -74,7 +86,7 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
             job.update({"job_id": spec.job_id, "spec": spec.to_dict(), "versions": package_versions(),
                         "bundle": {"path": spec.bundle, "sha256": bundle.sha256, "version": bundle.version,
                                    "threshold": bundle.threshold, "architecture": bundle.architecture,
-                                   "validation": bundle.meta.get("validation", {})},
+                                   "validation_metrics": bundle.meta.get("validation_metrics", {})},
                         "slides": sorted(known.values(), key=lambda s: (s["patient_id"], s["slide_id"])),
                         "runs": job.get("runs", []) + [run]})
             write_job(job_dir, job)
@@ -90,7 +102,7 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
                         "scored": len(results) - len(failed), "failed": len(failed),
                         "patches": sum(r.patches for r in results)})
             write_job(job_dir, job)
-            build_outputs(job_dir)
+            _build_outputs(job_dir)
     except JobLocked as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{job_dir}: {len(results) - len(failed)} slides scored, {len(failed)} failed; "
@@ -177,7 +189,5 @@ def query(job_dir, sql, fmt):
 @click.argument("job_dir", type=click.Path(file_okay=False, path_type=Path))
 def report(job_dir):
     """Rebuild summaries, maps and the HTML report from the job's Parquet files alone."""
-    from .outputs import build_outputs
-
-    build_outputs(_existing_job(job_dir))
+    _build_outputs(_existing_job(job_dir))
     click.echo(f"{job_dir / 'report' / 'index.html'}")

@@ -9,4 +9,10 @@ from .resolution import DEFAULT_TARGET_MPP, LevelChoice, choose_level, slide_mpp
 from .tiler import PatchBatch, SlidePlan, TilingSpec, iter_patches, plan_slide, read_region_patches
 from .tissue import TissueMask, TissueThreshold
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    "DEFAULT_TARGET_MPP", "KAGGLE_MPP", "PATCH_SIZE", "KaggleFolderReader", "KagglePatch", "LevelChoice",
+    "PatchBatch", "PatchGrid", "SlideError", "SlidePlan", "SlideReader", "TilingSpec", "TissueMask",
+    "TissueThreshold", "build_slide", "choose_level", "is_patient_dir", "iter_patches", "list_patches",
+    "load_patch", "open_slide", "pad_patch", "parse_patch_name", "plan_slide", "read_region_patches",
+    "slide_mpp", "write_pyramid",
+]

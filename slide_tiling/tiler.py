@@ -88,7 +88,6 @@ def read_region_patches(reader: SlideReader, plan: SlidePlan,
     spec, grid, level = plan.spec, plan.grid, plan.level
     c0, r0, c1, r1 = region
     ps, st = spec.patch_size, spec.stride
-    tx0, ty0 = c0 * st, r0 * st
     tw, th = (c1 - c0 - 1) * st + ps, (r1 - r0 - 1) * st + ps
     sx, sy = level.scale
     lw, lh = max(1, round(tw * sx)), max(1, round(th * sy))
