@@ -25,6 +25,8 @@ def _user_errors():
 @click.option("--data", "data_dirs", type=_DIR, multiple=True, required=True,
               help="Kaggle IDC folder (patient folders, or one patient); repeat for several.")
 @click.option("--arch", type=click.Choice(["idcnet", "seed_cnn"]), default="idcnet", show_default=True)
+@click.option("--width", type=click.IntRange(8), default=None,
+              help="idcnet channel width [default: 32].")
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--num-workers", type=click.IntRange(1), default=1, show_default=True,
               help="Ray Train workers (MultiWorkerMirroredStrategy replicas).")
@@ -45,7 +47,7 @@ def _user_errors():
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep decoded patches here as .npz between runs.")
 @click.option("--address", default=None, help="Ray cluster address [default: embedded local Ray].")
-def train(data_dirs, arch, epochs, num_workers, out_dir, resume, run_dir, batch_size, patience,
+def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir, batch_size, patience,
           imbalance, cpus, limit_per_patient, cache_dir, address):
     """Train a model with Ray Train and write a verified model bundle."""
     from model.pipeline import train_bundle
@@ -53,7 +55,7 @@ def train(data_dirs, arch, epochs, num_workers, out_dir, resume, run_dir, batch_
 
     if batch_size % num_workers:
         raise click.ClickException(f"--batch-size {batch_size} is not divisible by --num-workers {num_workers}")
-    cfg = TrainConfig(data_dirs=[str(d) for d in data_dirs], arch=arch, epochs=epochs,
+    cfg = TrainConfig(data_dirs=[str(d) for d in data_dirs], arch=arch, width=width, epochs=epochs,
                       global_batch_size=batch_size, patience=patience, imbalance=imbalance,
                       num_workers=num_workers, cpus=cpus, limit_per_patient=limit_per_patient,
                       cache_dir=str(cache_dir) if cache_dir else None)

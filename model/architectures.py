@@ -65,10 +65,15 @@ def idcnet(width: int = 32, dropout: float = 0.3) -> keras.Model:
 ARCHITECTURES = {"seed_cnn": seed_cnn, "idcnet": idcnet}
 
 
-def build(name: str) -> keras.Model:
+def build(name: str, width: int | None = None) -> keras.Model:
+    """A fresh network by name; ``width`` (idcnet only) sets its stem channel count."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[name]()
+    if width is None:
+        return ARCHITECTURES[name]()
+    if name != "idcnet":
+        raise ValueError(f"{name} has a fixed width; --width applies to idcnet only")
+    return idcnet(width=width)
 
 
 def flops_per_patch(model: keras.Model) -> int:

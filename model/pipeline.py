@@ -107,7 +107,7 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, val, state: dict, fing
         "name": out_dir.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code_version": code_version(),
-        "architecture": {"name": cfg.arch, "flops_per_patch": flops_per_patch(model),
+        "architecture": {"name": cfg.arch, "width": cfg.width, "flops_per_patch": flops_per_patch(model),
                          "params": int(model.count_params()), "output": "softmax (no IDC, IDC)"},
         "input": {"shape": [PATCH_SIZE, PATCH_SIZE, 3], "dtype": "uint8", "channels": "RGB",
                   "target_mpp": KAGGLE_MPP,
@@ -145,8 +145,9 @@ def train_bundle(cfg: TrainConfig, out_dir, run_dir, resume: bool = False, ray_a
     train, val = prepare(cfg)
     ckpt = fit(cfg, run_dir, resume=resume, ray_address=ray_address)
     state = json.loads((ckpt / STATE_FILE).read_text())
-    if state.get("arch") != cfg.arch:
-        raise ValueError(f"{ckpt}: checkpoint is of {state.get('arch')}, not {cfg.arch}")
-    model = build(cfg.arch)
+    if (state.get("arch"), state.get("width")) != (cfg.arch, cfg.width):
+        raise ValueError(f"{ckpt}: checkpoint is of {state.get('arch')} width {state.get('width')}, "
+                         f"not {cfg.arch} width {cfg.width}")
+    model = build(cfg.arch, cfg.width)
     model.load_weights(ckpt / "best.weights.h5")
     return write_bundle(out_dir, model, cfg, train, val, state, datalib.fingerprint(cfg.data_dirs))

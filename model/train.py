@@ -29,6 +29,7 @@ STATE_FILE = "state.json"
 class TrainConfig:
     data_dirs: list[str]
     arch: str = "idcnet"
+    width: int | None = None  # idcnet channel width (None: the architecture's default)
     epochs: int = 20
     global_batch_size: int = 64
     patience: int = 4  # epochs without a better validation AUC before stopping
@@ -107,13 +108,13 @@ def train_loop_per_worker(config: dict):
         raise ValueError(f"{len(y_train)} training patches < one global batch of {cfg.global_batch_size}")
 
     with strategy.scope():
-        model = build(cfg.arch)
+        model = build(cfg.arch, cfg.width)
         optimizer = keras.optimizers.Adam(learning_rate(cfg, 0))
         optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
 
     state = {"epoch": -1, "best_auc": -1.0, "best_epoch": -1, "stale": 0, "history": [],
-             "arch": cfg.arch}
+             "arch": cfg.arch, "width": cfg.width}
     ckpt = ray.train.get_checkpoint()
     resume_dir, best_weights = None, None
     if ckpt is not None:
