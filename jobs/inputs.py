@@ -13,6 +13,7 @@ Ids become folder and file names in the job's output, so they are checked: lette
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def _read_manifest(path: Path, default_mpp: float | None) -> list[SlideTask]:
             if not row["slide_path"]:
                 raise InputError(f"{where}: empty slide_path")
             slide = Path(row["slide_path"])
-            slide = slide if slide.is_absolute() else path.parent.absolute() / slide
+            slide = Path(os.path.abspath(path.parent / slide))
             mpp = default_mpp
             if row.get("mpp"):
                 try:
@@ -110,7 +111,7 @@ def collect_tasks(inputs, default_mpp: float | None = None) -> list[SlideTask]:
     """Expand the command line's INPUTs into slide tasks; refuse duplicate (patient, slide) ids."""
     tasks: list[SlideTask] = []
     for item in inputs:
-        path = Path(item).absolute()  # workers may run elsewhere: never a path relative to our cwd
+        path = Path(os.path.abspath(item))  # workers may run elsewhere: never relative to our cwd
         if path.suffix.lower() == ".csv":
             if not path.is_file():
                 raise InputError(f"{path}: manifest not found")

@@ -14,8 +14,9 @@ from jobs.cli import cli
 
 from .conftest import shared_path
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "patient-8863.tiff"
-EXAMPLE_MASK = EXAMPLE.with_name("patient-8863-idc-mask.png")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLE = EXAMPLES / "slides" / "patient-8863.tiff"
+EXAMPLE_MASK = EXAMPLES / "ground-truth" / "patient-8863-idc-mask.png"
 
 
 def run(*args):

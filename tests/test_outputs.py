@@ -401,15 +401,15 @@ def test_a_corrupt_predictions_file_is_named(tmp_path):
 
 # --- a real slide: the example's tiling and thumbnail, probabilities from its ground truth ------
 def test_regions_on_a_real_slide_cover_exactly_its_ground_truth_idc_patches(tmp_path):
-    """Tile examples/patient-8863.tiff, score each patch 0.9 where the ground-truth mask says IDC
+    """Tile examples/slides/patient-8863.tiff, score each patch 0.9 where the ground-truth mask says IDC
     (0.1 elsewhere): the GeoJSON polygons must hold exactly those patches' centres, in level-0
     pixels, and the overlay must be at the reader's thumbnail size."""
     from slide_tiling import TilingSpec, iter_patches, open_slide, plan_slide
 
     from .conftest import REPO
 
-    slide = REPO / "examples" / "patient-8863.tiff"
-    truth = cv2.imread(str(REPO / "examples" / "patient-8863-idc-mask.png"), cv2.IMREAD_GRAYSCALE)
+    slide = REPO / "examples" / "slides" / "patient-8863.tiff"
+    truth = cv2.imread(str(REPO / "examples" / "ground-truth" / "patient-8863-idc-mask.png"), cv2.IMREAD_GRAYSCALE)
     if truth is None or not slide.exists():
         pytest.skip(f"example slide or mask absent under {slide.parent}")
     spec = TilingSpec()

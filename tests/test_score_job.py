@@ -23,7 +23,7 @@ from slide_tiling import TilingSpec, build_slide, iter_patches, open_slide, plan
 
 from .conftest import REPO, shared_path
 
-EXAMPLES = REPO / "examples"
+EXAMPLES = REPO / "examples" / "slides"
 
 
 @pytest.fixture(scope="session")
