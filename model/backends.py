@@ -27,6 +27,7 @@ class Backend:
         self.bundle = bundle
         self.batch_size = batch_size
         self.temperature = bundle.temperature
+        self.offset = bundle.logit_offset
 
     def _raw(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -40,7 +41,7 @@ class Backend:
             return np.zeros(0, np.float32)
         probs = np.concatenate([self._raw(np.ascontiguousarray(patches[i:i + self.batch_size]))
                                 for i in range(0, len(patches), self.batch_size)])
-        return calibrated_probability(probs, self.temperature)
+        return calibrated_probability(probs, self.temperature, self.offset)
 
 
 class KerasBackend(Backend):

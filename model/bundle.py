@@ -57,6 +57,10 @@ class ModelBundle:
         return float(self.meta["calibration"]["temperature"])
 
     @property
+    def logit_offset(self) -> float:
+        return float(self.meta["calibration"].get("logit_offset", 0.0))
+
+    @property
     def threshold(self) -> float:
         return float(self.meta["threshold"]["value"])
 

@@ -15,6 +15,11 @@ from sklearn.metrics import roc_curve
 
 from .scoring import calibrated_probability, idc_logit
 
+def prior_offset(class_weights: dict) -> float:
+    """Logit shift that class weights w put into a model: log(w_idc / w_no_idc)."""
+    return float(np.log(class_weights[1] / class_weights[0]))
+
+
 THRESHOLD_RULE = ("maximise balanced accuracy (Youden's J) of the calibrated IDC probability on the "
                   "validation patients; midway to the next lower score")
 
@@ -26,9 +31,9 @@ def nll(prob: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T in [0.05, 20] minimising the NLL of sigmoid(logit / T)."""
-    z = idc_logit(probs)
+def fit_temperature(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0) -> float:
+    """The temperature T in [0.05, 20] minimising the NLL of sigmoid((logit - offset) / T)."""
+    z = idc_logit(probs) - offset
     y = np.asarray(labels, np.float64)
 
     def loss(log_t):
@@ -48,10 +53,14 @@ def choose_threshold(prob: np.ndarray, labels: np.ndarray) -> float:
     return float(thr[best])
 
 
-def calibrate(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """Temperature and threshold for (N, 2) validation softmax outputs, with the NLL before/after."""
-    t = fit_temperature(probs, labels)
-    cal = calibrated_probability(probs, t)
-    return {"method": "temperature scaling", "temperature": t,
+def calibrate(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0) -> dict:
+    """Temperature and threshold for (N, 2) validation softmax outputs, with the NLL before/after.
+
+    ``offset`` is the known prior shift of class-weighted training (see :func:`prior_offset`),
+    removed from the logit before the temperature is fitted.
+    """
+    t = fit_temperature(probs, labels, offset)
+    cal = calibrated_probability(probs, t, offset)
+    return {"method": "prior correction + temperature scaling", "temperature": t, "logit_offset": offset,
             "nll_before": nll(calibrated_probability(probs, 1.0), labels), "nll_after": nll(cal, labels),
             "threshold": choose_threshold(cal, labels), "threshold_rule": THRESHOLD_RULE}

@@ -15,7 +15,7 @@ from slide_tiling import KAGGLE_MPP, PATCH_SIZE
 from . import data as datalib
 from .architectures import TRAINING, build, flops_per_patch
 from .bundle import KERAS_FILE, ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_bundle, write_manifest
-from .calibration import calibrate
+from .calibration import calibrate, prior_offset
 from .metrics import classification_metrics
 from .scoring import calibrated_probability, scoring_function
 from .train import STATE_FILE, TrainConfig, fit, prepare
@@ -53,7 +53,8 @@ def _onnx_probs(path, images: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate([s.run(None, {name: images[i:i + batch]})[0] for i in range(0, len(images), batch)])
 
 
-def _int8_backend(folder: Path, train, val, temperature: float, fp32_auc: float, seed: int) -> dict:
+def _int8_backend(folder: Path, train, val, temperature: float, offset: float, fp32_auc: float,
+                  seed: int) -> dict:
     """Quantize, then keep the int8 model only if it passes the AUC check on validation."""
     from sklearn.metrics import roc_auc_score
 
@@ -62,7 +63,7 @@ def _int8_backend(folder: Path, train, val, temperature: float, fp32_auc: float,
     rng = np.random.default_rng(seed)
     calib = train.images[np.sort(rng.choice(len(train), min(INT8_CALIBRATION_PATCHES, len(train)), replace=False))]
     path = quantize_int8(folder / ONNX_FILE, folder / ONNX_INT8_FILE, calib)
-    auc = float(roc_auc_score(val.labels, calibrated_probability(_onnx_probs(path, val.images), temperature)))
+    auc = float(roc_auc_score(val.labels, calibrated_probability(_onnx_probs(path, val.images), temperature, offset)))
     spec = {"file": ONNX_INT8_FILE, "quantization": "static int8 (QDQ, per-channel weights), "
             f"calibrated on {len(calib)} training patches", "val_roc_auc": auc,
             "fp32_val_roc_auc": fp32_auc, "max_auc_drop": INT8_MAX_AUC_DROP}
@@ -88,20 +89,21 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, val, state: dict, fing
 
     score = scoring_function(model, cfg.normalisation)
     val_probs = _predict(score, val.images)
-    cal = calibrate(val_probs, val.labels)
-    prob = calibrated_probability(val_probs, cal["temperature"])
+    offset = prior_offset(datalib.class_weights(train.labels)) if cfg.imbalance != "none" else 0.0
+    cal = calibrate(val_probs, val.labels, offset)
+    prob = calibrated_probability(val_probs, cal["temperature"], offset)
     metrics = classification_metrics(val.labels, prob, cal["threshold"])
     metrics["n_patients"] = len(cfg.split["validation"])
 
     model.save(tmp / KERAS_FILE)
     export_onnx(score, tmp / ONNX_FILE)
-    onnx_prob = calibrated_probability(_onnx_probs(tmp / ONNX_FILE, val.images), cal["temperature"])
+    onnx_prob = calibrated_probability(_onnx_probs(tmp / ONNX_FILE, val.images), cal["temperature"], offset)
     fp32_diff = float(np.abs(onnx_prob - prob).max())
     fp32_auc = float(roc_auc_score(val.labels, onnx_prob))
     backends = {"onnx": {"file": ONNX_FILE, "precision": "fp32", "offered": True,
                          "max_abs_diff_vs_keras_on_validation": fp32_diff},
                 "keras": {"file": KERAS_FILE, "precision": "fp32", "offered": True},
-                "onnx-int8": _int8_backend(tmp, train, val, cal["temperature"], fp32_auc, cfg.seed)}
+                "onnx-int8": _int8_backend(tmp, train, val, cal["temperature"], offset, fp32_auc, cfg.seed)}
 
     meta = {
         "name": out_dir.name,
@@ -113,7 +115,7 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, val, state: dict, fing
                   "target_mpp": KAGGLE_MPP,
                   "partial_patches": "padded with white (255) at right/bottom to 50x50"},
         "normalisation": cfg.normalisation,
-        "calibration": {k: cal[k] for k in ("method", "temperature", "nll_before", "nll_after")}
+        "calibration": {k: cal[k] for k in ("method", "temperature", "logit_offset", "nll_before", "nll_after")}
         | {"fitted_on": "validation patients"},
         "threshold": {"value": cal["threshold"], "rule": cal["threshold_rule"]},
         "split": cfg.split,

@@ -35,7 +35,10 @@ def idc_logit(probs: np.ndarray) -> np.ndarray:
     return np.log(p[:, 1]) - np.log(p[:, 0])
 
 
-def calibrated_probability(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """IDC probability after temperature scaling: sigmoid(logit / T), float32 (N,)."""
-    z = idc_logit(probs) / float(temperature)
+def calibrated_probability(probs: np.ndarray, temperature: float, offset: float = 0.0) -> np.ndarray:
+    """IDC probability after temperature scaling: sigmoid((logit - offset) / T), float32 (N,).
+
+    ``offset`` undoes the prior shift of class-weighted (or balanced) training: log(w_idc / w_no_idc).
+    """
+    z = (idc_logit(probs) - float(offset)) / float(temperature)
     return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)

@@ -74,6 +74,21 @@ def test_temperature_scaling_fixes_overconfidence():
     assert roc_auc_score(y, calibrated_probability(probs, t)) == pytest.approx(roc_auc_score(y, probs[:, 1]))
 
 
+def test_prior_offset_undoes_class_weighting():
+    from model.calibration import prior_offset
+
+    probs, y = _overconfident(factor=1.0, seed=5)
+    offset = prior_offset({0: 0.625, 1: 2.5})  # IDC weighted 4x: logits shifted by log 4
+    z = np.log(probs[:, 1] / probs[:, 0]) + offset
+    shifted = np.stack([1 / (1 + np.exp(z)), 1 / (1 + np.exp(-z))], 1)
+    cal = calibrate(shifted, y, offset)
+    assert offset == pytest.approx(np.log(4.0))
+    assert cal["temperature"] == pytest.approx(1.0, abs=0.1)
+    assert cal["nll_after"] < cal["nll_before"] - 0.05
+    p = calibrated_probability(shifted, cal["temperature"], offset)
+    assert expected_calibration_error(p, y) < 0.03 < expected_calibration_error(shifted[:, 1], y)
+
+
 def test_threshold_maximises_balanced_accuracy():
     probs, y = _overconfident(n=1500, factor=1.0, seed=3)
     p = probs[:, 1]
