@@ -1,12 +1,18 @@
 """The Parquet results of a scoring job: one schema per table, defined here and nowhere else.
 
-    JOB_DIR/predictions/patient_id=<P>/<slide_id>.parquet   one row per tissue patch
+    JOB_DIR/predictions/<patient_id>/<slide_id>.parquet     one row per tissue patch
     JOB_DIR/summaries.parquet                               one row per slide and per patient
 
 A predictions file carries, in its key-value metadata, everything needed to rebuild the maps and
 the report without the slide: the bundle hash, the job spec, the slide's geometry and a JPEG
 thumbnail. Files are written under a temporary name in the same folder and renamed when complete,
 so a reader (or a resumed job) never sees a partial file.
+
+The patient folders are plain ids, not hive-style ``patient_id=P``: patient_id is a column of every
+file, and a hive folder of the same name makes pandas and pyarrow refuse the dataset
+("incompatible types: string vs dictionary"). So ``pd.read_parquet("JOB_DIR/predictions")``,
+``pyarrow.dataset``, DuckDB and Ray Data read the folder as it is; every file's patient_id column
+is constant, so its statistics still let engines skip other patients' files.
 """
 from __future__ import annotations
 
@@ -83,7 +89,7 @@ class SlideMeta:
 
 
 def predictions_path(job_dir, patient_id: str, slide_id: str) -> Path:
-    return Path(job_dir) / "predictions" / f"patient_id={patient_id}" / f"{slide_id}.parquet"
+    return Path(job_dir) / "predictions" / patient_id / f"{slide_id}.parquet"
 
 
 def write_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None) -> None:
@@ -117,7 +123,7 @@ def read_slide_meta(path) -> SlideMeta:
 
 def prediction_files(job_dir) -> list[Path]:
     """Complete predictions files of a job (temporary files are hidden and never listed)."""
-    return sorted((Path(job_dir) / "predictions").glob("patient_id=*/*.parquet"))
+    return sorted((Path(job_dir) / "predictions").glob("*/*.parquet"))
 
 
 # --- failed slides: one small JSON per slide, removed when the slide later succeeds -------------

@@ -61,6 +61,10 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
         raise click.ClickException(str(exc)) from None
     if not tasks:
         raise click.ClickException("no slides found in " + ", ".join(inputs))
+    todo = [t for t in tasks if not predictions_path(job_dir, t.patient_id, t.slide_id).exists()]
+    if not todo and (job_dir / "summaries.parquet").exists():   # finished: touch nothing, not even the lock
+        click.echo(f"{job_dir}: all {len(tasks)} slides are done; nothing to score", err=True)
+        return
     try:
         with job_lock(job_dir):
             for stale in job_dir.rglob(".*.tmp"):   # left by a killed run; we hold the lock
@@ -74,10 +78,8 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
                              backend=backend, batch_size=batch_size, actors=actors, mpp=mpp,
                              min_tissue=min_tissue)
             todo = [t for t in tasks if not predictions_path(job_dir, t.patient_id, t.slide_id).exists()]
-            if not todo:
-                click.echo(f"{job_dir}: all {len(tasks)} slides are done; nothing to score", err=True)
-                if not (job_dir / "summaries.parquet").exists():
-                    _build_outputs(job_dir)
+            if not todo:   # done, but killed before its summaries and report were written
+                _build_outputs(job_dir)
                 return
             known = {(s["patient_id"], s["slide_id"]): s for s in job.get("slides", [])}
             known.update({(t.patient_id, t.slide_id): {"patient_id": t.patient_id, "slide_id": t.slide_id,
@@ -129,7 +131,7 @@ def status(job_dir):
 
     job = read_job(_existing_job(job_dir))
     files = prediction_files(job_dir)
-    done = {(f.parent.name.split("=", 1)[1], f.stem) for f in files}
+    done = {(f.parent.name, f.stem) for f in files}
     failures = [f for f in read_failures(job_dir) if (f["patient_id"], f["slide_id"]) not in done]
     slides = {(s["patient_id"], s["slide_id"]) for s in job.get("slides", [])} | done
     failed = {(f["patient_id"], f["slide_id"]) for f in failures}
@@ -167,8 +169,8 @@ def query(job_dir, sql, fmt):
     _existing_job(job_dir)
     con = duckdb.connect()
     preds = job_dir / "predictions"
-    if any(preds.glob("patient_id=*/*.parquet")):
-        pattern = str(preds / "patient_id=*" / "*.parquet").replace("'", "''")
+    if any(preds.glob("*/*.parquet")):
+        pattern = str(preds / "*" / "*.parquet").replace("'", "''")
         con.execute(f"CREATE VIEW predictions AS SELECT * FROM read_parquet('{pattern}', hive_partitioning=false)")
     if (job_dir / "summaries.parquet").exists():
         path = str(job_dir / "summaries.parquet").replace("'", "''")

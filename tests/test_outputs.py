@@ -371,7 +371,7 @@ def test_the_same_inputs_in_another_folder_give_the_same_bytes(job, tmp_path):
 def test_a_slide_whose_maps_fail_is_reported_and_the_others_still_built(tmp_path):
     make_slide(tmp_path, "P", "good", 5, blob_rc=(4, 4))
     bad = make_slide(tmp_path, "P", "bad", 6)
-    table = pq.read_table(tmp_path / "predictions" / "patient_id=P" / "bad.parquet")
+    table = pq.read_table(tmp_path / "predictions" / "P" / "bad.parquet")
     path = write_predictions(tmp_path, table, replace(bad.meta, thumbnail_jpeg=base64.b64encode(b"junk").decode()))
     result = build_outputs(tmp_path)
     assert len(result["errors"]) == 1 and str(path) in result["errors"][0] and "JPEG" in result["errors"][0]
@@ -393,7 +393,7 @@ def test_a_corrupt_predictions_file_is_named(tmp_path):
     from jobs.summaries import SummaryError
 
     make_slide(tmp_path, "P", "S", 5)
-    bad = tmp_path / "predictions" / "patient_id=P" / "T.parquet"
+    bad = tmp_path / "predictions" / "P" / "T.parquet"
     bad.write_bytes(b"not parquet")
     with pytest.raises(SummaryError, match=re.escape(str(bad))):
         build_outputs(tmp_path)

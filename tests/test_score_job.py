@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -35,12 +37,12 @@ def bundle():
 
 @pytest.fixture(scope="session")
 def rebuilt(tmp_path_factory):
-    """Ten patients of ../shared/data rebuilt as 2.5x pyramidal TIFFs, one folder per patient."""
+    """Ten patients of ../shared/data rebuilt as 2.5x pyramidal TIFFs (slides/P/P.tiff) with masks."""
     patients = sorted((shared_path("idc", "patients")).iterdir())[:10]
     root = tmp_path_factory.mktemp("rebuilt")
     for p in patients:
-        (root / p.name).mkdir()
-        build_slide(p, root / p.name / f"{p.name}.tiff", root / p.name / "mask.png")
+        (root / "slides" / p.name).mkdir(parents=True)
+        build_slide(p, root / "slides" / p.name / f"{p.name}.tiff", root / f"{p.name}-mask.png")
     return root
 
 
@@ -50,7 +52,7 @@ def run(*args):
 
 
 def read_job_table(job_dir: Path):
-    return pq.ParquetDataset([str(f) for f in prediction_files(job_dir)]).read().sort_by(
+    return pd.read_parquet(job_dir / "predictions").pipe(pa.Table.from_pandas, preserve_index=False).sort_by(
         [("patient_id", "ascending"), ("slide_id", "ascending"), ("row", "ascending"), ("col", "ascending")])
 
 
@@ -70,7 +72,7 @@ def test_examples_end_to_end_with_a_corrupt_and_a_missing_slide(tmp_path, bundle
 
     files = prediction_files(job)
     assert [f.relative_to(job).as_posix() for f in files] == [
-        "predictions/patient_id=P1/patient-8863.parquet", "predictions/patient_id=P2/patient-8916.parquet"]
+        "predictions/P1/patient-8863.parquet", "predictions/P2/patient-8916.parquet"]
     backend = make_backend(bundle, "onnx")
     for f in files:
         table = pq.read_table(f)
@@ -109,7 +111,7 @@ def test_examples_end_to_end_with_a_corrupt_and_a_missing_slide(tmp_path, bundle
     # status and query read the folder
     status = run("status", job)
     assert "2 done, 2 failed, 0 pending, 4 in all" in status.output
-    assert f"{1150:,} patches scored" in status.output
+    assert "patches  1,150 scored" in status.output
     q = run("query", job, "SELECT patient_id, count(*) AS n FROM predictions GROUP BY 1 ORDER BY 1",
             "--format", "json")
     assert json.loads(q.output) == [{"patient_id": "P1", "n": 979}, {"patient_id": "P2", "n": 171}]
@@ -146,12 +148,12 @@ def test_second_writer_is_refused(tmp_path, bundle):
 def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, bundle, rebuilt, ray_session):
     """SIGKILL the command while it writes; the re-run completes the job with no partial file."""
     reference = tmp_path / "reference"
-    assert run("score", rebuilt, "--out", reference).exit_code == 0
+    assert run("score", rebuilt / "slides", "--out", reference).exit_code == 0
     expected = read_job_table(reference)
     assert len(prediction_files(reference)) == 10
 
     job = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "jobs", "score", str(rebuilt), "--out", str(job), "--num-cpus", "2"]
+    cmd = [sys.executable, "-m", "jobs", "score", str(rebuilt / "slides"), "--out", str(job), "--num-cpus", "2"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
@@ -164,7 +166,7 @@ def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, bu
     for f in prediction_files(job):   # whatever is visible is complete
         assert pq.read_metadata(f).metadata[META_KEY]
 
-    assert run("score", rebuilt, "--out", job).exit_code == 0
+    assert run("score", rebuilt / "slides", "--out", job).exit_code == 0
     got = read_job_table(job)
     assert got.num_rows == expected.num_rows
     for name in ("patient_id", "slide_id", "x", "y", "col", "row", "tissue_fraction"):
