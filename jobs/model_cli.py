@@ -79,13 +79,15 @@ def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir,
               help="Write roc.png and reliability.png here.")
 @click.option("--backend", type=click.Choice(["onnx", "keras", "onnx-int8"]), default="onnx", show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads.")
-def evaluate(bundle_dir, data_dirs, json_out, plots_dir, backend, threads):
+@click.option("--validation-only", is_flag=True,
+              help="Only the bundle's validation patients (held out from its training).")
+def evaluate(bundle_dir, data_dirs, json_out, plots_dir, backend, threads, validation_only):
     """Evaluate a model bundle on Kaggle-layout folders at its stored threshold."""
     from model import evaluate as run_evaluation
 
     try:
         report = run_evaluation(bundle_dir, list(data_dirs), backend=backend, threads=threads,
-                                plots_dir=plots_dir)
+                                plots_dir=plots_dir, validation_only=validation_only)
     except _user_errors() as e:
         raise click.ClickException(str(e))
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731

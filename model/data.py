@@ -59,13 +59,14 @@ def patient_dirs(data_dir) -> list[Path]:
     return found
 
 
-def _index(data_dirs) -> list[tuple[str, str, int, Path]]:
-    """(source, patient, label, path) for every patch, in a deterministic order."""
+def _index(data_dirs, patients=None) -> list[tuple[str, str, int, Path]]:
+    """(source, patient, label, path) for every patch (of ``patients`` only, if given)."""
     rows = []
     for d in data_dirs:
         source = str(Path(d))
         for pdir in patient_dirs(d):
-            rows += [(source, p.patient_id, p.label, p.path) for p in list_patches(pdir)]
+            rows += [(source, p.patient_id, p.label, p.path) for p in list_patches(pdir)
+                     if patients is None or p.patient_id in patients]
     return rows
 
 
@@ -77,9 +78,11 @@ def fingerprint(data_dirs) -> str:
     return h.hexdigest()
 
 
-def load_patches(data_dirs, limit_per_patient: int | None = None, threads: int = 4) -> PatchSet:
-    """Read every patch of the given data directories (optionally at most N per patient)."""
-    rows = _index(data_dirs)
+def load_patches(data_dirs, limit_per_patient: int | None = None, threads: int = 4,
+                 patients=None) -> PatchSet:
+    """Read every patch of the given data directories (optionally at most N per patient, or only
+    the patients in ``patients``)."""
+    rows = _index(data_dirs, set(patients) if patients is not None else None)
     if limit_per_patient:
         kept, seen = [], {}
         for r in rows:

@@ -17,11 +17,14 @@ _BLACK, _GREY, _BLUE, _RED = (0, 0, 0), (170, 170, 170), (200, 90, 20), (40, 40,
 
 
 def evaluate(bundle, data_dirs, backend: str = "onnx", threads: int | None = None,
-             plots_dir=None) -> dict:
-    """Score every patch of ``data_dirs`` with ``bundle`` and report the metrics (JSON-ready)."""
+             plots_dir=None, validation_only: bool = False) -> dict:
+    """Score every patch of ``data_dirs`` with ``bundle`` and report the metrics (JSON-ready).
+
+    ``validation_only`` keeps only the bundle's validation patients (held out from training).
+    """
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle)
-    patches = load_patches(data_dirs)
+    patches = load_patches(data_dirs, patients=bundle.meta["split"]["validation"] if validation_only else None)
     prob = make_backend(bundle, backend, threads=threads).predict(patches.images)
     report = metrics_report(patches.labels, prob, patches.patient_ids, bundle.threshold)
     report.update(model=bundle.version, backend=backend, data_dirs=[str(d) for d in data_dirs],
