@@ -40,6 +40,8 @@ def _user_errors():
               help="Stop after this many epochs without a better validation ROC AUC.")
 @click.option("--imbalance", type=click.Choice(["weights", "sampling", "none"]), default="weights",
               show_default=True, help="Class imbalance: class weights, balanced sampling or nothing.")
+@click.option("--colour-strength", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Scale of the colour/stain jitter augmentation.")
 @click.option("--cpus", type=click.IntRange(1), default=2, show_default=True,
               help="CPU threads for training, shared by the workers.")
 @click.option("--limit-per-patient", type=click.IntRange(1), default=None,
@@ -48,7 +50,7 @@ def _user_errors():
               help="Keep decoded patches here as .npz between runs.")
 @click.option("--address", default=None, help="Ray cluster address [default: embedded local Ray].")
 def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir, batch_size, patience,
-          imbalance, cpus, limit_per_patient, cache_dir, address):
+          imbalance, colour_strength, cpus, limit_per_patient, cache_dir, address):
     """Train a model with Ray Train and write a verified model bundle."""
     from model.pipeline import train_bundle
     from model.train import TrainConfig
@@ -57,6 +59,7 @@ def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir,
         raise click.ClickException(f"--batch-size {batch_size} is not divisible by --num-workers {num_workers}")
     cfg = TrainConfig(data_dirs=[str(d) for d in data_dirs], arch=arch, width=width, epochs=epochs,
                       global_batch_size=batch_size, patience=patience, imbalance=imbalance,
+                      colour_strength=colour_strength,
                       num_workers=num_workers, cpus=cpus, limit_per_patient=limit_per_patient,
                       cache_dir=str(cache_dir) if cache_dir else None)
     try:

@@ -35,6 +35,11 @@ def colour_jitter(x: tf.Tensor, brightness=12.0, contrast=0.15, saturation=0.15,
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
-def augment(x: tf.Tensor) -> tf.Tensor:
-    """The training augmentation: symmetries then colour jitter (float32 pixels in [0, 255])."""
-    return colour_jitter(dihedral(x))
+def augment(x: tf.Tensor, colour_strength: float = 1.0) -> tf.Tensor:
+    """The training augmentation: symmetries then colour jitter (float32 pixels in [0, 255]).
+
+    ``colour_strength`` scales every colour jitter range (1.0: the defaults of colour_jitter).
+    """
+    s = colour_strength
+    return colour_jitter(dihedral(x), brightness=12.0 * s, contrast=0.15 * s, saturation=0.15 * s,
+                         stain=0.06 * s)

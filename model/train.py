@@ -34,6 +34,7 @@ class TrainConfig:
     global_batch_size: int = 64
     patience: int = 4  # epochs without a better validation AUC before stopping
     imbalance: str = "weights"  # "weights" (class weights), "sampling" (balanced) or "none"
+    colour_strength: float = 1.0  # scales the colour/stain jitter ranges of the augmentation
     num_workers: int = 1
     cpus: int = 2  # threads shared by the workers
     seed: int = 0
@@ -132,7 +133,7 @@ def train_loop_per_worker(config: dict):
             print(f"[train] resumed from {resume_dir} after epoch {state['epoch'] + 1}", flush=True)
 
     def replica_step(x, y, w):
-        x = normalise(augment(tf.cast(x, tf.float32)), cfg.normalisation)
+        x = normalise(augment(tf.cast(x, tf.float32), cfg.colour_strength), cfg.normalisation)
         with tf.GradientTape() as tape:
             per_patch = loss_fn(y, model(x, training=True)) * w
             loss = tf.nn.compute_average_loss(per_patch, global_batch_size=cfg.global_batch_size)
