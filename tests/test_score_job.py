@@ -173,3 +173,22 @@ def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, bu
         assert got[name].equals(expected[name]), name
     assert np.abs(got["prob_idc"].to_numpy() - expected["prob_idc"].to_numpy()).max() <= 1e-6
     assert not list(job.rglob("*.tmp"))
+
+
+def test_report_rebuilds_maps_and_report_from_the_parquet_alone(tmp_path, bundle, ray_session):
+    import shutil
+    job = tmp_path / "job"
+    assert run("score", EXAMPLES / "patient-8916.tiff", "--out", job).exit_code == 0
+    built = {p.relative_to(job): p.read_bytes() for p in (job / "maps").rglob("*") if p.is_file()}
+    built[Path("report/index.html")] = (job / "report" / "index.html").read_bytes()
+    shutil.rmtree(job / "maps")
+    shutil.rmtree(job / "report")
+    (job / "summaries.parquet").unlink()
+    result = run("report", job)
+    assert result.exit_code == 0 and result.output.strip().endswith("report/index.html")
+    rebuilt = {p.relative_to(job): p.read_bytes() for p in (job / "maps").rglob("*") if p.is_file()
+               and p.name != "inputs.json"}
+    rebuilt[Path("report/index.html")] = (job / "report" / "index.html").read_bytes()
+    assert rebuilt == {k: v for k, v in built.items() if k.name != "inputs.json"}
+    assert pq.read_table(job / "summaries.parquet").num_rows == 2     # slide row + patient row
+    assert "not an idcmap job folder" in run("report", tmp_path / "nothing").output
