@@ -101,17 +101,10 @@ def tile_remote(source: str, plan: SlidePlan):
 
 @ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)
 class Scorer:
-    """Holds the model: loaded once per actor, verified against its hashes."""
+    """Holds the model: loaded once per actor (and again after a restart), verified against its hashes."""
 
-    def __init__(self, bundle_files: dict[str, bytes], backend: str, threads: int | None, batch_size: int):
-        import tempfile
-        self._dir = tempfile.TemporaryDirectory(prefix="idcmap-bundle-")
-        for name, data in bundle_files.items():
-            path = Path(self._dir.name, name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        self.backend = make_backend(load_bundle(self._dir.name), backend, threads=threads,
-                                    batch_size=batch_size)
+    def __init__(self, bundle_dir: str, backend: str, threads: int | None, batch_size: int):
+        self.backend = make_backend(load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size)
 
     def score(self, chunk):
         if chunk is None:
@@ -119,11 +112,6 @@ class Scorer:
         probs = self.backend.predict(chunk.pop("pixels"))
         chunk["prob_idc"] = probs
         return chunk
-
-
-def bundle_files(path) -> dict[str, bytes]:
-    root = Path(path)
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # --- the driver ------------------------------------------------------------------------------------
@@ -162,8 +150,7 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
                         stride=spec.stride or bundle.meta["input"]["shape"][0],
                         min_tissue=spec.min_tissue, mpp=spec.mpp)
     n_actors = spec.actors or max(1, cpus // 2)
-    files_ref = ray.put(bundle_files(spec.bundle))
-    actors = [Scorer.remote(files_ref, spec.backend, spec.threads_per_actor, spec.batch_size)
+    actors = [Scorer.remote(spec.bundle, spec.backend, spec.threads_per_actor, spec.batch_size)
               for _ in range(n_actors)]
     max_chunks = n_actors * spec.chunks_per_actor + 1
 
