@@ -164,7 +164,10 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
     def finish(state: _SlideState):
         task = state.task
         if state.failed:
-            write_failure(job_dir, task.patient_id, task.slide_id, task.source, state.failed)
+            try:
+                write_failure(job_dir, task.patient_id, task.slide_id, task.source, state.failed)
+            except OSError as exc:  # e.g. a read-only job folder: still report it, go on
+                state.failed += f" (failure record not written: {exc.strerror or exc})"
             results.append(SlideResult(task, False, state.failed, seconds=time.time() - state.started))
             progress.slide_done(task.key, 0, failed=state.failed)
             return
