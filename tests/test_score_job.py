@@ -13,37 +13,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from click.testing import CliRunner
 
 from jobs.cli import cli
 from jobs.joblock import job_lock
 from jobs.schema import META_KEY, PREDICTIONS, SUMMARIES, prediction_files, read_slide_meta
-from jobs.score_cli import DEFAULT_MODEL
-from model import load_bundle, make_backend
-from slide_tiling import TilingSpec, build_slide, iter_patches, open_slide, plan_slide
+from model import make_backend
+from slide_tiling import TilingSpec, iter_patches, open_slide, plan_slide
 
-from .conftest import REPO, shared_path
+from .conftest import REPO
 
 EXAMPLES = REPO / "examples" / "slides"
-
-
-@pytest.fixture(scope="session")
-def bundle():
-    if not (DEFAULT_MODEL / "model.json").exists():
-        pytest.skip(f"the shipped model bundle {DEFAULT_MODEL} is absent")
-    return load_bundle(DEFAULT_MODEL)
-
-
-@pytest.fixture(scope="session")
-def rebuilt(tmp_path_factory):
-    """Ten patients of ../shared/data rebuilt as 2.5x pyramidal TIFFs (slides/P/P.tiff) with masks."""
-    patients = sorted((shared_path("idc", "patients")).iterdir())[:10]
-    root = tmp_path_factory.mktemp("rebuilt")
-    for p in patients:
-        (root / "slides" / p.name).mkdir(parents=True)
-        build_slide(p, root / "slides" / p.name / f"{p.name}.tiff", root / f"{p.name}-mask.png")
-    return root
 
 
 def run(*args):
@@ -145,12 +125,10 @@ def test_second_writer_is_refused(tmp_path, bundle):
     assert f"another idcmap score (pid {os.getpid()}) is writing this job" in result.output
 
 
-def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, bundle, rebuilt, ray_session):
+def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, rebuilt, reference_job):
     """SIGKILL the command while it writes; the re-run completes the job with no partial file."""
-    reference = tmp_path / "reference"
-    assert run("score", rebuilt / "slides", "--out", reference).exit_code == 0
-    expected = read_job_table(reference)
-    assert len(prediction_files(reference)) == 10
+    expected = read_job_table(reference_job)
+    assert len(prediction_files(reference_job)) == 10
 
     job = tmp_path / "killed"
     cmd = [sys.executable, "-m", "jobs", "score", str(rebuilt / "slides"), "--out", str(job), "--num-cpus", "2"]

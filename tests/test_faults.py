@@ -1,0 +1,65 @@
+"""Worker faults mid-job: an inference actor and a tiling worker are SIGKILLed; the job still
+finishes with exactly the rows of an uninterrupted run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+
+from jobs.schema import prediction_files
+
+from .conftest import REPO
+from .test_score_job import read_job_table
+
+
+def ray_processes(title: str, root: psutil.Process) -> list[psutil.Process]:
+    """Ray workers of the job started by ``root`` whose process title starts with ``title``."""
+    found = []
+    for p in root.children(recursive=True):
+        try:
+            if " ".join(p.cmdline()).startswith(title):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def kill_first(title: str, root: psutil.Process, deadline: float) -> int:
+    while time.time() < deadline:
+        procs = ray_processes(title, root)
+        if procs:
+            procs[0].send_signal(signal.SIGKILL)
+            return procs[0].pid
+        time.sleep(0.05)
+    raise AssertionError(f"no {title} process appeared")
+
+
+def test_killed_actor_and_tiling_worker_do_not_lose_or_duplicate_rows(tmp_path, rebuilt, reference_job):
+    expected = read_job_table(reference_job)
+
+    job = tmp_path / "faulty"
+    proc = subprocess.Popen([sys.executable, "-m", "jobs", "score", str(rebuilt / "slides"), "--out", str(job),
+                             "--num-cpus", "2"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        root = psutil.Process(proc.pid)
+        deadline = time.time() + 240
+        actor_pid = kill_first("ray::Scorer", root, deadline)
+        tiler_pid = kill_first("ray::tile_remote", root, deadline)
+        assert actor_pid != tiler_pid
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert len(prediction_files(job)) == len(prediction_files(reference_job)) == 10
+    got = read_job_table(job)
+    assert got.num_rows == expected.num_rows
+    for name in ("patient_id", "slide_id", "x", "y", "col", "row", "tissue_fraction"):
+        assert got[name].equals(expected[name]), name
+    assert np.abs(got["prob_idc"].to_numpy() - expected["prob_idc"].to_numpy()).max() <= 1e-6
