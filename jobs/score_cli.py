@@ -1,6 +1,7 @@
 """``idcmap score``, ``status``, ``query`` and ``report``."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -65,6 +66,7 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
     if not todo and (job_dir / "summaries.parquet").exists():   # finished: touch nothing, not even the lock
         click.echo(f"{job_dir}: all {len(tasks)} slides are done; nothing to score", err=True)
         return
+    os.umask(0o027)  # results hold patient data: readable by owner and group only
     try:
         with job_lock(job_dir):
             for stale in job_dir.rglob(".*.tmp"):   # left by a killed run; we hold the lock
@@ -107,6 +109,8 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
             _build_outputs(job_dir)
     except JobLocked as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # the job folder itself cannot be made or written (read-only, a file ...)
+        raise click.ClickException(f"{exc.filename or job_dir}: cannot write: {exc.strerror or exc}") from None
     click.echo(f"{job_dir}: {len(results) - len(failed)} slides scored, {len(failed)} failed; "
                f"report: {job_dir / 'report' / 'index.html'}", err=True)
     if failed:

@@ -6,12 +6,22 @@ import numpy as np
 
 from .reader import SlideError, SlideReader
 
+#: an image read whole is decoded into memory: refuse (and OpenCV refuses) more than 2^30 pixels
+MAX_IMAGE_PIXELS = 1 << 30
+
 
 class ImageReader(SlideReader):
     format = "image"
 
     def __init__(self, path):
         super().__init__(path)
+        with open(path, "rb") as f:
+            head = f.read(24)
+        if head[:8] == b"\x89PNG\r\n\x1a\n":   # check the declared size before decoding anything
+            w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            if w * h > MAX_IMAGE_PIXELS:
+                raise SlideError(path, f"PNG declares {w} x {h} px, more than {MAX_IMAGE_PIXELS:,} px "
+                                       "an ordinary image may have; convert it to a tiled pyramidal TIFF")
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if img is None:
             raise SlideError(path, "OpenCV cannot decode it as an image")

@@ -17,9 +17,23 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM")
 
 
+#: refuse slides whose level 0 declares more pixels than this (about 8x a large 40x scan): a
+#: corrupt or hostile header, which would cost hours of reading even though nothing is held whole
+MAX_LEVEL0_PIXELS = 300_000 * 300_000
+
+
 def open_slide(path) -> SlideReader:
     """Open a slide file or folder, or raise SlideError with a one-line reason."""
-    path = Path(path)
+    reader = _open(Path(path))
+    w, h = reader.dimensions
+    if w <= 0 or h <= 0 or w * h > MAX_LEVEL0_PIXELS:
+        reader.close()
+        raise SlideError(path, f"declared size {w} x {h} px is not plausible for a slide "
+                               f"(limit {MAX_LEVEL0_PIXELS:.1e} px); refusing it before reading")
+    return reader
+
+
+def _open(path: Path) -> SlideReader:
     if not path.exists():
         raise SlideError(path, "no such file or folder")
     if path.is_dir():

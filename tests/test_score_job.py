@@ -111,6 +111,7 @@ def test_finished_job_rerun_does_nothing_and_changes_no_file(tmp_path, bundle, r
     job = tmp_path / "job"
     assert run("score", EXAMPLES / "patient-8916.tiff", "--out", job).exit_code == 0
     before = {p: p.stat().st_mtime_ns for p in job.rglob("*") if p.is_file()}
+    assert all(p.stat().st_mode & 0o007 == 0 for p in job.rglob("*")), "results are not for everyone"
     result = run("score", EXAMPLES / "patient-8916.tiff", "--out", job)
     assert result.exit_code == 0 and "nothing to score" in result.output
     after = {p: p.stat().st_mtime_ns for p in job.rglob("*") if p.is_file()}

@@ -1,0 +1,43 @@
+"""Hostile or broken input refused before any work: huge declared sizes, unwritable job folders."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from slide_tiling import SlideError, open_slide, write_pyramid
+
+from .conftest import REPO
+
+
+def test_tiff_declaring_a_huge_size_is_refused_before_reading(tmp_path):
+    path = tmp_path / "bomb.tiff"
+    write_pyramid(path, np.full((512, 512, 3), 200, np.uint8), mpp=0.25, downsamples=(1,))
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(4_000_000)
+        tif.pages[0].tags["ImageLength"].overwrite(3_000_000)
+    with pytest.raises(SlideError, match="declared size 4000000 x 3000000 px is not plausible") as err:
+        open_slide(path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_png_declaring_a_huge_size_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.png"
+    cv2.imwrite(str(path), np.full((8, 8, 3), 200, np.uint8))
+    data = bytearray(path.read_bytes())
+    data[16:24] = (100_000).to_bytes(4, "big") + (90_000).to_bytes(4, "big")  # IHDR width, height
+    path.write_bytes(bytes(data))
+    with pytest.raises(SlideError, match="PNG declares 100000 x 90000 px"):
+        open_slide(path)
+
+
+def test_job_folder_that_cannot_be_made_is_one_line(tmp_path, bundle):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    slide = REPO / "examples" / "slides" / "patient-8916.tiff"
+    result = CliRunner().invoke(cli, ["score", str(slide), "--out", str(taken / "job")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"Error: {taken / 'job'}: cannot write: Not a directory"]
