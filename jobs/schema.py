@@ -123,7 +123,7 @@ def read_slide_meta(path) -> SlideMeta:
 
 def prediction_files(job_dir) -> list[Path]:
     """Complete predictions files of a job (temporary files are hidden and never listed)."""
-    return sorted((Path(job_dir) / "predictions").glob("*/*.parquet"))
+    return sorted(p for p in (Path(job_dir) / "predictions").glob("*/*.parquet") if p.is_file())
 
 
 # --- failed slides: one small JSON per slide, removed when the slide later succeeds -------------

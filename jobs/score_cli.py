@@ -62,7 +62,7 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
         raise click.ClickException(str(exc)) from None
     if not tasks:
         raise click.ClickException("no slides found in " + ", ".join(inputs))
-    todo = [t for t in tasks if not predictions_path(job_dir, t.patient_id, t.slide_id).exists()]
+    todo = [t for t in tasks if not predictions_path(job_dir, t.patient_id, t.slide_id).is_file()]
     if not todo and (job_dir / "summaries.parquet").exists():   # finished: touch nothing, not even the lock
         click.echo(f"{job_dir}: all {len(tasks)} slides are done; nothing to score", err=True)
         return
@@ -79,7 +79,7 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
             spec = ScoreSpec(job_id=job_dir.resolve().name, bundle=str(Path(model_dir).resolve()),
                              backend=backend, batch_size=batch_size, actors=actors, mpp=mpp,
                              min_tissue=min_tissue)
-            todo = [t for t in tasks if not predictions_path(job_dir, t.patient_id, t.slide_id).exists()]
+            todo = [t for t in tasks if not predictions_path(job_dir, t.patient_id, t.slide_id).is_file()]
             if not todo:   # done, but killed before its summaries and report were written
                 _build_outputs(job_dir)
                 return

@@ -41,3 +41,19 @@ def test_job_folder_that_cannot_be_made_is_one_line(tmp_path, bundle):
     result = CliRunner().invoke(cli, ["score", str(slide), "--out", str(taken / "job")])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: {taken / 'job'}: cannot write: Not a directory"]
+
+
+def test_write_error_fails_the_slide_with_its_reason_and_leaves_no_partial_file(tmp_path, bundle, ray_session):
+    job = tmp_path / "job"
+    blocked = job / "predictions" / "patient-8916" / "patient-8916.parquet"
+    blocked.mkdir(parents=True)                       # the slide's file name is taken by a folder
+    slides = REPO / "examples" / "slides"
+    result = CliRunner().invoke(cli, ["score", str(slides), "--out", str(job)])
+    assert result.exit_code == 1
+    assert f"FAILED patient-8916/patient-8916: {blocked}: cannot write: Is a directory" in result.output
+    assert (job / "predictions" / "patient-8863" / "patient-8863.parquet").is_file()   # the other slide
+    assert not list(job.rglob("*.tmp")) and not any(blocked.iterdir())
+    blocked.rmdir()
+    again = CliRunner().invoke(cli, ["score", str(slides), "--out", str(job)])
+    assert again.exit_code == 0 and blocked.is_file()
+    assert not list((job / "failed").glob("*/*.json"))      # the failure record went with the success
