@@ -101,13 +101,9 @@ class SlideReader(ABC):
         Reads the coarsest level that is at least as fine as the thumbnail, then resizes.
         """
         w0, h0 = self.dimensions
-        want = max(w0, h0) / max_size
-        level = 0
-        for i, ds in enumerate(self.level_downsamples):
-            if ds <= max(want, 1.0):
-                level = i
-        lw, lh = self.level_dimensions[level]
         scale = max(1.0, max(w0, h0) / max_size)
+        level = max(i for i, ds in enumerate(self.level_downsamples) if ds <= scale)
+        lw, lh = self.level_dimensions[level]
         tw, th = max(1, round(w0 / scale)), max(1, round(h0 / scale))
         # Read in horizontal strips so a huge single-level slide never sits in memory whole.
         ds = self.level_downsamples[level]
