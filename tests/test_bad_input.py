@@ -57,3 +57,18 @@ def test_write_error_fails_the_slide_with_its_reason_and_leaves_no_partial_file(
     again = CliRunner().invoke(cli, ["score", str(slides), "--out", str(job)])
     assert again.exit_code == 0 and blocked.is_file()
     assert not list((job / "failed").glob("*/*.json"))      # the failure record went with the success
+
+
+def test_modified_bundle_is_refused_before_any_work(tmp_path, bundle):
+    import shutil
+    tampered = tmp_path / "bundle"
+    shutil.copytree(bundle.path, tampered)
+    with open(tampered / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    job = tmp_path / "job"
+    result = CliRunner().invoke(cli, ["score", str(REPO / "examples" / "slides"), "--out", str(job),
+                                      "--model", str(tampered)])
+    assert result.exit_code == 1 and not job.exists()
+    assert result.output.strip().splitlines() == [
+        f"Error: {tampered / 'model.onnx'}: sha256 does not match model.json; the bundle was modified, "
+        "refusing to load it"]
