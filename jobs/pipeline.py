@@ -36,7 +36,7 @@ class ScoreSpec:
     job_id: str
     bundle: str
     backend: str = "onnx"
-    batch_size: int = 256
+    batch_size: int = 64
     actors: int | None = None           # inference actors; default: one per 2 CPUs, at least 1
     threads_per_actor: int | None = None
     mpp: float | None = None            # for slides without mpp metadata
