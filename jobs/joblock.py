@@ -8,14 +8,17 @@ from pathlib import Path
 
 
 class JobLocked(Exception):
-    pass
+    """The job cannot be locked for writing: another writer holds it, or the folder is unwritable."""
 
 
 @contextmanager
 def job_lock(job_dir: Path):
-    job_dir.mkdir(parents=True, exist_ok=True)
     path = job_dir / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    except OSError as exc:  # read-only, a file in the way ...
+        raise JobLocked(f"{exc.filename or path}: cannot write: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -110,8 +110,6 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
             _build_outputs(job_dir)
     except JobLocked as exc:
         raise click.ClickException(str(exc)) from None
-    except OSError as exc:  # the job folder itself cannot be made or written (read-only, a file ...)
-        raise click.ClickException(f"{exc.filename or job_dir}: cannot write: {exc.strerror or exc}") from None
     click.echo(f"{job_dir}: {len(results) - len(failed)} slides scored, {len(failed)} failed; "
                f"report: {job_dir / 'report' / 'index.html'}", err=True)
     if failed:
