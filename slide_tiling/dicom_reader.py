@@ -74,10 +74,6 @@ class _Instance:
         self.column_major = organisation is None and self._seams(column_major=True) < self._seams(column_major=False)
 
     @property
-    def image_type(self) -> list[str]:
-        return [str(v) for v in self.ds.get("ImageType", [])]
-
-    @property
     def mpp(self):
         try:
             sp = self.ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing

@@ -10,15 +10,23 @@ from .reader import SlideError, SlideReader
 MAX_IMAGE_PIXELS = 1 << 30
 
 
+def png_size(path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk without decoding it; None if it is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 class ImageReader(SlideReader):
     format = "image"
 
     def __init__(self, path):
         super().__init__(path)
-        with open(path, "rb") as f:
-            head = f.read(24)
-        if head[:8] == b"\x89PNG\r\n\x1a\n":   # check the declared size before decoding anything
-            w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        size = png_size(path)   # check the declared size before decoding anything
+        if size is not None:
+            w, h = size
             if w * h > MAX_IMAGE_PIXELS:
                 raise SlideError(path, f"PNG declares {w} x {h} px, more than {MAX_IMAGE_PIXELS:,} px "
                                        "an ordinary image may have; convert it to a tiled pyramidal TIFF")

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .image_reader import png_size
 from .reader import SlideError, SlideReader
 
 #: the resolution of the Kaggle patches (2.5x of a 40x scan at ~0.25 µm/px)
@@ -91,7 +92,10 @@ class KaggleFolderReader(SlideReader):
         # slide extent: exact for edge patches, whose size we only learn from their header
         w = h = 0
         for p in self.patches:
-            pw, ph = _png_size(p.path)
+            size = png_size(p.path)
+            if size is None:
+                raise SlideError(p.path, "not a PNG file")
+            pw, ph = size
             w, h = max(w, p.x + pw), max(h, p.y + ph)
         self._dims = (w, h)
         self._index: dict[tuple[int, int], KagglePatch] = {(p.x // PATCH_SIZE, p.y // PATCH_SIZE): p
@@ -139,11 +143,3 @@ class KaggleFolderReader(SlideReader):
             out[p.y // PATCH_SIZE, p.x // PATCH_SIZE] = p.label
         return out
 
-
-def _png_size(path: Path) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR chunk without decoding it."""
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if head[:8] != b"\x89PNG\r\n\x1a\n":
-        raise SlideError(path, "not a PNG file")
-    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
