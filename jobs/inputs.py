@@ -35,10 +35,22 @@ class SlideTask:
     slide_id: str
     source: str
     mpp: float | None = None
+    hidden: tuple[str, ...] = ()  # pseudonymized: real path and ids, never to be written
 
     @property
     def key(self) -> str:
         return f"{self.patient_id}/{self.slide_id}"
+
+    @property
+    def name(self) -> str:
+        """How outputs and messages name the slide: its path, or its pseudonymous key."""
+        return self.key if self.hidden else self.source
+
+    def redact(self, text: str) -> str:
+        """``text`` with the hidden path and ids replaced by the pseudonymous key."""
+        for secret in self.hidden:
+            text = text.replace(secret, self.key)
+        return text
 
 
 def check_id(value: str, what: str, where) -> str:

@@ -10,7 +10,7 @@ import click
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise for CLI users
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+_DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=True)
 
 
 def _user_errors():

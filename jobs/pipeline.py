@@ -21,6 +21,7 @@ import pyarrow as pa
 import ray
 
 from model import load_bundle, make_backend
+from model.scoring import with_context
 from slide_tiling import SlideError, SlidePlan, TilingSpec, iter_patches, open_slide, plan_slide
 
 from .inputs import SlideTask
@@ -109,8 +110,7 @@ class Scorer:
     def score(self, chunk):
         if chunk is None:
             return None
-        probs = self.backend.predict(chunk.pop("pixels"))
-        chunk["prob_idc"] = probs
+        chunk["prob_patch"] = self.backend.predict(chunk.pop("pixels"))
         return chunk
 
 
@@ -164,8 +164,9 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
     def finish(state: _SlideState):
         task = state.task
         if state.failed:
+            state.failed = task.redact(state.failed)
             try:
-                write_failure(job_dir, task.patient_id, task.slide_id, task.source, state.failed)
+                write_failure(job_dir, task.patient_id, task.slide_id, task.name, state.failed)
             except OSError as exc:  # e.g. a read-only job folder: still report it, go on
                 state.failed += f" (failure record not written: {exc.strerror or exc})"
             results.append(SlideResult(task, False, state.failed, seconds=time.time() - state.started))
@@ -174,7 +175,7 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
         try:
             rows = _table(state, spec, bundle)
             meta = SlideMeta(job_id=spec.job_id, patient_id=task.patient_id, slide_id=task.slide_id,
-                             source=task.source, bundle_sha256=bundle.sha256, model_version=bundle.version,
+                             source=task.name, bundle_sha256=bundle.sha256, model_version=bundle.version,
                              threshold=bundle.threshold, job_spec=spec.to_dict(),
                              target_mpp=tiling.target_mpp, patch_size=tiling.patch_size,
                              stride=tiling.stride, cols=state.plan.grid.cols, rows=state.plan.grid.rows,
@@ -229,7 +230,7 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
                     part = ray.get(ref)
                     if part is not None and not state.failed:
                         state.parts.append(part)
-                        progress.patches_scored(len(part["prob_idc"]))
+                        progress.patches_scored(len(part["prob_patch"]))
                 except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
                     if not state.failed:
                         state.failed = _one_line(exc, state.task.source)
@@ -252,15 +253,18 @@ def _table(state: _SlideState, spec: ScoreSpec, bundle) -> pa.Table:
     order = np.lexsort((cols, rows))
     n = len(order)
     take = lambda k: np.concatenate([p[k] for p in parts])[order]  # noqa: E731
+    rows, cols = rows[order], cols[order]
+    prob_patch = take("prob_patch").astype(np.float32)
     task = state.task
     return pa.table({
         "job_id": pa.array([spec.job_id] * n, pa.string()),
         "patient_id": pa.array([task.patient_id] * n, pa.string()),
         "slide_id": pa.array([task.slide_id] * n, pa.string()),
         "x": take("x").astype(np.int64), "y": take("y").astype(np.int64),
-        "col": cols[order].astype(np.int32), "row": rows[order].astype(np.int32),
+        "col": cols.astype(np.int32), "row": rows.astype(np.int32),
         "level0_patch_size": np.full(n, state.plan.grid.level0_patch_size, np.float32),
         "tissue_fraction": take("tissue_fraction").astype(np.float32),
-        "prob_idc": take("prob_idc").astype(np.float32),
+        "prob_idc": with_context(prob_patch, rows, cols, None, bundle.context_weight),
+        "prob_patch": prob_patch,
         "model_version": pa.array([bundle.version] * n, pa.string()),
     })

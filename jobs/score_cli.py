@@ -44,7 +44,12 @@ def _now() -> str:
 @click.option("--actors", type=click.IntRange(1, 1024), default=None, help="Inference actors (default: CPUs/2).")
 @click.option("--num-cpus", type=click.IntRange(1, 4096), default=None, help="CPUs of the embedded Ray.")
 @click.option("--min-tissue", type=float, default=0.05, show_default=True)
-def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors, num_cpus, min_tissue):
+@click.option("--pseudonymize", is_flag=True,
+              help="Replace patient and slide ids in all outputs and messages by keyed HMACs.")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File holding the pseudonym key (default: the IDCMAP_PSEUDONYM_KEY environment variable).")
+def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors, num_cpus, min_tissue,
+          pseudonymize, key_file):
     """Score slides for IDC into JOB_DIR; re-run the same command to resume."""
     from cluster import ray_session
     from model import BundleError, load_bundle
@@ -54,10 +59,19 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
     from .joblock import JobLocked, job_lock
     from .pipeline import ScoreSpec, run_scoring
     from .progress import Progress
+    from .pseudonym import key_id, load_key
+    from .pseudonym import pseudonymize as pseudonymize_tasks
     from .schema import predictions_path
 
+    if key_file is not None and not pseudonymize:
+        raise click.UsageError("--key-file is only used with --pseudonymize")
     try:
         tasks = collect_tasks(inputs, mpp)
+        privacy = {"pseudonymized": False}
+        if pseudonymize:
+            key = load_key(key_file)
+            tasks = pseudonymize_tasks(tasks, key)
+            privacy = {"pseudonymized": True, "method": "HMAC-SHA256", "key_id": key_id(key)}
         bundle = load_bundle(model_dir)
     except (InputError, BundleError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -77,6 +91,12 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
                 raise click.ClickException(
                     f"{job_dir}: was scored with model {job['bundle'].get('version')}, not {bundle.version}; "
                     "use a new --out for another model")
+            if job and job.get("privacy", {"pseudonymized": False}) != privacy:
+                was = job.get("privacy", {})
+                raise click.ClickException(
+                    f"{job_dir}: was scored " + (f"with --pseudonymize (key {was.get('key_id')})"
+                                                 if was.get("pseudonymized") else "without --pseudonymize")
+                    + "; re-run it the same way, or use a new --out")
             spec = ScoreSpec(job_id=job_dir.resolve().name, bundle=str(Path(model_dir).resolve()),
                              backend=backend, batch_size=batch_size, actors=actors, mpp=mpp,
                              min_tissue=min_tissue)
@@ -86,9 +106,10 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
                 return
             known = {(s["patient_id"], s["slide_id"]): s for s in job.get("slides", [])}
             known.update({(t.patient_id, t.slide_id): {"patient_id": t.patient_id, "slide_id": t.slide_id,
-                                                      "source": t.source} for t in tasks})
+                                                      "source": t.name} for t in tasks})
             run = {"started": _now(), "slides_to_score": len(todo)}
             job.update({"job_id": spec.job_id, "spec": spec.to_dict(), "versions": package_versions(),
+                        "privacy": privacy,
                         "bundle": {"path": spec.bundle, "sha256": bundle.sha256, "version": bundle.version,
                                    "threshold": bundle.threshold, "architecture": bundle.architecture,
                                    "validation_metrics": bundle.meta.get("validation_metrics", {})},

@@ -65,6 +65,11 @@ class ModelBundle:
         return float(self.meta["threshold"]["value"])
 
     @property
+    def context_weight(self) -> float:
+        """Self weight of the neighbour context step (1.0: none, the patch alone)."""
+        return float(self.meta.get("context", {}).get("self_weight", 1.0))
+
+    @property
     def normalisation(self) -> dict:
         return self.meta["normalisation"]
 

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import roc_curve
 
-from .scoring import calibrated_probability, idc_logit
+from .scoring import idc_logit, sigmoid
 
 def prior_offset(class_weights: dict) -> float:
     """Logit shift that class weights w put into a model: log(w_idc / w_no_idc)."""
@@ -31,9 +31,10 @@ def nll(prob: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0) -> float:
-    """The temperature T in [0.05, 20] minimising the NLL of sigmoid((logit - offset) / T)."""
-    z = idc_logit(probs) - offset
+def fit_temperature(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0, context=None) -> float:
+    """The temperature T in [0.05, 20] minimising the NLL of sigmoid((context(logit) - offset) / T)."""
+    z = idc_logit(probs)
+    z = (context(z) if context else z) - offset
     y = np.asarray(labels, np.float64)
 
     def loss(log_t):
@@ -53,14 +54,17 @@ def choose_threshold(prob: np.ndarray, labels: np.ndarray) -> float:
     return float(thr[best])
 
 
-def calibrate(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0) -> dict:
+def calibrate(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0, context=None) -> dict:
     """Temperature and threshold for (N, 2) validation softmax outputs, with the NLL before/after.
 
     ``offset`` is the known prior shift of class-weighted training (see :func:`prior_offset`),
-    removed from the logit before the temperature is fitted.
+    removed from the logit before the temperature is fitted. ``context`` (logits -> logits, e.g.
+    :func:`~model.scoring.mix_neighbours` over the validation grid) is applied to the logits first,
+    so temperature and threshold fit the final scores.
     """
-    t = fit_temperature(probs, labels, offset)
-    cal = calibrated_probability(probs, t, offset)
+    t = fit_temperature(probs, labels, offset, context)
+    ctx = context or (lambda z: z)
+    cal = sigmoid((ctx(idc_logit(probs)) - offset) / t)
     return {"method": "prior correction + temperature scaling", "temperature": t, "logit_offset": offset,
-            "nll_before": nll(calibrated_probability(probs, 1.0), labels), "nll_after": nll(cal, labels),
+            "nll_before": nll(sigmoid(ctx(idc_logit(probs))), labels), "nll_after": nll(cal, labels),
             "threshold": choose_threshold(cal, labels), "threshold_rule": THRESHOLD_RULE}

@@ -19,6 +19,7 @@ from slide_tiling import PATCH_SIZE, is_patient_dir, list_patches, load_patch
 #: share of each data directory's patches (whole patients) held out for validation
 VALIDATION_FRACTION = 0.2
 SPLIT_SALT = "idcmap-split-v1"
+CACHE_FORMAT = "patches-v2"  # with xy
 
 
 class DataError(ValueError):
@@ -33,13 +34,20 @@ class PatchSet:
     labels: np.ndarray  # (N,) int8, 1 = IDC
     patient_ids: np.ndarray  # (N,) str
     sources: np.ndarray  # (N,) str, the data directory each patch came from
+    xy: np.ndarray  # (N, 2) int64, 0-based left/top pixel of the patch in its patient's slide
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, mask_or_index) -> "PatchSet":
         return PatchSet(self.images[mask_or_index], self.labels[mask_or_index],
-                        self.patient_ids[mask_or_index], self.sources[mask_or_index])
+                        self.patient_ids[mask_or_index], self.sources[mask_or_index],
+                        self.xy[mask_or_index])
+
+    @property
+    def grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, cols, groups): each patch's place on its patient's 50-px grid, for the context step."""
+        return self.xy[:, 1] // PATCH_SIZE, self.xy[:, 0] // PATCH_SIZE, self.patient_ids
 
     @property
     def patients(self) -> list[str]:
@@ -59,13 +67,13 @@ def patient_dirs(data_dir) -> list[Path]:
     return found
 
 
-def _index(data_dirs, patients=None) -> list[tuple[str, str, int, Path]]:
-    """(source, patient, label, path) for every patch (of ``patients`` only, if given)."""
+def _index(data_dirs, patients=None) -> list[tuple[str, str, int, Path, int, int]]:
+    """(source, patient, label, path, x, y) for every patch (of ``patients`` only, if given)."""
     rows = []
     for d in data_dirs:
         source = str(Path(d))
         for pdir in patient_dirs(d):
-            rows += [(source, p.patient_id, p.label, p.path) for p in list_patches(pdir)
+            rows += [(source, p.patient_id, p.label, p.path, p.x, p.y) for p in list_patches(pdir)
                      if patients is None or p.patient_id in patients]
     return rows
 
@@ -73,7 +81,7 @@ def _index(data_dirs, patients=None) -> list[tuple[str, str, int, Path]]:
 def fingerprint(data_dirs) -> str:
     """sha256 over (patient, file name, size) of every patch: identifies the training data."""
     h = hashlib.sha256()
-    for _, patient, label, path in _index(data_dirs):
+    for _, patient, label, path, _, _ in _index(data_dirs):
         h.update(f"{patient}/{label}/{path.name}/{path.stat().st_size}\n".encode())
     return h.hexdigest()
 
@@ -100,22 +108,24 @@ def load_patches(data_dirs, limit_per_patient: int | None = None, threads: int =
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(read, range(len(rows))))
     return PatchSet(images, np.array([r[2] for r in rows], np.int8),
-                    np.array([r[1] for r in rows]), np.array([r[0] for r in rows]))
+                    np.array([r[1] for r in rows]), np.array([r[0] for r in rows]),
+                    np.array([(r[4], r[5]) for r in rows], np.int64).reshape(-1, 2))
 
 
 def load_patches_cached(data_dirs, cache_dir=None, **kw) -> PatchSet:
     """:func:`load_patches`, memoised as an .npz under ``cache_dir`` keyed by the data fingerprint."""
     if cache_dir is None:
         return load_patches(data_dirs, **kw)
-    key = hashlib.sha256((fingerprint(data_dirs) + repr(sorted(kw.items()))).encode()).hexdigest()[:16]
+    key = hashlib.sha256((CACHE_FORMAT + fingerprint(data_dirs) + repr(sorted(kw.items()))).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"patches-{key}.npz"
     if path.exists():
         z = np.load(path, allow_pickle=False)
-        return PatchSet(z["images"], z["labels"], z["patient_ids"], z["sources"])
+        return PatchSet(z["images"], z["labels"], z["patient_ids"], z["sources"], z["xy"])
     ps = load_patches(data_dirs, **kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=ps.images, labels=ps.labels, patient_ids=ps.patient_ids, sources=ps.sources)
+    np.savez(tmp, images=ps.images, labels=ps.labels, patient_ids=ps.patient_ids, sources=ps.sources,
+             xy=ps.xy)
     os.replace(tmp, path)
     return ps
 

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from sklearn.metrics import auc, roc_curve
+from sklearn.metrics import auc, roc_auc_score, roc_curve
 
 from .backends import make_backend
 from .bundle import ModelBundle, load_bundle
 from .data import load_patches
 from .metrics import expected_calibration_error, metrics_report, reliability_bins
+from .scoring import with_context
 
 _SIZE, _MARGIN = 480, 60
 _BLACK, _GREY, _BLUE, _RED = (0, 0, 0), (170, 170, 170), (200, 90, 20), (40, 40, 220)
@@ -25,8 +26,11 @@ def evaluate(bundle, data_dirs, backend: str = "onnx", threads: int | None = Non
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle)
     patches = load_patches(data_dirs, patients=bundle.meta["split"]["validation"] if validation_only else None)
-    prob = make_backend(bundle, backend, threads=threads).predict(patches.images)
+    patch_prob = make_backend(bundle, backend, threads=threads).predict(patches.images)
+    prob = with_context(patch_prob, *patches.grid, bundle.context_weight)
     report = metrics_report(patches.labels, prob, patches.patient_ids, bundle.threshold)
+    if len(np.unique(patches.labels)) == 2:
+        report["patch_only_roc_auc"] = float(roc_auc_score(patches.labels, patch_prob))
     report.update(model=bundle.version, backend=backend, data_dirs=[str(d) for d in data_dirs],
                   reliability=reliability_bins(prob, patches.labels))
     if plots_dir is not None:

@@ -17,7 +17,7 @@ from .architectures import TRAINING, build, flops_per_patch
 from .bundle import KERAS_FILE, ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_bundle, write_manifest
 from .calibration import calibrate, prior_offset
 from .metrics import classification_metrics
-from .scoring import calibrated_probability, scoring_function
+from .scoring import CONTEXT_SELF_WEIGHT, calibrated_probability, mix_neighbours, scoring_function, with_context
 from .train import STATE_FILE, TrainConfig, fit, prepare
 
 #: int8 is offered only if its validation ROC AUC is within this of the fp32 ONNX model's
@@ -53,8 +53,7 @@ def _onnx_probs(path, images: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate([s.run(None, {name: images[i:i + batch]})[0] for i in range(0, len(images), batch)])
 
 
-def _int8_backend(folder: Path, train, val, temperature: float, offset: float, fp32_auc: float,
-                  seed: int) -> dict:
+def _int8_backend(folder: Path, train, val, final, fp32_auc: float, seed: int) -> dict:
     """Quantize, then keep the int8 model only if it passes the AUC check on validation."""
     from sklearn.metrics import roc_auc_score
 
@@ -63,7 +62,7 @@ def _int8_backend(folder: Path, train, val, temperature: float, offset: float, f
     rng = np.random.default_rng(seed)
     calib = train.images[np.sort(rng.choice(len(train), min(INT8_CALIBRATION_PATCHES, len(train)), replace=False))]
     path = quantize_int8(folder / ONNX_FILE, folder / ONNX_INT8_FILE, calib)
-    auc = float(roc_auc_score(val.labels, calibrated_probability(_onnx_probs(path, val.images), temperature, offset)))
+    auc = float(roc_auc_score(val.labels, final(_onnx_probs(path, val.images))))
     spec = {"file": ONNX_INT8_FILE, "quantization": "static int8 (QDQ, per-channel weights), "
             f"calibrated on {len(calib)} training patches", "val_roc_auc": auc,
             "fp32_val_roc_auc": fp32_auc, "max_auc_drop": INT8_MAX_AUC_DROP}
@@ -78,7 +77,7 @@ def _int8_backend(folder: Path, train, val, temperature: float, offset: float, f
 
 def write_bundle(out_dir, model, cfg: TrainConfig, train, val, state: dict, fingerprint: str) -> ModelBundle:
     """Calibrate on the validation patients, export, check backends and write a verified bundle."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     from .export import export_onnx
 
@@ -90,20 +89,29 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, val, state: dict, fing
     score = scoring_function(model, cfg.normalisation)
     val_probs = _predict(score, val.images)
     offset = prior_offset(datalib.class_weights(train.labels)) if cfg.imbalance != "none" else 0.0
-    cal = calibrate(val_probs, val.labels, offset)
-    prob = calibrated_probability(val_probs, cal["temperature"], offset)
+    cal = calibrate(val_probs, val.labels, offset,
+                    context=lambda z: mix_neighbours(z, *val.grid, CONTEXT_SELF_WEIGHT))
+
+    def final(probs):  # what scoring does: calibrate each patch, then mix in its neighbours
+        return with_context(calibrated_probability(probs, cal["temperature"], offset), *val.grid,
+                            CONTEXT_SELF_WEIGHT)
+
+    prob = final(val_probs)
     metrics = classification_metrics(val.labels, prob, cal["threshold"])
     metrics["n_patients"] = len(cfg.split["validation"])
+    patch_only = calibrated_probability(val_probs, cal["temperature"], offset)
+    metrics["patch_only"] = {"roc_auc": float(roc_auc_score(val.labels, patch_only)),
+                             "pr_auc": float(average_precision_score(val.labels, patch_only))}
 
     model.save(tmp / KERAS_FILE)
     export_onnx(score, tmp / ONNX_FILE)
-    onnx_prob = calibrated_probability(_onnx_probs(tmp / ONNX_FILE, val.images), cal["temperature"], offset)
+    onnx_prob = final(_onnx_probs(tmp / ONNX_FILE, val.images))
     fp32_diff = float(np.abs(onnx_prob - prob).max())
     fp32_auc = float(roc_auc_score(val.labels, onnx_prob))
     backends = {"onnx": {"file": ONNX_FILE, "precision": "fp32", "offered": True,
                          "max_abs_diff_vs_keras_on_validation": fp32_diff},
                 "keras": {"file": KERAS_FILE, "precision": "fp32", "offered": True},
-                "onnx-int8": _int8_backend(tmp, train, val, cal["temperature"], offset, fp32_auc, cfg.seed)}
+                "onnx-int8": _int8_backend(tmp, train, val, final, fp32_auc, cfg.seed)}
 
     meta = {
         "name": out_dir.name,
@@ -117,6 +125,10 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, val, state: dict, fing
         "normalisation": cfg.normalisation,
         "calibration": {k: cal[k] for k in ("method", "temperature", "logit_offset", "nll_before", "nll_after")}
         | {"fitted_on": "validation patients"},
+        "context": {"self_weight": CONTEXT_SELF_WEIGHT,
+                    "rule": "final logit = self_weight x the patch's calibrated logit + (1 - self_weight) x "
+                            "the mean calibrated logit of its scored 8-connected grid neighbours (same "
+                            "slide); unchanged without neighbours"},
         "threshold": {"value": cal["threshold"], "rule": cal["threshold_rule"]},
         "split": cfg.split,
         "validation_metrics": metrics,

@@ -1,5 +1,6 @@
 """The scoring function shared by training, export and inference: uint8 RGB -> class probabilities,
-and the map from probabilities to calibrated IDC probabilities (temperature scaling)."""
+the map from probabilities to calibrated IDC probabilities (temperature scaling), and the spatial
+context step that mixes each patch's score with its neighbours' on the patch grid."""
 from __future__ import annotations
 
 import numpy as np
@@ -40,5 +41,59 @@ def calibrated_probability(probs: np.ndarray, temperature: float, offset: float 
 
     ``offset`` undoes the prior shift of class-weighted (or balanced) training: log(w_idc / w_no_idc).
     """
-    z = (idc_logit(probs) - float(offset)) / float(temperature)
-    return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)
+    return sigmoid((idc_logit(probs) - float(offset)) / float(temperature))
+
+
+def sigmoid(z) -> np.ndarray:
+    """1 / (1 + exp(-z)) as float32, without overflow."""
+    return (0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, np.float64)))).astype(np.float32)
+
+
+def logit(prob) -> np.ndarray:
+    """log(p / (1 - p)), float64, with p clipped to [PROB_EPS, 1 - PROB_EPS]."""
+    p = np.clip(np.asarray(prob, np.float64), PROB_EPS, 1.0 - PROB_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+#: weight of a patch's own logit in its final score; the rest goes to the mean logit of its scored
+#: 8-connected grid neighbours. Fixed before looking at validation results (equal weight to the patch
+#: and to its neighbourhood), not tuned on them.
+CONTEXT_SELF_WEIGHT = 0.5
+_NEIGHBOURS = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
+
+
+def mix_neighbours(z, rows, cols, groups=None, self_weight: float = CONTEXT_SELF_WEIGHT) -> np.ndarray:
+    """``self_weight * z + (1 - self_weight) * mean(z of the scored 8-neighbours)`` per patch.
+
+    ``rows``/``cols`` are grid positions; patches of different ``groups`` (slides) are never
+    neighbours. A patch with no scored neighbour keeps its own value. float64 (N,).
+    """
+    z = np.asarray(z, np.float64)
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    out = z.copy()
+    if self_weight >= 1.0 or not len(z):
+        return out
+    group_index = (np.zeros(len(z), np.int64) if groups is None
+                   else np.unique(np.asarray(groups), return_inverse=True)[1])
+    for g in np.unique(group_index):
+        idx = np.flatnonzero(group_index == g)
+        r, c = rows[idx] - rows[idx].min() + 1, cols[idx] - cols[idx].min() + 1
+        total = np.zeros((r.max() + 2, c.max() + 2))
+        count = np.zeros_like(total)
+        np.add.at(count, (r, c), 1.0)
+        if count.max() > 1:
+            raise ValueError("two patches at the same grid position")
+        total[r, c] = z[idx]
+        s = sum(total[r + dr, c + dc] for dr, dc in _NEIGHBOURS)
+        n = sum(count[r + dr, c + dc] for dr, dc in _NEIGHBOURS)
+        has = n > 0
+        out[idx[has]] = self_weight * z[idx[has]] + (1.0 - self_weight) * s[has] / n[has]
+    return out
+
+
+def with_context(prob, rows, cols, groups=None, self_weight: float = CONTEXT_SELF_WEIGHT) -> np.ndarray:
+    """Final IDC probabilities from calibrated per-patch ones: :func:`mix_neighbours` on their
+    logits. Temperature and offset are shared, so this equals calibrating the mixed raw logits."""
+    if self_weight >= 1.0:
+        return np.asarray(prob, np.float32)
+    return sigmoid(mix_neighbours(logit(prob), rows, cols, groups, self_weight))

@@ -12,7 +12,7 @@ from model.bundle import BundleError, load_bundle, write_manifest
 from model.calibration import calibrate, choose_threshold, fit_temperature, nll
 from model.data import PatchSet, apply_split, class_weights, split_patients
 from model.metrics import classification_metrics, expected_calibration_error, metrics_report
-from model.scoring import calibrated_probability
+from model.scoring import calibrated_probability, logit, mix_neighbours, sigmoid, with_context
 
 
 # --- architectures ---------------------------------------------------------------------------
@@ -72,6 +72,32 @@ def test_temperature_scaling_fixes_overconfidence():
     assert cal["nll_after"] < cal["nll_before"]
     # temperature scaling does not change the ranking
     assert roc_auc_score(y, calibrated_probability(probs, t)) == pytest.approx(roc_auc_score(y, probs[:, 1]))
+
+
+def test_neighbour_context_mixes_scored_neighbours_of_the_same_slide():
+    # a 3x3 block of one slide, one isolated patch, and a patch of another slide next to the block
+    rows = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 9, 1])
+    cols = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 9, 3])
+    groups = np.array(["a"] * 10 + ["b"])
+    z = np.arange(11, dtype=float)
+    out = mix_neighbours(z, rows, cols, groups, self_weight=0.5)
+    assert out[4] == pytest.approx(0.5 * 4 + 0.5 * np.mean([0, 1, 2, 3, 5, 6, 7, 8]))  # centre: 8 neighbours
+    assert out[0] == pytest.approx(0.5 * 0 + 0.5 * np.mean([1, 3, 4]))  # corner: 3 neighbours
+    assert out[9] == 9 and out[10] == 10  # no neighbour in its own slide: unchanged
+    assert (mix_neighbours(z, rows, cols, groups, self_weight=1.0) == z).all()
+    with pytest.raises(ValueError, match="same grid position"):
+        mix_neighbours(z[:2], [0, 0], [1, 1])
+
+
+def test_context_on_probabilities_equals_calibrating_mixed_logits():
+    rng = np.random.default_rng(4)
+    probs, _ = _overconfident(n=64, seed=4)
+    rows, cols = np.divmod(rng.permutation(64), 8)
+    t, offset = 1.7, 0.4
+    direct = sigmoid((mix_neighbours(logit(probs[:, 1]) - 0, rows, cols) - offset) / t)
+    via_patches = with_context(calibrated_probability(probs, t, offset), rows, cols)
+    assert np.abs(direct - via_patches).max() < 1e-5
+    assert (with_context(probs[:, 1], rows, cols, self_weight=1.0) == probs[:, 1].astype(np.float32)).all()
 
 
 def test_prior_offset_undoes_class_weighting():
@@ -144,7 +170,7 @@ def _synthetic_patches():
             srcs += [src] * k
     n = len(pids)
     return PatchSet(np.zeros((n, 50, 50, 3), np.uint8), (rng.random(n) < 0.3).astype(np.int8),
-                    np.array(pids), np.array(srcs))
+                    np.array(pids), np.array(srcs), np.zeros((n, 2), np.int64))
 
 
 def test_split_is_by_patient_deterministic_and_covers_each_source():

@@ -91,7 +91,7 @@ def make_slide(job_dir: Path, patient_id: str, slide_id: str, seed: int, blob_rc
         "col": col.astype(np.int32), "row": row.astype(np.int32),
         "level0_patch_size": np.full(n, PATCH0, np.float32),
         "tissue_fraction": rng.uniform(0.3, 1, n).astype(np.float32),
-        "prob_idc": prob, "model_version": [meta.model_version] * n,
+        "prob_idc": prob, "prob_patch": prob, "model_version": [meta.model_version] * n,
     })
     write_predictions(job_dir, table, meta)
     return FakeSlide(patient_id, slide_id, col, row, prob, blob, meta)
@@ -436,7 +436,8 @@ def test_regions_on_a_real_slide_cover_exactly_its_ground_truth_idc_patches(tmp_
         "job_id": ["real"] * n, "patient_id": ["8863"] * n, "slide_id": ["patient-8863"] * n,
         "x": x, "y": y, "col": col, "row": row,
         "level0_patch_size": np.full(n, plan.grid.level0_patch_size, np.float32),
-        "tissue_fraction": np.ones(n, np.float32), "prob_idc": prob, "model_version": ["truth"] * n}), meta)
+        "tissue_fraction": np.ones(n, np.float32), "prob_idc": prob, "prob_patch": prob,
+        "model_version": ["truth"] * n}), meta)
     assert build_outputs(tmp_path)["errors"] == []
     assert is_idc.sum() > 100
 

@@ -19,6 +19,7 @@ from jobs.cli import cli
 from jobs.joblock import job_lock
 from jobs.schema import META_KEY, PREDICTIONS, SUMMARIES, prediction_files, read_slide_meta
 from model import make_backend
+from model.scoring import with_context
 from slide_tiling import TilingSpec, iter_patches, open_slide, plan_slide
 
 from .conftest import REPO
@@ -70,7 +71,10 @@ def test_examples_end_to_end_with_a_corrupt_and_a_missing_slide(tmp_path, bundle
         assert table.num_rows == len(cols)
         assert table["col"].to_numpy().tolist() == cols[order].tolist()
         assert table["row"].to_numpy().tolist() == rows[order].tolist()
-        assert np.abs(table["prob_idc"].to_numpy() - direct[order]).max() <= 1e-5
+        assert np.abs(table["prob_patch"].to_numpy() - direct[order]).max() <= 1e-5
+        # the final score mixes in the slide's neighbours, by the bundle's weight
+        final = with_context(direct[order], rows[order], cols[order], None, bundle.context_weight)
+        assert np.abs(table["prob_idc"].to_numpy() - final).max() <= 1e-5
         assert (table["x"].to_numpy() == 50 * table["col"].to_numpy()).all()
 
     failures = {f.parent.name: json.loads(f.read_text()) for f in (job / "failed").glob("*/*.json")}
