@@ -99,6 +99,8 @@ def evaluate(bundle_dir, data_dirs, json_out, plots_dir, backend, threads, valid
     for key in ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity", "precision",
                 "f1", "accuracy", "ece"):
         click.echo(f"  {key:18s} {fmt(report[key])}")
+    if "patch_only_roc_auc" in report:
+        click.echo(f"  {'roc_auc patch only':18s} {fmt(report['patch_only_roc_auc'])}  (without the neighbour context)")
     cm = report["confusion_matrix"]
     click.echo(f"  confusion          tn {cm['tn']}  fp {cm['fp']}  fn {cm['fn']}  tp {cm['tp']}")
     if json_out:

@@ -137,3 +137,18 @@ def test_resume_continues_from_last_checkpoint(trained):
     state = json.loads((ckpt / "state.json").read_text())
     assert state["epoch"] == 1 and len(state["history"]) == 2
     assert state["history"][0] == first["history"][0]
+
+
+def test_shipped_bundle_reproduces_its_validation_metrics_and_meets_the_floors(bundle):
+    from model import evaluate
+
+    data = [shared_path("idc", "patients"), shared_path("idc", "sparse")]
+    report = evaluate(bundle, data, validation_only=True)
+    stored = bundle.meta["validation_metrics"]
+    assert report["n_patches"] == stored["n_patches"] and report["n_patients"] == len(bundle.meta["split"]["validation"])
+    for key in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity"):
+        assert report[key] == pytest.approx(stored[key], abs=1e-4), key
+    assert report["patch_only_roc_auc"] == pytest.approx(stored["patch_only"]["roc_auc"], abs=1e-4)
+    assert report["roc_auc"] >= 0.93 and report["balanced_accuracy"] >= 0.86
+    # the neighbour context is what lifts it: the patch alone ranks worse
+    assert report["patch_only_roc_auc"] < report["roc_auc"]
