@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from slide_tiling import is_patient_dir
+from slide_tiling import is_patient_dir, links_back
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif",
                   ".svslide", ".dcm", ".png", ".jpg", ".jpeg"}
@@ -34,7 +34,7 @@ class SlideTask:
     patient_id: str
     slide_id: str
     source: str
-    mpp: float | None = None
+    mpp: float | None = None  # from the manifest: overrides the file's
     hidden: tuple[str, ...] = ()  # pseudonymized: real path and ids, never to be written
 
     @property
@@ -69,7 +69,7 @@ def slide_id_of(path: Path) -> str:
     return path.stem if path.is_file() or path.suffix else name
 
 
-def _read_manifest(path: Path, default_mpp: float | None) -> list[SlideTask]:
+def _read_manifest(path: Path) -> list[SlideTask]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
@@ -85,7 +85,7 @@ def _read_manifest(path: Path, default_mpp: float | None) -> list[SlideTask]:
                 raise InputError(f"{where}: empty slide_path")
             slide = Path(row["slide_path"])
             slide = Path(os.path.abspath(path.parent / slide))
-            mpp = default_mpp
+            mpp = None
             if row.get("mpp"):
                 try:
                     mpp = float(row["mpp"])
@@ -97,42 +97,45 @@ def _read_manifest(path: Path, default_mpp: float | None) -> list[SlideTask]:
     return tasks
 
 
-def _folder_tasks(folder: Path, default_mpp: float | None) -> list[SlideTask]:
+def _folder_tasks(folder: Path) -> list[SlideTask]:
     if is_patient_dir(folder):
         return [SlideTask(check_id(folder.name, "patient id", folder), check_id(folder.name, "slide id", folder),
-                          str(folder), default_mpp)]
+                          str(folder))]
     tasks = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
             patient = check_id(entry.name, "patient id", entry)
-            if is_patient_dir(entry):
-                tasks.append(SlideTask(patient, patient, str(entry), default_mpp))
+            if links_back(entry) is not None or is_patient_dir(entry):  # a loop fails as its own slide
+                tasks.append(SlideTask(patient, patient, str(entry)))
                 continue
             for f in sorted(entry.iterdir()):
                 if f.suffix.lower() in SLIDE_SUFFIXES and f.is_file():
-                    tasks.append(SlideTask(patient, check_id(slide_id_of(f), "slide id", f), str(f), default_mpp))
+                    tasks.append(SlideTask(patient, check_id(slide_id_of(f), "slide id", f), str(f)))
         elif entry.suffix.lower() in SLIDE_SUFFIXES:
             sid = check_id(slide_id_of(entry), "slide id", entry)
-            tasks.append(SlideTask(sid, sid, str(entry), default_mpp))
+            tasks.append(SlideTask(sid, sid, str(entry)))
     return tasks
 
 
-def collect_tasks(inputs, default_mpp: float | None = None) -> list[SlideTask]:
-    """Expand the command line's INPUTs into slide tasks; refuse duplicate (patient, slide) ids."""
+def collect_tasks(inputs) -> list[SlideTask]:
+    """Expand the command line's INPUTs into slide tasks; refuse duplicate (patient, slide) ids.
+
+    A task's ``mpp`` is the manifest's, for that slide (it overrides the file's); ``--mpp`` is only a
+    fallback for slides whose file does not say, applied when the slide is opened."""
     tasks: list[SlideTask] = []
     for item in inputs:
         path = Path(os.path.abspath(item))  # workers may run elsewhere: never relative to our cwd
         if path.suffix.lower() == ".csv":
             if not path.is_file():
                 raise InputError(f"{path}: manifest not found")
-            tasks += _read_manifest(path, default_mpp)
+            tasks += _read_manifest(path)
         elif path.is_dir():
-            tasks += _folder_tasks(path, default_mpp)
+            tasks += _folder_tasks(path)
         else:  # a slide file; if it is missing, the job records that as the slide's failure
             sid = check_id(slide_id_of(path), "slide id", path)
-            tasks.append(SlideTask(sid, sid, str(path), default_mpp))
+            tasks.append(SlideTask(sid, sid, str(path)))
     seen: dict[tuple[str, str], SlideTask] = {}
     for t in tasks:
         other = seen.setdefault((t.patient_id, t.slide_id), t)

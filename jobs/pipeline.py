@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -40,7 +40,7 @@ class ScoreSpec:
     batch_size: int = 64
     actors: int | None = None           # inference actors; default: one per 2 CPUs, at least 1
     threads_per_actor: int | None = None
-    mpp: float | None = None            # for slides without mpp metadata
+    mpp: float | None = None            # level-0 mpp for slides whose file (and manifest) does not say
     stride: int | None = None           # default: the bundle's patch size (no overlap)
     min_tissue: float = 0.05
     min_idc_area_mm2: float = 0.2
@@ -71,11 +71,14 @@ def _one_line(exc: BaseException, source: str) -> str:
 
 # --- remote functions ----------------------------------------------------------------------------
 @ray.remote(num_cpus=1, max_retries=3)
-def plan_remote(task: SlideTask, spec: TilingSpec):
-    """Open the slide and plan it. Returns (slim plan, slide facts) or a failure string."""
+def plan_remote(task: SlideTask, spec: TilingSpec, fallback_mpp: float | None):
+    """Open the slide and plan it. Returns (slim plan, slide facts) or a failure string.
+
+    Level-0 mpp: the manifest's for this slide, else the file's, else ``fallback_mpp`` (--mpp)."""
     try:
         with open_slide(task.source) as reader:
-            plan = plan_slide(reader, spec)
+            mpp = task.mpp if task.mpp is not None else (fallback_mpp if reader.mpp is None else None)
+            plan = plan_slide(reader, replace(spec, mpp=mpp))
             thumb, thumb_ds = reader.get_thumbnail(THUMBNAIL_SIZE)
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR),
                                     [cv2.IMWRITE_JPEG_QUALITY, 85])
@@ -148,7 +151,7 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
     bundle = load_bundle(spec.bundle)
     tiling = TilingSpec(target_mpp=bundle.target_mpp, patch_size=bundle.meta["input"]["shape"][0],
                         stride=spec.stride or bundle.meta["input"]["shape"][0],
-                        min_tissue=spec.min_tissue, mpp=spec.mpp)
+                        min_tissue=spec.min_tissue)
     n_actors = spec.actors or max(1, cpus // 2)
     actors = [Scorer.remote(spec.bundle, spec.backend, spec.threads_per_actor, spec.batch_size)
               for _ in range(n_actors)]
@@ -192,7 +195,7 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
         # keep a few slides planned ahead, and the actors fed with a bounded number of chunks
         while todo and len(planning) + len({id(s) for s, _ in ready_chunks}) < spec.max_slides_in_flight:
             task = todo.popleft()
-            planning[plan_remote.remote(task, tiling)] = task
+            planning[plan_remote.remote(task, tiling, spec.mpp)] = task
         while ready_chunks and len(scoring) < max_chunks:
             state, regions = ready_chunks.popleft()
             if state.failed:

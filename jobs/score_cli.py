@@ -66,7 +66,7 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
     if key_file is not None and not pseudonymize:
         raise click.UsageError("--key-file is only used with --pseudonymize")
     try:
-        tasks = collect_tasks(inputs, mpp)
+        tasks = collect_tasks(inputs)
         privacy = {"pseudonymized": False}
         if pseudonymize:
             key = load_key(key_file)

@@ -3,7 +3,7 @@ from .build_slide import build_slide, write_pyramid
 from .grid import PatchGrid
 from .kaggle import (KAGGLE_MPP, PATCH_SIZE, KaggleFolderReader, KagglePatch, is_patient_dir,
                      list_patches, load_patch, pad_patch, parse_patch_name)
-from .open import open_slide
+from .open import links_back, open_slide
 from .reader import SlideError, SlideReader
 from .resolution import DEFAULT_TARGET_MPP, LevelChoice, choose_level, slide_mpp
 from .tiler import PatchBatch, SlidePlan, TilingSpec, iter_patches, plan_slide, read_region_patches
@@ -13,6 +13,6 @@ __all__ = [
     "DEFAULT_TARGET_MPP", "KAGGLE_MPP", "PATCH_SIZE", "KaggleFolderReader", "KagglePatch", "LevelChoice",
     "PatchBatch", "PatchGrid", "SlideError", "SlidePlan", "SlideReader", "TilingSpec", "TissueMask",
     "TissueThreshold", "build_slide", "choose_level", "is_patient_dir", "iter_patches", "list_patches",
-    "load_patch", "open_slide", "pad_patch", "parse_patch_name", "plan_slide", "read_region_patches",
+    "links_back", "load_patch", "open_slide", "pad_patch", "parse_patch_name", "plan_slide", "read_region_patches",
     "slide_mpp", "write_pyramid",
 ]

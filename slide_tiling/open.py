@@ -33,10 +33,21 @@ def open_slide(path) -> SlideReader:
     return reader
 
 
+def links_back(path) -> Path | None:
+    """Where ``path`` leads if it is a folder link to itself or to a folder above it (a loop)."""
+    path = Path(path)
+    if not (path.is_symlink() and path.is_dir()):
+        return None
+    target, parent = path.resolve(), path.parent.resolve()
+    return target if target == parent or target in parent.parents else None
+
+
 def _open(path: Path) -> SlideReader:
     if not path.exists():
         raise SlideError(path, "no such file or folder")
     if path.is_dir():
+        if (target := links_back(path)) is not None:
+            raise SlideError(path, f"directory loop: links back to {target}")
         if is_patient_dir(path):
             return KaggleFolderReader(path)
         if any(is_dicom(f) for f in path.iterdir() if f.is_file()):

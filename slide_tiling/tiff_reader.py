@@ -40,7 +40,16 @@ class TiffReader(SlideReader):
 
     @property
     def mpp(self):
-        return self._ome_mpp() or self._resolution_mpp()
+        return self._ome_mpp() or self._aperio_mpp() or self._resolution_mpp()
+
+    def _aperio_mpp(self):
+        """``MPP = 0.25`` in an Aperio ImageDescription (an SVS that OpenSlide cannot open)."""
+        description = self._pages[0].description or ""
+        m = re.search(r"\|\s*MPP\s*=\s*([0-9.]+)", description) if description.startswith("Aperio") else None
+        try:
+            return (float(m.group(1)),) * 2 if m and float(m.group(1)) > 0 else None
+        except ValueError:
+            return None
 
     def _ome_mpp(self):
         xml = self._tif.ome_metadata

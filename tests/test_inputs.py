@@ -29,10 +29,10 @@ def test_folder_of_patients_and_loose_files(tmp_path):
 
 def test_manifest_with_relative_paths_mpp_and_several_slides(tmp_path):
     (tmp_path / "m.csv").write_text("patient_id,slide_path,mpp\nA,s/one.svs,0.5\nA,s/two.svs,\nB,/abs/three.svs,\n")
-    tasks = collect_tasks([tmp_path / "m.csv"], default_mpp=0.25)
+    tasks = collect_tasks([tmp_path / "m.csv"])
     assert tasks == [SlideTask("A", "one", str(tmp_path / "s" / "one.svs"), 0.5),
-                     SlideTask("A", "two", str(tmp_path / "s" / "two.svs"), 0.25),
-                     SlideTask("B", "three", "/abs/three.svs", 0.25)]
+                     SlideTask("A", "two", str(tmp_path / "s" / "two.svs")),
+                     SlideTask("B", "three", "/abs/three.svs")]
 
 
 @pytest.mark.parametrize("text, message", [
