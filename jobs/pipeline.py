@@ -70,7 +70,7 @@ def _one_line(exc: BaseException, source: str) -> str:
 
 
 # --- remote functions ----------------------------------------------------------------------------
-@ray.remote(num_cpus=1, max_retries=3)
+@ray.remote(num_cpus=0.5, max_retries=3)
 def plan_remote(task: SlideTask, spec: TilingSpec, fallback_mpp: float | None):
     """Open the slide and plan it. Returns (slim plan, slide facts) or a failure string.
 
@@ -79,7 +79,12 @@ def plan_remote(task: SlideTask, spec: TilingSpec, fallback_mpp: float | None):
         with open_slide(task.source) as reader:
             mpp = task.mpp if task.mpp is not None else (fallback_mpp if reader.mpp is None else None)
             plan = plan_slide(reader, replace(spec, mpp=mpp))
-            thumb, thumb_ds = reader.get_thumbnail(THUMBNAIL_SIZE)
+            thumb = plan.thumbnail  # the one tissue was fitted on, made smaller: the slide is read once
+            scale = THUMBNAIL_SIZE / max(thumb.shape[:2])
+            if scale < 1:
+                size = (max(1, round(thumb.shape[1] * scale)), max(1, round(thumb.shape[0] * scale)))
+                thumb = cv2.resize(thumb, size, interpolation=cv2.INTER_AREA)
+            thumb_ds = reader.dimensions[0] / thumb.shape[1]
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR),
                                     [cv2.IMWRITE_JPEG_QUALITY, 85])
             facts = {"width0": reader.dimensions[0], "height0": reader.dimensions[1],
@@ -92,7 +97,7 @@ def plan_remote(task: SlideTask, spec: TilingSpec, fallback_mpp: float | None):
         return _one_line(exc, task.source)
 
 
-@ray.remote(num_cpus=1, max_retries=3)
+@ray.remote(num_cpus=0.5, max_retries=3)
 def tile_remote(source: str, plan: SlidePlan):
     """Cut the tissue patches of the plan's regions: dict of arrays, pixels included."""
     with open_slide(source) as reader:
@@ -153,7 +158,10 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
                         stride=spec.stride or bundle.meta["input"]["shape"][0],
                         min_tissue=spec.min_tissue)
     n_actors = spec.actors or max(1, cpus // 2)
-    actors = [Scorer.remote(spec.bundle, spec.backend, spec.threads_per_actor, spec.batch_size)
+    # an actor reserves at most half the CPUs, so tiling tasks (half a CPU each) can always run
+    actor_cpus = min(1.0, cpus / (2 * n_actors))
+    actors = [Scorer.options(num_cpus=actor_cpus).remote(spec.bundle, spec.backend, spec.threads_per_actor,
+                                                         spec.batch_size)
               for _ in range(n_actors)]
     max_chunks = n_actors * spec.chunks_per_actor + 1
 

@@ -121,7 +121,9 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
                        f"({backend})", err=True)
             t0 = time.time()
             with ray_session(address, num_cpus) as cpus:
+                t1 = time.time()
                 results = run_scoring(job_dir, todo, spec, cpus, progress)
+                run["scoring_seconds"] = round(time.time() - t1, 2)  # without starting Ray
             progress.close()
             failed = [r for r in results if not r.ok]
             run.update({"finished": _now(), "seconds": round(time.time() - t0, 1),

@@ -74,6 +74,9 @@ class OnnxBackend(Backend):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        # idle intra-op threads sleep instead of spinning: in a scoring job they share the cores
+        # with tiling, and spinning threads took CPU time the tilers needed
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1

@@ -95,14 +95,18 @@ class SlideReader(ABC):
         return out
 
     def get_thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
-        """A whole-slide RGB thumbnail whose long side is at most ``max_size``.
+        """A whole-slide RGB thumbnail whose long side is at most ``max_size`` (and at least half of
+        it, or the whole slide).
 
         Returns (image, downsample) where downsample is level-0 pixels per thumbnail pixel.
-        Reads the coarsest level that is at least as fine as the thumbnail, then resizes.
+        Reads the coarsest level whose long side is at least ``max_size / 2`` (a level between half
+        and full size is used as it is: decoding the next finer one costs up to 16x the pixels),
+        resized down to ``max_size`` when larger.
         """
         w0, h0 = self.dimensions
         scale = max(1.0, max(w0, h0) / max_size)
-        level = max(i for i, ds in enumerate(self.level_downsamples) if ds <= scale)
+        level = max(i for i, ds in enumerate(self.level_downsamples) if ds <= 2 * scale)
+        scale = max(scale, self.level_downsamples[level])
         lw, lh = self.level_dimensions[level]
         tw, th = max(1, round(w0 / scale)), max(1, round(h0 / scale))
         # Read in horizontal strips so a huge single-level slide never sits in memory whole.

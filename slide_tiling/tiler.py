@@ -26,8 +26,8 @@ class TilingSpec:
     stride: int = 50
     min_tissue: float = DEFAULT_MIN_TISSUE  # minimum tissue fraction of a patch
     mpp: float | None = None                # overrides the slide's own mpp
-    thumbnail_size: int = 2048              # long side of the thumbnail tissue is fitted on
-    region_size: int = 2048                 # most level pixels per side read at once
+    thumbnail_size: int = 1024              # long side of the thumbnail tissue is fitted on
+    region_size: int = 512                 # most level pixels per side read at once
 
 
 @dataclass
