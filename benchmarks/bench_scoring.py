@@ -125,10 +125,11 @@ def slide_patches(inputs: Path) -> np.ndarray:
 
 
 def backend_alone(pixels: np.ndarray, model: Path) -> float:
-    """The job's backend (ONNX fp32, batch 64, one inference actor's threads) on in-memory patches."""
+    """The job's backend as the job sets it up (ONNX fp32, batch 64, the inference actor's threads,
+    shared_cores) on in-memory patches."""
     from model import load_bundle, make_backend
 
-    backend = make_backend(load_bundle(model), "onnx", batch_size=64)
+    backend = make_backend(load_bundle(model), "onnx", batch_size=64, shared_cores=True)
     backend.predict(pixels[:256])
     t = time.perf_counter()
     backend.predict(pixels)
@@ -165,23 +166,8 @@ def table(header: list[str], rows: list[list]) -> None:
         print("| " + " | ".join(map(str, r)) + " |", flush=True)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer and smaller slides, one run each (< 3 min)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "idcmap-bench-scoring")
-    args = ap.parse_args()
-    if not PATIENTS.is_dir():
-        raise SystemExit(f"{PATIENTS}: not found; the benchmarks need ../shared/data")
-    repeats = 1 if args.quick else args.repeats
-    n_patients, sizes, counts = (4, [640, 1280], [10, 30]) if args.quick else (24, [640, 1920, 3840], [10, 100])
-    args.work.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    patients = rebuilt_patients(args.work, n_patients)
-    bigs = {s: big_slide(args.work, s) for s in sizes}
-    print(f"inputs ready in {time.perf_counter() - t_start:.0f} s under {args.work}", file=sys.stderr)
-
-    # 1. end to end vs the reference vs the backend alone, side by side, repeated
+def throughput(args, repeats, patients, bigs, sizes, n_patients):
+    """1. end to end vs the reference vs the backend alone, side by side, repeated"""
     print(f"\n## 1. Throughput, tissue patches/s, median (min..max) of {repeats}")
     big = bigs[sizes[-1]]
     cases = [(f"{n_patients} rebuilt patients", patients, MODEL), (f"{n_patients} rebuilt patients", patients, SEED),
@@ -206,7 +192,10 @@ def main():
     print(f"\nreference on the {n_patients} patients' {len([f for d in pngs for f in d.glob('*/*.png')]):,} patch "
           f"PNGs (glob, cv2.imread each, Keras seed_cnn model.predict): {spread(ref)} patches/s")
 
-    # 3. peak memory against slide size and slide count
+
+
+def memory(args, bigs, sizes, counts, patients):
+    """3. peak memory against slide size and slide count"""
     print("\n## 3. Peak memory of the scoring job (PSS of all its processes)")
     rows = []
     for s in sizes:
@@ -217,15 +206,45 @@ def main():
         rows.append([f"{n} slides (2.5x patients)", job["patches"], f"{job['peak_mib']:,.0f}", f"{job['rate']:,.0f}"])
     table(["input", "tissue patches", "peak MiB", "patches/s"], rows)
 
-    # 4. scaling: the same job with 1 and 2 CPUs for Ray
-    print(f"\n## 4. Scaling, {n_patients} rebuilt patients, patches/s median (min..max) of {repeats}; "
-          "the command pinned to 1 or 2 cores (taskset) and Ray given as many CPUs")
+
+
+def scaling(args, repeats, inputs: Path):
+    """4. scaling: the same job pinned to 1 and to 2 cores"""
+    n = len(list(inputs.iterdir()))
+    print(f"\n## 4. Scaling, {n} slides, patches/s median (min..max) of {repeats}; the command pinned "
+          "to 1 or 2 cores (taskset) and Ray given as many CPUs")
     rates = {1: [], 2: []}
     for _ in range(repeats):
         for cpus in (1, 2):
-            rates[cpus].append(score(patients, args.work, cpus=cpus)["rate"])
+            rates[cpus].append(score(inputs, args.work, cpus=cpus)["rate"])
     table(["cores", "patches/s", "speed-up"],
           [[c, spread(rates[c]), f"{statistics.median(rates[c]) / statistics.median(rates[1]):.2f}x"] for c in (1, 2)])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer and smaller slides, one run each (< 3 min)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "idcmap-bench-scoring")
+    ap.add_argument("--sections", default="1,3,4", help="which tables: 1 throughput, 3 memory, 4 scaling")
+    args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    if not PATIENTS.is_dir():
+        raise SystemExit(f"{PATIENTS}: not found; the benchmarks need ../shared/data")
+    repeats = 1 if args.quick else args.repeats
+    n_patients, sizes, counts = (4, [640, 1280], [10, 30]) if args.quick else (24, [640, 1920, 3840], [10, 100])
+    args.work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    patients = rebuilt_patients(args.work, n_patients)
+    bigs = {s: big_slide(args.work, s) for s in sizes}
+    print(f"inputs ready in {time.perf_counter() - t_start:.0f} s under {args.work}", file=sys.stderr)
+
+    if "1" in sections:
+        throughput(args, repeats, patients, bigs, sizes, n_patients)
+    if "3" in sections:
+        memory(args, bigs, sizes, counts, patients)
+    if "4" in sections:
+        scaling(args, repeats, many_slides(args.work, patients, counts[-1]))  # an overnight-like batch
     print(f"\n(total {time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
 
 

@@ -86,7 +86,7 @@ def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir,
               help="Only the bundle's validation patients (held out from its training).")
 def evaluate(bundle_dir, data_dirs, json_out, plots_dir, backend, threads, validation_only):
     """Evaluate a model bundle on Kaggle-layout folders at its stored threshold."""
-    from model import evaluate as run_evaluation
+    from model.evaluate import evaluate as run_evaluation
 
     try:
         report = run_evaluation(bundle_dir, list(data_dirs), backend=backend, threads=threads,

@@ -113,7 +113,8 @@ class Scorer:
     """Holds the model: loaded once per actor (and again after a restart), verified against its hashes."""
 
     def __init__(self, bundle_dir: str, backend: str, threads: int | None, batch_size: int):
-        self.backend = make_backend(load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size)
+        self.backend = make_backend(load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size,
+                                    shared_cores=True)
 
     def score(self, chunk):
         if chunk is None:

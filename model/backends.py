@@ -47,7 +47,8 @@ class Backend:
 class KerasBackend(Backend):
     name = "keras"
 
-    def __init__(self, bundle: ModelBundle, threads: int | None = None, batch_size: int = DEFAULT_BATCH):
+    def __init__(self, bundle: ModelBundle, threads: int | None = None, batch_size: int = DEFAULT_BATCH,
+                 shared_cores: bool = False):
         super().__init__(bundle, batch_size)
         import tensorflow as tf
 
@@ -69,14 +70,14 @@ class OnnxBackend(Backend):
     name = "onnx"
     file = ONNX_FILE
 
-    def __init__(self, bundle: ModelBundle, threads: int | None = None, batch_size: int = DEFAULT_BATCH):
+    def __init__(self, bundle: ModelBundle, threads: int | None = None, batch_size: int = DEFAULT_BATCH,
+                 shared_cores: bool = False):
         super().__init__(bundle, batch_size)
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        # idle intra-op threads sleep instead of spinning: in a scoring job they share the cores
-        # with tiling, and spinning threads took CPU time the tilers needed
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if shared_cores:  # idle threads sleep: spinning ones would take the CPU tiling needs
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
@@ -97,12 +98,13 @@ _CLASSES = {"keras": KerasBackend, "onnx": OnnxBackend, "onnx-int8": OnnxInt8Bac
 
 
 def make_backend(bundle: ModelBundle, name: str = "onnx", threads: int | None = None,
-                 batch_size: int = DEFAULT_BATCH) -> Backend:
-    """An inference backend for a loaded (verified) bundle."""
+                 batch_size: int = DEFAULT_BATCH, shared_cores: bool = False) -> Backend:
+    """An inference backend for a loaded (verified) bundle. ``shared_cores``: other work runs on
+    the same cores (a scoring job's tiling), so idle ONNX threads sleep rather than spin."""
     if name not in _CLASSES:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name not in bundle.backends:
         why = bundle.meta["backends"].get(name, {}).get("reason", "not in this bundle")
         raise ValueError(f"backend {name!r} is not offered by {bundle.path}: {why}")
-    return _CLASSES[name](bundle, threads=threads, batch_size=batch_size)
+    return _CLASSES[name](bundle, threads=threads, batch_size=batch_size, shared_cores=shared_cores)
 

@@ -140,7 +140,7 @@ def test_resume_continues_from_last_checkpoint(trained):
 
 
 def test_shipped_bundle_reproduces_its_validation_metrics_and_meets_the_floors(bundle):
-    from model import evaluate
+    from model.evaluate import evaluate
 
     data = [shared_path("idc", "patients"), shared_path("idc", "sparse")]
     report = evaluate(bundle, data, validation_only=True)

@@ -122,6 +122,16 @@ def test_finished_job_rerun_does_nothing_and_changes_no_file(tmp_path, bundle, r
     assert before == after
 
 
+def test_a_one_cpu_ray_still_tiles_and_scores(tmp_path, bundle):
+    """The inference actor must leave room for tiling tasks: with 1 CPU it once waited forever."""
+    job = tmp_path / "job"
+    proc = subprocess.run([sys.executable, "-m", "jobs", "score", str(EXAMPLES / "patient-8916.tiff"),
+                           "--out", str(job), "--num-cpus", "1"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert pq.read_metadata(job / "predictions" / "patient-8916" / "patient-8916.parquet").num_rows == 171
+
+
 def test_second_writer_is_refused(tmp_path, bundle):
     job = tmp_path / "job"
     with job_lock(job):
