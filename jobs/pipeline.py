@@ -39,7 +39,7 @@ class ScoreSpec:
     backend: str = "onnx"
     batch_size: int = 64
     actors: int | None = None           # inference actors; default: one per 2 CPUs, at least 1
-    threads_per_actor: int | None = None
+    threads_per_actor: int | None = None  # default 2
     mpp: float | None = None            # level-0 mpp for slides whose file (and manifest) does not say
     stride: int | None = None           # default: the bundle's patch size (no overlap)
     min_tissue: float = 0.05
@@ -161,8 +161,8 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
     n_actors = spec.actors or max(1, cpus // 2)
     # an actor reserves at most half the CPUs, so tiling tasks (half a CPU each) can always run
     actor_cpus = min(1.0, cpus / (2 * n_actors))
-    actors = [Scorer.options(num_cpus=actor_cpus).remote(spec.bundle, spec.backend, spec.threads_per_actor,
-                                                         spec.batch_size)
+    threads = spec.threads_per_actor or 2  # one actor per 2 CPUs: not one thread per core of the node each
+    actors = [Scorer.options(num_cpus=actor_cpus).remote(spec.bundle, spec.backend, threads, spec.batch_size)
               for _ in range(n_actors)]
     max_chunks = n_actors * spec.chunks_per_actor + 1
 
