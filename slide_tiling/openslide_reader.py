@@ -1,6 +1,7 @@
 """Slides OpenSlide reads: Aperio SVS, Hamamatsu NDPI, MIRAX, Leica SCN, Philips, tiled TIFF, ..."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import openslide
 
@@ -55,8 +56,9 @@ class OpenSlideReader(SlideReader):
         except openslide.OpenSlideError as exc:
             raise SlideError(self.path, f"OpenSlide failed reading a region: {exc}") from exc
         # composite transparent (out-of-scan) pixels on white, as OpenSlide's own thumbnails do
-        rgb = rgba[..., :3].copy()
-        rgb[rgba[..., 3] == 0] = 255
+        rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
+        if cv2.countNonZero(rgba[..., 3]) < rgba.shape[0] * rgba.shape[1]:
+            rgb[rgba[..., 3] == 0] = 255
         return rgb
 
     def close(self):

@@ -40,9 +40,9 @@ class TissueThreshold:
 
 def ink_mask(rgb: np.ndarray) -> np.ndarray:
     """Pixels of green/teal or blue marker ink."""
-    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
-    green = g > r + 15
-    blue = (b > r + 50) & (b > g + 30)
+    r, g, b = cv2.split(rgb)  # cv2.subtract saturates at 0: "a - b > t" is "a > b + t" for t >= 0
+    green = cv2.subtract(g, r) > 15
+    blue = (cv2.subtract(b, r) > 50) & (cv2.subtract(b, g) > 30)
     return green | blue
 
 
