@@ -13,7 +13,7 @@ from slide_tiling.preview import render_preview, write_png
 from slide_tiling.tiler import DEFAULT_MIN_TISSUE
 
 mpp_option = click.option("--mpp", type=float, default=None,
-                          help="Level-0 microns per pixel, for slides whose file does not say.")
+                          help="Level-0 microns per pixel: needed when the file does not say; overrides it when it does.")
 target_option = click.option("--target-mpp", type=float, default=4.0, show_default=True,
                              help="Resolution the patches are cut at (4.0 = 2.5x).")
 
