@@ -48,7 +48,8 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0, 
 def choose_threshold(prob: np.ndarray, labels: np.ndarray) -> float:
     """Decision threshold by :data:`THRESHOLD_RULE` (predict IDC when prob >= threshold)."""
     fpr, tpr, thr = roc_curve(labels, prob, drop_intermediate=False)
-    best = int(np.argmax(tpr - fpr))
+    # thr[0] is +inf ("call nothing"): not a threshold a bundle can store, even for a useless model
+    best = 1 + int(np.argmax((tpr - fpr)[1:]))
     if best + 1 < len(thr):  # midway down to the next lower score: same predictions, a margin
         return float((thr[best] + thr[best + 1]) / 2.0)
     return float(thr[best])

@@ -74,6 +74,12 @@ def test_temperature_scaling_fixes_overconfidence():
     assert roc_auc_score(y, calibrated_probability(probs, t)) == pytest.approx(roc_auc_score(y, probs[:, 1]))
 
 
+def test_threshold_is_finite_even_for_a_model_worse_than_chance():
+    # every IDC patch scores below every other: the best Youden J is "call nothing" (+inf in roc_curve)
+    thr = choose_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0]))
+    assert np.isfinite(thr) and 0.0 <= thr <= 1.0
+
+
 def test_neighbour_context_mixes_scored_neighbours_of_the_same_slide():
     # a 3x3 block of one slide, one isolated patch, and a patch of another slide next to the block
     rows = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 9, 1])
