@@ -45,9 +45,11 @@ def spread(values, fmt="{:,.0f}") -> str:
 
 # --- inputs ----------------------------------------------------------------------------------------
 def rebuilt_patients(work: Path, n: int) -> Path:
-    """``n`` patients (the smallest first) as slides/P/P.tiff."""
+    """The ``n`` smallest patients (by patch count, then id) as WORK/patients-N/P/P.tiff; kept if built."""
+    if not PATIENTS.is_dir():
+        raise SystemExit(f"{PATIENTS}: not found; the benchmarks need ../shared/data")
     root = work / f"patients-{n}"
-    chosen = sorted(PATIENTS.iterdir(), key=lambda d: len(list_patches(d)))[:n]
+    chosen = sorted(PATIENTS.iterdir(), key=lambda d: (len(list_patches(d)), d.name))[:n]
     for d in chosen:
         out = root / d.name / f"{d.name}.tiff"
         if not out.exists():
@@ -229,8 +231,6 @@ def main():
     ap.add_argument("--sections", default="1,3,4", help="which tables: 1 throughput, 3 memory, 4 scaling")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
-    if not PATIENTS.is_dir():
-        raise SystemExit(f"{PATIENTS}: not found; the benchmarks need ../shared/data")
     repeats = 1 if args.quick else args.repeats
     n_patients, sizes, counts = (4, [640, 1280], [10, 30]) if args.quick else (24, [640, 1920, 3840], [10, 100])
     args.work.mkdir(parents=True, exist_ok=True)

@@ -31,27 +31,12 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from slide_tiling import build_slide  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_scoring import rebuilt_patients  # noqa: E402
 
-PATIENTS = ROOT.parent / "shared" / "data" / "idc" / "patients"
 KINDS = {"ray::Scorer": "actor", "ray::tile_remote": "tile", "ray::plan_remote": "plan"}
 KEY = ["patient_id", "slide_id", "row", "col"]
 RUN_TIMEOUT = 900    # seconds a single job may take before it counts as hung
-
-
-def build_slides(work: Path, n: int) -> list[str]:
-    """The n smallest patients (by patch count) as slides/P/P.tiff; kept if already built."""
-    if not PATIENTS.is_dir():
-        sys.exit(f"chaos: {PATIENTS} is absent (needs ../shared/data beside the repository)")
-    sizes = {p: sum(1 for _ in p.rglob("*.png")) for p in PATIENTS.iterdir() if p.is_dir()}
-    chosen = sorted(sorted(sizes, key=lambda p: (sizes[p], p.name))[:n], key=lambda p: p.name)
-    for p in chosen:
-        out = work / "slides" / p.name / f"{p.name}.tiff"
-        if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            (work / "masks").mkdir(exist_ok=True)
-            build_slide(p, out, work / "masks" / f"{p.name}.png")
-    return [p.name for p in chosen]
 
 
 def job_workers(root: psutil.Process) -> list[tuple[str, psutil.Process]]:
@@ -140,8 +125,8 @@ def main():
     work = (args.work or Path(tempfile.mkdtemp(prefix="idcmap-chaos-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     print(f"work folder {work}", file=sys.stderr)
-    patients = build_slides(work, args.slides)
-    slides = work / "slides"
+    slides = rebuilt_patients(work, args.slides)
+    patients = sorted(p.name for p in slides.iterdir())
 
     rows, all_ok, reference = [], True, None
     for run in range(args.runs + 1):

@@ -28,7 +28,6 @@ from .inputs import SlideTask
 from .progress import Progress
 from .schema import (SlideMeta, failure_path, predictions_path, write_failure, write_predictions)
 
-THUMBNAIL_SIZE = 1024          # long side of the thumbnail stored with each slide's predictions
 CHUNK_PATCHES = 1024           # grid patches per tiling task (before the tissue filter)
 
 
@@ -79,21 +78,14 @@ def plan_remote(task: SlideTask, spec: TilingSpec, fallback_mpp: float | None):
         with open_slide(task.source) as reader:
             mpp = task.mpp if task.mpp is not None else (fallback_mpp if reader.mpp is None else None)
             plan = plan_slide(reader, replace(spec, mpp=mpp))
-            thumb = plan.thumbnail  # the one tissue was fitted on, made smaller: the slide is read once
-            scale = THUMBNAIL_SIZE / max(thumb.shape[:2])
-            if scale < 1:
-                size = (max(1, round(thumb.shape[1] * scale)), max(1, round(thumb.shape[0] * scale)))
-                thumb = cv2.resize(thumb, size, interpolation=cv2.INTER_AREA)
-            thumb_ds = reader.dimensions[0] / thumb.shape[1]
-            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR),
+            # the thumbnail tissue was fitted on is the one stored: the slide is read once
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(plan.thumbnail, cv2.COLOR_RGB2BGR),
                                     [cv2.IMWRITE_JPEG_QUALITY, 85])
             facts = {"width0": reader.dimensions[0], "height0": reader.dimensions[1],
-                     "mpp": list(plan.level.mpp0), "thumbnail_downsample": thumb_ds,
+                     "mpp": list(plan.level.mpp0), "thumbnail_downsample": plan.tissue.downsample,
                      "thumbnail_jpeg": base64.b64encode(jpeg.tobytes()).decode() if ok else ""}
         return plan.slim(), facts
-    except SlideError as exc:
-        return str(exc)
-    except Exception as exc:  # a reader bug or a codec crash: still one line, still this slide only
+    except Exception as exc:  # a SlideError's own line; a reader bug or codec crash: still one line
         return _one_line(exc, task.source)
 
 

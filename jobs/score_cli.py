@@ -77,7 +77,10 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
         raise click.ClickException(str(exc)) from None
     if not tasks:
         raise click.ClickException("no slides found in " + ", ".join(inputs))
-    todo = [t for t in tasks if not predictions_path(job_dir, t.patient_id, t.slide_id).is_file()]
+    def pending():  # slides without a predictions file; asked again once the lock is held
+        return [t for t in tasks if not predictions_path(job_dir, t.patient_id, t.slide_id).is_file()]
+
+    todo = pending()
     if not todo and (job_dir / "summaries.parquet").exists():   # finished: touch nothing, not even the lock
         click.echo(f"{job_dir}: all {len(tasks)} slides are done; nothing to score", err=True)
         return
@@ -100,7 +103,7 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
             spec = ScoreSpec(job_id=job_dir.resolve().name, bundle=str(Path(model_dir).resolve()),
                              backend=backend, batch_size=batch_size, actors=actors, mpp=mpp,
                              min_tissue=min_tissue)
-            todo = [t for t in tasks if not predictions_path(job_dir, t.patient_id, t.slide_id).is_file()]
+            todo = pending()
             if not todo:   # done, but killed before its summaries and report were written
                 _build_outputs(job_dir)
                 return
@@ -192,11 +195,12 @@ def query(job_dir, sql, fmt):
     """Run SQL (DuckDB) over the views `predictions` and `summaries` of a job."""
     import duckdb
 
+    from .schema import prediction_files
+
     _existing_job(job_dir)
     con = duckdb.connect()
-    preds = job_dir / "predictions"
-    if any(preds.glob("*/*.parquet")):
-        pattern = str(preds / "*" / "*.parquet").replace("'", "''")
+    if prediction_files(job_dir):
+        pattern = str(job_dir / "predictions" / "*" / "*.parquet").replace("'", "''")
         con.execute(f"CREATE VIEW predictions AS SELECT * FROM read_parquet('{pattern}', hive_partitioning=false)")
     if (job_dir / "summaries.parquet").exists():
         path = str(job_dir / "summaries.parquet").replace("'", "''")

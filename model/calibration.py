@@ -31,10 +31,13 @@ def nll(prob: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0, context=None) -> float:
-    """The temperature T in [0.05, 20] minimising the NLL of sigmoid((context(logit) - offset) / T)."""
-    z = idc_logit(probs)
-    z = (context(z) if context else z) - offset
+def fit_temperature(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0) -> float:
+    """The temperature T in [0.05, 20] minimising the NLL of sigmoid((logit - offset) / T)."""
+    return _temperature(idc_logit(probs) - offset, labels)
+
+
+def _temperature(z: np.ndarray, labels: np.ndarray) -> float:
+    """The T in [0.05, 20] minimising the NLL of sigmoid(z / T)."""
     y = np.asarray(labels, np.float64)
 
     def loss(log_t):
@@ -63,9 +66,11 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0, contex
     :func:`~model.scoring.mix_neighbours` over the validation grid) is applied to the logits first,
     so temperature and threshold fit the final scores.
     """
-    t = fit_temperature(probs, labels, offset, context)
-    ctx = context or (lambda z: z)
-    cal = sigmoid((ctx(idc_logit(probs)) - offset) / t)
+    z = idc_logit(probs)
+    if context is not None:
+        z = context(z)
+    t = _temperature(z - offset, labels)
+    cal = sigmoid((z - offset) / t)
     return {"method": "prior correction + temperature scaling", "temperature": t, "logit_offset": offset,
-            "nll_before": nll(sigmoid(ctx(idc_logit(probs))), labels), "nll_after": nll(cal, labels),
+            "nll_before": nll(sigmoid(z), labels), "nll_after": nll(cal, labels),
             "threshold": choose_threshold(cal, labels), "threshold_rule": THRESHOLD_RULE}
