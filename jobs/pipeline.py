@@ -1,11 +1,14 @@
-"""The scoring job: slides -> plan (task) -> tile (tasks) -> infer (actor pool) -> one Parquet per slide.
+"""The scoring job: slides -> plan -> cut and score chunks of regions -> one Parquet per slide.
 
-The driver keeps a bounded number of slides being planned and of patch chunks in flight, so memory
-does not grow with the number or size of slides. Pixels go from a tiling task to an inference
-actor through the object store, never through the driver; the driver receives only coordinates and
-probabilities, and writes each slide's file when all its chunks are scored (temporary name, then
-rename). A slide's file existing means it is done: re-running the same command scores only what is
-missing. Tasks are retried when their worker dies; actors restart and their calls are retried.
+A pool of scorer actors, one per CPU, each holding the model (loaded once, one ONNX thread), does
+all the work: it plans a slide (level, tissue, regions), and in one call cuts a chunk's tissue
+patches and scores them, so pixels never leave the process that decoded them (no object store
+copies, no inference threads competing with tiling processes for the same cores). The driver keeps
+a bounded number of slides being planned and at most two calls queued per actor, so memory does not
+grow with the number or size of slides; it receives only coordinates and probabilities, and writes
+each slide's file when all its chunks are scored (temporary name, then rename). A slide's file
+existing means it is done: re-running the same command scores only what is missing. Actors restart
+when their process dies and their calls are retried.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from .inputs import SlideTask
 from .progress import Progress
 from .schema import (SlideMeta, failure_path, predictions_path, write_failure, write_predictions)
 
-CHUNK_PATCHES = 1024           # grid patches per tiling task (before the tissue filter)
+CHUNK_PATCHES = 1024           # grid patches per scoring call (before the tissue filter)
+CALLS_PER_ACTOR = 2            # one running, one queued: an actor never waits for the driver
 
 
 @dataclass
@@ -37,14 +41,13 @@ class ScoreSpec:
     bundle: str
     backend: str = "onnx"
     batch_size: int = 64
-    actors: int | None = None           # inference actors; default: one per 2 CPUs, at least 1
-    threads_per_actor: int | None = None  # default 2
+    actors: int | None = None           # scorer actors; default: one per CPU
+    threads_per_actor: int = 1          # inference threads of each actor
     mpp: float | None = None            # level-0 mpp for slides whose file (and manifest) does not say
     stride: int | None = None           # default: the bundle's patch size (no overlap)
     min_tissue: float = 0.05
     min_idc_area_mm2: float = 0.2
-    max_slides_in_flight: int = 2
-    chunks_per_actor: int = 2
+    max_slides_in_flight: int = 2       # slides being planned at once
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,50 +71,45 @@ def _one_line(exc: BaseException, source: str) -> str:
     return f"{source}: {type(cause).__name__}: {text}"
 
 
-# --- remote functions ----------------------------------------------------------------------------
-@ray.remote(num_cpus=0.5, max_retries=3)
-def plan_remote(task: SlideTask, spec: TilingSpec, fallback_mpp: float | None):
-    """Open the slide and plan it. Returns (slim plan, slide facts) or a failure string.
-
-    Level-0 mpp: the manifest's for this slide, else the file's, else ``fallback_mpp`` (--mpp)."""
-    try:
-        with open_slide(task.source) as reader:
-            mpp = task.mpp if task.mpp is not None else (fallback_mpp if reader.mpp is None else None)
-            plan = plan_slide(reader, replace(spec, mpp=mpp))
-            # the thumbnail tissue was fitted on is the one stored: the slide is read once
-            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(plan.thumbnail, cv2.COLOR_RGB2BGR),
-                                    [cv2.IMWRITE_JPEG_QUALITY, 85])
-            facts = {"width0": reader.dimensions[0], "height0": reader.dimensions[1],
-                     "mpp": list(plan.level.mpp0), "thumbnail_downsample": plan.tissue.downsample,
-                     "thumbnail_jpeg": base64.b64encode(jpeg.tobytes()).decode() if ok else ""}
-        return plan.slim(), facts
-    except Exception as exc:  # a SlideError's own line; a reader bug or codec crash: still one line
-        return _one_line(exc, task.source)
-
-
-@ray.remote(num_cpus=0.5, max_retries=3)
-def tile_remote(source: str, plan: SlidePlan):
-    """Cut the tissue patches of the plan's regions: dict of arrays, pixels included."""
-    with open_slide(source) as reader:
-        batches = list(iter_patches(reader, plan))
-    if not batches:
-        return None
-    return {k: np.concatenate([getattr(b, k) for b in batches])
-            for k in ("cols", "rows", "x", "y", "tissue_fraction", "pixels")}
-
-
-@ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)
+# --- the actor -----------------------------------------------------------------------------------
+@ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=3)
 class Scorer:
-    """Holds the model: loaded once per actor (and again after a restart), verified against its hashes."""
+    """Holds the model: loaded once per actor (and again after a restart), verified against its hashes.
 
-    def __init__(self, bundle_dir: str, backend: str, threads: int | None, batch_size: int):
+    A call whose actor dies is retried three times; a slide that kills the process a fourth time
+    (a codec crash) fails alone with its reason."""
+
+    def __init__(self, bundle_dir: str, backend: str, threads: int, batch_size: int):
         self.backend = make_backend(load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size,
                                     shared_cores=True)
 
-    def score(self, chunk):
-        if chunk is None:
+    def plan(self, task: SlideTask, spec: TilingSpec, fallback_mpp: float | None):
+        """Open the slide and plan it. Returns (slim plan, slide facts) or a failure string.
+
+        Level-0 mpp: the manifest's for this slide, else the file's, else ``fallback_mpp`` (--mpp)."""
+        try:
+            with open_slide(task.source) as reader:
+                mpp = task.mpp if task.mpp is not None else (fallback_mpp if reader.mpp is None else None)
+                plan = plan_slide(reader, replace(spec, mpp=mpp))
+                # the thumbnail tissue was fitted on is the one stored: the slide is read once
+                ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(plan.thumbnail, cv2.COLOR_RGB2BGR),
+                                        [cv2.IMWRITE_JPEG_QUALITY, 85])
+                facts = {"width0": reader.dimensions[0], "height0": reader.dimensions[1],
+                         "mpp": list(plan.level.mpp0), "thumbnail_downsample": plan.tissue.downsample,
+                         "thumbnail_jpeg": base64.b64encode(jpeg.tobytes()).decode() if ok else ""}
+            return plan.slim(), facts
+        except Exception as exc:  # a SlideError's own line; a reader bug or codec crash: still one line
+            return _one_line(exc, task.source)
+
+    def score(self, source: str, plan: SlidePlan):
+        """Cut the tissue patches of the plan's regions and score them: dict of arrays, no pixels."""
+        with open_slide(source) as reader:
+            batches = list(iter_patches(reader, plan))
+        if not batches:
             return None
-        chunk["prob_patch"] = self.backend.predict(chunk.pop("pixels"))
+        chunk = {k: np.concatenate([getattr(b, k) for b in batches])
+                 for k in ("cols", "rows", "x", "y", "tissue_fraction")}
+        chunk["prob_patch"] = self.backend.predict(np.concatenate([b.pixels for b in batches]))
         return chunk
 
 
@@ -150,20 +148,16 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
     tiling = TilingSpec(target_mpp=bundle.target_mpp, patch_size=bundle.meta["input"]["shape"][0],
                         stride=spec.stride or bundle.meta["input"]["shape"][0],
                         min_tissue=spec.min_tissue)
-    n_actors = spec.actors or max(1, cpus // 2)
-    # an actor reserves at most half the CPUs, so tiling tasks (half a CPU each) can always run
-    actor_cpus = min(1.0, cpus / (2 * n_actors))
-    threads = spec.threads_per_actor or 2  # one actor per 2 CPUs: not one thread per core of the node each
-    actors = [Scorer.options(num_cpus=actor_cpus).remote(spec.bundle, spec.backend, threads, spec.batch_size)
-              for _ in range(n_actors)]
-    max_chunks = n_actors * spec.chunks_per_actor + 1
+    n_actors = spec.actors or cpus
+    actors = [Scorer.options(num_cpus=min(1.0, cpus / n_actors)).remote(
+        spec.bundle, spec.backend, spec.threads_per_actor, spec.batch_size) for _ in range(n_actors)]
+    busy = [0] * n_actors                # calls queued or running on each actor
 
     todo = deque(tasks)
-    planning: dict = {}                  # plan ref -> task
-    scoring: dict = {}                   # score ref -> slide state
+    planning: dict = {}                  # plan ref -> (task, actor)
+    scoring: dict = {}                   # score ref -> (slide state, actor)
     ready_chunks: deque = deque()        # (state, regions)
     results: list[SlideResult] = []
-    next_actor = 0
 
     def finish(state: _SlideState):
         task = state.task
@@ -192,33 +186,49 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
         results.append(SlideResult(task, True, patches=rows.num_rows, seconds=time.time() - state.started))
         progress.slide_done(task.key, rows.num_rows)
 
-    while todo or planning or scoring or ready_chunks:
-        # keep a few slides planned ahead, and the actors fed with a bounded number of chunks
-        while todo and len(planning) + len({id(s) for s, _ in ready_chunks}) < spec.max_slides_in_flight:
+    def submit() -> bool:
+        """Give the least busy actor its next call: plan a slide while few chunks are ready, else
+        score a chunk. False when no actor is free or there is nothing to give."""
+        i = min(range(n_actors), key=busy.__getitem__)
+        if busy[i] >= CALLS_PER_ACTOR:
+            return False
+        if todo and len(planning) < spec.max_slides_in_flight and len(ready_chunks) < CALLS_PER_ACTOR * n_actors:
             task = todo.popleft()
-            planning[plan_remote.remote(task, tiling, spec.mpp)] = task
-        while ready_chunks and len(scoring) < max_chunks:
+            planning[actors[i].plan.remote(task, tiling, spec.mpp)] = task, i
+        elif ready_chunks:
             state, regions = ready_chunks.popleft()
-            if state.failed:
-                state.chunks_done += 1
-                if state.chunks_done == state.chunks_total:
-                    finish(state)
-                continue
-            tile_ref = tile_remote.remote(state.task.source, state.plan.slim(regions))
-            scoring[actors[next_actor].score.remote(tile_ref)] = state
-            next_actor = (next_actor + 1) % n_actors
-        waiting = list(planning) + list(scoring)
-        if not waiting:
-            continue
-        done, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
+            if state.failed:  # an earlier chunk failed the slide: no need to score the rest
+                chunk_done(state)
+                return True
+            scoring[actors[i].score.remote(state.task.source, state.plan.slim(regions))] = state, i
+        else:
+            return False
+        busy[i] += 1
+        return True
+
+    def chunk_done(state: _SlideState):
+        state.chunks_done += 1
+        if state.chunks_done == state.chunks_total:
+            if not state.failed and not state.parts:
+                state.failed = (f"{state.task.source}: no tissue found: no patch reaches "
+                                f"{tiling.min_tissue:.0%} tissue")
+            finish(state)
+
+    while todo or planning or scoring or ready_chunks:
+        while submit():
+            pass
+        done, _ = ray.wait(list(planning) + list(scoring), num_returns=1, timeout=1.0)
         progress.tick()
         for ref in done:
             if ref in planning:
-                task = planning.pop(ref)
-                out = ray.get(ref)
+                task, i = planning.pop(ref)
+                busy[i] -= 1
+                try:
+                    out = ray.get(ref)
+                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+                    out = _one_line(exc, task.source)
                 if isinstance(out, str):
-                    state = _SlideState(task, None, {}, 0, time.time(), failed=out)
-                    finish(state)
+                    finish(_SlideState(task, None, {}, 0, time.time(), failed=out))
                     continue
                 plan, facts = out
                 chunks = _chunks(plan)
@@ -229,7 +239,8 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
                     finish(state)
                 ready_chunks.extend((state, c) for c in chunks)
             else:
-                state = scoring.pop(ref)
+                state, i = scoring.pop(ref)
+                busy[i] -= 1
                 try:
                     part = ray.get(ref)
                     if part is not None and not state.failed:
@@ -238,12 +249,7 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
                 except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
                     if not state.failed:
                         state.failed = _one_line(exc, state.task.source)
-                state.chunks_done += 1
-                if state.chunks_done == state.chunks_total:
-                    if not state.failed and not state.parts:
-                        state.failed = (f"{state.task.source}: no tissue found: no patch reaches "
-                                        f"{tiling.min_tissue:.0%} tissue")
-                    finish(state)
+                chunk_done(state)
     for actor in actors:
         ray.kill(actor)
     return results

@@ -41,7 +41,7 @@ def _now() -> str:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 65536),
               help="Patches per inference call (64: fastest in benchmarks/README.md).")
 @click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides whose file does not say.")
-@click.option("--actors", type=click.IntRange(1, 1024), default=None, help="Inference actors (default: CPUs/2).")
+@click.option("--actors", type=click.IntRange(1, 1024), default=None, help="Scorer actors, each planning, tiling and scoring with one inference thread (default: one per CPU).")
 @click.option("--num-cpus", type=click.IntRange(1, 4096), default=None, help="CPUs of the embedded Ray.")
 @click.option("--min-tissue", type=float, default=0.05, show_default=True)
 @click.option("--pseudonymize", is_flag=True,

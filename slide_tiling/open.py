@@ -69,15 +69,24 @@ def _open(path: Path) -> SlideReader:
                 if not head.startswith(_TIFF_MAGIC):
                     raise
             else:
-                if reader.format != "generic-tiff":
+                if reader.format not in ("generic-tiff", "aperio-svs"):
+                    return reader
+                try:
+                    tiff = TiffReader(path)
+                except SlideError:
                     return reader
                 # OpenSlide's generic TIFF sees only the main IFD chain; SubIFD pyramids
                 # (OME-TIFF, QuPath exports) and OME mpp need tifffile
-                tiff = TiffReader(path)
-                if tiff.level_count > reader.level_count or (tiff.mpp and not reader.mpp):
+                if reader.format == "generic-tiff" and (
+                        tiff.level_count > reader.level_count or (tiff.mpp and not reader.mpp)):
                     reader.close()
                     return tiff
-                tiff.close()
+                if tiff.level_dimensions == reader.level_dimensions:
+                    # tifffile decodes the same tiles to the same pixels (JPEG and JPEG 2000 SVS
+                    # checked pixel for pixel), 4x faster than OpenSlide's ARGB round trip
+                    reader.pixels = tiff
+                else:
+                    tiff.close()
                 return reader
         if head.startswith(_TIFF_MAGIC):
             return TiffReader(path)

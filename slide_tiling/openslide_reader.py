@@ -9,8 +9,12 @@ from .reader import SlideError, SlideReader
 
 
 class OpenSlideReader(SlideReader):
+    """OpenSlide's metadata; the pixels from OpenSlide, or from ``pixels`` when ``open_slide`` found
+    a reader that decodes this file's levels to the same pixels faster (tifffile for SVS and TIFF)."""
+
     def __init__(self, path):
         super().__init__(path)
+        self.pixels: SlideReader | None = None
         try:
             self._slide = openslide.OpenSlide(str(path))
         except openslide.OpenSlideError as exc:
@@ -50,6 +54,8 @@ class OpenSlideReader(SlideReader):
         return self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR)
 
     def _read(self, level, lx, ly, w, h):
+        if self.pixels is not None:
+            return self.pixels._read(level, lx, ly, w, h)
         ds = self.level_downsamples[level]
         try:
             rgba = np.asarray(self._slide.read_region((round(lx * ds), round(ly * ds)), level, (w, h)))
@@ -62,4 +68,6 @@ class OpenSlideReader(SlideReader):
         return rgb
 
     def close(self):
+        if self.pixels is not None:
+            self.pixels.close()
         self._slide.close()

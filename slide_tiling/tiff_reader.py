@@ -1,11 +1,14 @@
 """TIFFs OpenSlide cannot open: plain striped or tiled RGB images and RGB pyramids, via tifffile.
 
 Regions are decoded segment by segment (strips or tiles), so only the segments that overlap the
-region are ever decompressed.
+region are ever decompressed, and the last few decoded segments are kept: neighbouring regions
+share tiles. OpenSlide's Aperio and generic-TIFF readers decode their pixels through this one too
+(the same pixels, without OpenSlide's ARGB round trip: see ``open_slide``).
 """
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 
 import numpy as np
 import tifffile
@@ -13,6 +16,8 @@ import tifffile
 from .reader import SlideError, SlideReader, compose_from_tiles
 
 _CM, _INCH = 3, 2  # TIFF ResolutionUnit values
+#: decoded segments kept per open slide (a 512² RGB tile is 0.75 MiB)
+CACHE_BYTES = 32 << 20
 
 
 class TiffReader(SlideReader):
@@ -26,6 +31,8 @@ class TiffReader(SlideReader):
             self._pages = [lvl.keyframe for lvl in series.levels]
         except Exception as exc:
             raise SlideError(path, f"not a readable TIFF: {exc}") from exc
+        self._cache: OrderedDict = OrderedDict()  # (level, segment) -> decoded pixels, oldest first
+        self._cached_bytes = 0
         for page in self._pages:
             if page.dtype != np.uint8 or page.samplesperpixel not in (3, 4) or page.planarconfig != 1 \
                     or page.photometric not in (2, 6, 7):  # RGB, YCbCr, (old-style) JPEG
@@ -91,7 +98,21 @@ class TiffReader(SlideReader):
             tw, th = page.imagewidth, page.rowsperstrip or page.imagelength
         per_row = -(-page.imagewidth // tw)
         return compose_from_tiles(lx, ly, w, h, tw, th,
-                                  lambda c, r: self._segment(page, r * per_row + c))
+                                  lambda c, r: self._cached_segment(level, r * per_row + c))
+
+    def _cached_segment(self, level: int, index: int) -> np.ndarray:
+        key = (level, index)
+        seg = self._cache.get(key)
+        if seg is not None:
+            self._cache.move_to_end(key)
+            return seg
+        seg = self._segment(self._pages[level], index)
+        if seg.nbytes <= CACHE_BYTES // 8:  # a whole-image strip is not worth keeping
+            self._cache[key] = seg
+            self._cached_bytes += seg.nbytes
+            while self._cached_bytes > CACHE_BYTES:
+                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return seg
 
     def _segment(self, page, index: int) -> np.ndarray:
         offset, count = page.dataoffsets[index], page.databytecounts[index]
@@ -106,4 +127,5 @@ class TiffReader(SlideReader):
         return seg.reshape(seg.shape[-3:])  # (depth=1, rows, cols, samples) -> (rows, cols, samples)
 
     def close(self):
+        self._cache.clear()
         self._tif.close()

@@ -1,5 +1,5 @@
-"""Worker faults mid-job: an inference actor and a tiling worker are SIGKILLed; the job still
-finishes with exactly the rows of an uninterrupted run."""
+"""Worker faults mid-job: scorer actors are SIGKILLed twice; the job still finishes with exactly the
+rows of an uninterrupted run."""
 from __future__ import annotations
 
 import os
@@ -29,9 +29,10 @@ def ray_processes(title: str, root: psutil.Process) -> list[psutil.Process]:
     return found
 
 
-def kill_first(title: str, root: psutil.Process, deadline: float) -> int:
+def kill_first(title: str, root: psutil.Process, deadline: float, spare: int | None = None) -> int:
+    """SIGKILL the first such process (other than pid ``spare``); its pid."""
     while time.time() < deadline:
-        procs = ray_processes(title, root)
+        procs = [p for p in ray_processes(title, root) if p.pid != spare]
         if procs:
             procs[0].send_signal(signal.SIGKILL)
             return procs[0].pid
@@ -39,7 +40,7 @@ def kill_first(title: str, root: psutil.Process, deadline: float) -> int:
     raise AssertionError(f"no {title} process appeared")
 
 
-def test_killed_actor_and_tiling_worker_do_not_lose_or_duplicate_rows(tmp_path, rebuilt, reference_job):
+def test_killed_actors_do_not_lose_or_duplicate_rows(tmp_path, rebuilt, reference_job):
     expected = read_job_table(reference_job)
 
     job = tmp_path / "faulty"
@@ -49,9 +50,9 @@ def test_killed_actor_and_tiling_worker_do_not_lose_or_duplicate_rows(tmp_path, 
     try:
         root = psutil.Process(proc.pid)
         deadline = time.time() + 240
-        actor_pid = kill_first("ray::Scorer", root, deadline)
-        tiler_pid = kill_first("ray::tile_remote", root, deadline)
-        assert actor_pid != tiler_pid
+        first = kill_first("ray::Scorer", root, deadline)
+        time.sleep(0.5)   # the other actor, or the first one restarted, mid-chunk
+        kill_first("ray::Scorer", root, deadline, spare=first)
         _, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
