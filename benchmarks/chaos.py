@@ -4,9 +4,9 @@
 
 Rebuilds the smallest patients of ../shared/data/idc/patients as 2.5x slides (once per work folder),
 scores them once uninterrupted (the reference), then runs the same job --runs times into fresh
-folders. During each run, every 2-4 s (random, seeded) one live Ray worker of that job is SIGKILLed:
-an inference actor (ray::Scorer), a tiling task (ray::tile_remote) or a planning task
-(ray::plan_remote), the kind chosen at random among those alive. Only descendants of the job's own
+folders. During each run, every 2-4 s (random, seeded) one scorer actor of that job is SIGKILLed:
+one planning a slide (ray::Scorer.plan), one cutting and scoring a chunk (ray::Scorer.score) or an
+idle one (ray::Scorer), the kind chosen at random among those alive. Only descendants of the job's own
 process are touched (never `ray stop`). A run that exits non-zero is re-run once, as the README
 says to (re-running resumes). Each run must end with every slide scored exactly once and exactly
 the reference's rows. Prints a markdown table; exit code 1 if any run fails a check.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_scoring import rebuilt_patients  # noqa: E402
 
-KINDS = {"ray::Scorer": "actor", "ray::tile_remote": "tile", "ray::plan_remote": "plan"}
+KINDS = {"ray::Scorer.plan": "plan", "ray::Scorer.score": "score", "ray::Scorer": "idle"}  # first match
 KEY = ["patient_id", "slide_id", "row", "col"]
 RUN_TIMEOUT = 900    # seconds a single job may take before it counts as hung
 
@@ -50,6 +50,7 @@ def job_workers(root: psutil.Process) -> list[tuple[str, psutil.Process]]:
         for title, kind in KINDS.items():
             if cmd.startswith(title):
                 found.append((kind, p))
+                break
     return found
 
 

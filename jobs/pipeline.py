@@ -40,7 +40,7 @@ class ScoreSpec:
     job_id: str
     bundle: str
     backend: str = "onnx"
-    batch_size: int = 64
+    batch_size: int = 8                 # patches per inference call: small batches stay in the core's L2
     actors: int | None = None           # scorer actors; default: one per CPU
     threads_per_actor: int = 1          # inference threads of each actor
     mpp: float | None = None            # level-0 mpp for slides whose file (and manifest) does not say

@@ -38,8 +38,9 @@ def _now() -> str:
 @click.option("--address", default=None, help="Ray cluster to join: 'auto' or HOST:PORT (default: RAY_ADDRESS, "
               "else an embedded local Ray).")
 @click.option("--backend", default="onnx", show_default=True, help="onnx, keras or onnx-int8.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 65536),
-              help="Patches per inference call (64: fastest in benchmarks/README.md).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 65536),
+              help="Patches per inference call (8: fastest with one inference thread per actor, "
+                   "benchmarks/README.md).")
 @click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides whose file does not say.")
 @click.option("--actors", type=click.IntRange(1, 1024), default=None, help="Scorer actors, each planning, tiling and scoring with one inference thread (default: one per CPU).")
 @click.option("--num-cpus", type=click.IntRange(1, 4096), default=None, help="CPUs of the embedded Ray.")

@@ -1,7 +1,8 @@
 """Plan a slide (level, tissue, regions) and cut its tissue patches region by region.
 
 Only one region's pixels are in memory at a time, and a region is bounded in level pixels, so peak
-memory does not depend on the slide's size. Regions the thumbnail shows no tissue in are never read.
+memory does not depend on the slide's size. Patches the thumbnail shows no tissue near are never
+measured, and regions without such patches never read.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class SlidePlan:
     grid: PatchGrid
     tissue: TissueMask
     thumbnail: np.ndarray | None
+    candidates: np.ndarray             # bool (rows, cols): the patches whose thumbnail box touches tissue
     regions: list[tuple[int, int, int, int]] = field(default_factory=list)
 
     def slim(self, regions=None) -> "SlidePlan":
@@ -72,44 +74,46 @@ def plan_slide(reader: SlideReader, spec: TilingSpec = TilingSpec()) -> SlidePla
                                       f"smaller than half a {spec.patch_size} px patch")
     thumbnail, thumb_ds = reader.get_thumbnail(spec.thumbnail_size)
     tissue = TissueMask.from_thumbnail(thumbnail, thumb_ds)
+    x0, y0 = grid.level0_xy(np.arange(grid.cols), np.arange(grid.rows))
+    (dx, dy), ps = level.downsample0, spec.patch_size
+    candidates = tissue.touches(x0[None, :], y0[:, None], x0[None, :] + ps * dx, y0[:, None] + ps * dy)
     per_side = max(1, int(spec.region_size / (spec.stride * max(level.scale))))
-    regions = []
-    for c0, r0, c1, r1 in grid.regions(per_side):
-        (x0, x1), (y0, y1) = grid.level0_xy([c0, c1], [r0, r1])
-        extra = (spec.patch_size - spec.stride) * level.downsample0[0]
-        if tissue.any_tissue(x0, y0, x1 + extra, y1 + extra):
-            regions.append((c0, r0, c1, r1))
-    return SlidePlan(spec, level, grid, tissue, thumbnail, regions)
+    regions = [(c0, r0, c1, r1) for c0, r0, c1, r1 in grid.regions(per_side)
+               if candidates[r0:r1, c0:c1].any()]
+    return SlidePlan(spec, level, grid, tissue, thumbnail, candidates, regions)
 
 
 def read_region_patches(reader: SlideReader, plan: SlidePlan,
                         region: tuple[int, int, int, int]) -> PatchBatch:
-    """Read one region at the target resolution and cut its tissue patches."""
+    """Read one region at the target resolution and cut its tissue patches.
+
+    Only the bounding box of the region's candidate patches is read."""
     spec, grid, level = plan.spec, plan.grid, plan.level
-    c0, r0, c1, r1 = region
     ps, st = spec.patch_size, spec.stride
-    tw, th = (c1 - c0 - 1) * st + ps, (r1 - r0 - 1) * st + ps
+    c0, r0, _, _ = region
+    rr, cc = np.nonzero(plan.candidates[r0:region[3], c0:region[2]])
+    if not len(rr):
+        empty = np.zeros(0, np.int32)
+        return PatchBatch(empty, empty, empty.astype(np.int64), empty.astype(np.int64),
+                          empty.astype(np.float32), np.zeros((0, ps, ps, 3), np.uint8))
+    c0, r0 = c0 + cc.min(), r0 + rr.min()
+    rr, cc = rr - rr.min(), cc - cc.min()
+    tw, th = cc.max() * st + ps, rr.max() * st + ps
     sx, sy = level.scale
     lw, lh = max(1, round(tw * sx)), max(1, round(th * sy))
     x0, y0 = grid.level0_xy(c0, r0)
     pixels = reader.read_region(level.level, int(x0), int(y0), lw, lh)
     if (lw, lh) != (tw, th):
         pixels = cv2.resize(pixels, (tw, th), interpolation=cv2.INTER_AREA)
-    # tissue fraction of every patch window, through an integral image
-    integral = cv2.integral(plan.tissue.threshold.mask(pixels).astype(np.uint8))
-    rr, cc = np.mgrid[0:r1 - r0, 0:c1 - c0]
-    py, px = rr.ravel() * st, cc.ravel() * st
-    counts = (integral[py + ps, px + ps] - integral[py, px + ps]
-              - integral[py + ps, px] + integral[py, px])
-    fraction = (counts / float(ps * ps)).astype(np.float32)
-    keep = np.flatnonzero(fraction >= spec.min_tissue)
-    patches = np.empty((len(keep), ps, ps, 3), np.uint8)
-    for i, k in enumerate(keep):
-        patches[i] = pixels[py[k]:py[k] + ps, px[k]:px[k] + ps]
-    cols = (cc.ravel()[keep] + c0).astype(np.int32)
-    rows = (rr.ravel()[keep] + r0).astype(np.int32)
+    # the candidate patch windows, then the tissue fraction of each (one mask pass over all of them)
+    windows = np.lib.stride_tricks.sliding_window_view(pixels, (ps, ps, 3))[::st, ::st, 0]
+    stack = windows[rr, cc]
+    tissue = plan.tissue.threshold.mask(stack.reshape(-1, ps, 3)).reshape(len(stack), -1)
+    fraction = (np.count_nonzero(tissue, axis=1) / float(ps * ps)).astype(np.float32)
+    keep = fraction >= spec.min_tissue
+    cols, rows = (cc[keep] + c0).astype(np.int32), (rr[keep] + r0).astype(np.int32)
     x, y = grid.level0_xy(cols, rows)
-    return PatchBatch(cols, rows, x, y, fraction[keep], patches)
+    return PatchBatch(cols, rows, x, y, fraction[keep], stack[keep])
 
 
 def iter_patches(reader: SlideReader, plan: SlidePlan) -> Iterator[PatchBatch]:

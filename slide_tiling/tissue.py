@@ -85,16 +85,19 @@ class TissueMask:
         mask = threshold.mask(thumbnail)
         # drop specks (dust, single noisy pixels) but keep thin tissue strands
         n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-        mask = np.isin(labels, np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= MIN_SPECK_AREA)) & mask
+        mask = (stats[:, cv2.CC_STAT_AREA] >= MIN_SPECK_AREA)[labels] & mask
         return cls(mask, downsample, threshold)
 
-    def any_tissue(self, x0: float, y0: float, x1: float, y1: float, margin: int = 1) -> bool:
-        """Whether the level-0 box [x0, x1) x [y0, y1) touches tissue (with a margin in mask px)."""
-        c0 = max(int(x0 / self.downsample) - margin, 0)
-        r0 = max(int(y0 / self.downsample) - margin, 0)
-        c1 = int(np.ceil(x1 / self.downsample)) + margin
-        r1 = int(np.ceil(y1 / self.downsample)) + margin
-        return bool(self.mask[r0:r1, c0:c1].any())
+    def touches(self, x0, y0, x1, y1, margin: int = 1) -> np.ndarray:
+        """Whether each level-0 box [x0, x1) x [y0, y1) touches tissue, with a margin in mask pixels
+        (arrays, broadcast together)."""
+        h, w = self.mask.shape
+        c0 = np.clip(np.floor(np.asarray(x0) / self.downsample).astype(np.int64) - margin, 0, w)
+        r0 = np.clip(np.floor(np.asarray(y0) / self.downsample).astype(np.int64) - margin, 0, h)
+        c1 = np.clip(np.ceil(np.asarray(x1) / self.downsample).astype(np.int64) + margin, 0, w)
+        r1 = np.clip(np.ceil(np.asarray(y1) / self.downsample).astype(np.int64) + margin, 0, h)
+        ii = cv2.integral(self.mask.astype(np.uint8))
+        return (ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]) > 0
 
     @property
     def fraction(self) -> float:
