@@ -4,8 +4,8 @@ A pool of scorer actors, one per CPU, each holding the model (loaded once, one O
 all the work: it plans a slide (level, tissue, regions), and in one call cuts a chunk's tissue
 patches and scores them, so pixels never leave the process that decoded them (no object store
 copies, no inference threads competing with tiling processes for the same cores). The driver keeps
-a bounded number of slides being planned and at most two calls queued per actor, so memory does not
-grow with the number or size of slides; it receives only coordinates and probabilities, and writes
+a bounded number of slides being planned and one call per actor, so memory does not grow with the
+number or size of slides; it receives only coordinates and probabilities, and writes
 each slide's file when all its chunks are scored (temporary name, then rename). A slide's file
 existing means it is done: re-running the same command scores only what is missing. Actors restart
 when their process dies and their calls are retried.
@@ -32,7 +32,8 @@ from .progress import Progress
 from .schema import (SlideMeta, failure_path, predictions_path, write_failure, write_predictions)
 
 CHUNK_PATCHES = 1024           # grid patches per scoring call (before the tissue filter)
-CALLS_PER_ACTOR = 2            # one running, one queued: an actor never waits for the driver
+CALLS_PER_ACTOR = 1            # a call queued behind one that crashes its actor would share its retries
+                               # (two per actor were ~2 % faster)
 
 
 @dataclass
