@@ -64,30 +64,37 @@ def rate(backend, x: np.ndarray, batch: int, seconds: float) -> float:
     return done / (time.perf_counter() - t0)
 
 
-def _rate_worker(bundle_dir, name, patches_npy, share, threads, batch, seconds, start, out):
+def _rate_worker(bundle_dir, name, patches_npy, share, threads, batches, repeats, seconds, start, out):
     x = np.load(patches_npy)[share]
-    backend = make_backend(load_bundle(bundle_dir), name, threads=threads, batch_size=batch, shared_cores=True)
-    backend.predict(x[: batch * 2])  # warm-up
-    start.wait()
-    out.put(rate(backend, x, batch, seconds))
+    backend = make_backend(load_bundle(bundle_dir), name, threads=threads, shared_cores=True)
+    for _ in range(repeats):
+        for batch in batches:
+            start.wait()
+            out.put((batch, rate(backend, x, batch, seconds)))
 
 
-def rate_in_processes(bundle_dir, name, patches_npy, processes: int, threads: int, batch: int,
-                      seconds: float) -> float:
-    """Patches/s of ``processes`` fresh processes, each with its own backend of ``threads`` threads
-    predicting its share of the patches (saved as .npy) over and over, all at once; their sum."""
+def rates_in_processes(bundle_dir, name, patches_npy, processes: int, threads: int, batches, repeats: int,
+                       seconds: float) -> dict[int, list[float]]:
+    """Patches/s per batch size (``repeats`` runs each) of ``processes`` fresh processes, each with its
+    own backend of ``threads`` threads predicting its share of the patches (an .npy file) over and
+    over, all at once: the sum of their rates."""
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Barrier(processes + 1), ctx.Queue()
-    procs = [ctx.Process(target=_rate_worker, args=(str(bundle_dir), name, str(patches_npy),
-                                                    slice(i, None, processes), threads, batch, seconds, start, out))
+    procs = [ctx.Process(target=_rate_worker, args=(str(bundle_dir), name, str(patches_npy), slice(i, None, processes),
+                                                    threads, list(batches), repeats, seconds, start, out))
              for i in range(processes)]
     for p in procs:
         p.start()
-    start.wait()
-    total = sum(out.get() for _ in procs)
+    runs: dict[int, list[float]] = {b: [] for b in batches}
+    for _ in range(repeats):
+        for batch in batches:
+            start.wait()
+            results = [out.get() for _ in procs]
+            assert all(b == batch for b, _ in results)
+            runs[batch].append(sum(r for _, r in results))
     for p in procs:
         p.join()
-    return total
+    return runs
 
 
 def spread(values) -> str:
@@ -122,10 +129,8 @@ def main():
                 limit = peak * (4 if name == "onnx-int8" else 1)
                 for setup, (processes, threads) in setups.items():
                     row = {"model": bundle.meta["name"], "backend": name, "setup": setup, "limit_gflops": limit,
-                           "runs": {}}
-                    for batch in batches:
-                        row["runs"][batch] = [rate_in_processes(path, name, npy, processes, threads, batch,
-                                                                args.seconds) for _ in range(args.repeats)]
+                           "runs": rates_in_processes(path, name, npy, processes, threads, batches, args.repeats,
+                                                      args.seconds)}
                     best = max(statistics.median(r) for r in row["runs"].values())
                     row["share"] = flops * best / 1e9 / limit
                     rows.append(row)

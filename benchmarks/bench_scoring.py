@@ -31,7 +31,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_inference import rate_in_processes  # noqa: E402
+from bench_inference import rates_in_processes  # noqa: E402
 from bench_tiling_memory import mosaic  # noqa: E402
 
 from slide_tiling import build_slide, iter_patches, list_patches, open_slide, plan_slide, write_pyramid  # noqa: E402
@@ -138,8 +138,9 @@ def backend_alone(pixels: np.ndarray, model: Path, work: Path, seconds: float = 
     np.save(npy, pixels)
     cores = len(os.sched_getaffinity(0))
     try:
-        return max(rate_in_processes(model, "onnx", npy, cores, 1, ScoreSpec.batch_size, seconds),
-                   rate_in_processes(model, "onnx", npy, 1, cores, 64, seconds))
+        batch = ScoreSpec.batch_size
+        return max(rates_in_processes(model, "onnx", npy, cores, 1, [batch], 1, seconds)[batch][0],
+                   rates_in_processes(model, "onnx", npy, 1, cores, [64], 1, seconds)[64][0])
     finally:
         npy.unlink()
 

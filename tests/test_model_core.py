@@ -234,3 +234,36 @@ def test_manifest_edit_and_extra_file_are_refused(tmp_path):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="not a model bundle"):
         load_bundle(tmp_path)
+
+
+def test_channels_first_input_keeps_the_outputs_bit_for_bit(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from model.export import channels_first_input
+
+    rng = np.random.default_rng(0)
+    consts = [numpy_helper.from_array(np.array([180.0, 120.0, 200.0], np.float32), "mean"),
+              numpy_helper.from_array(np.array([1 / 40, 1 / 50, 1 / 30], np.float32), "scale"),
+              numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Cast", ["patches"], ["c"], to=TensorProto.FLOAT),   # as tf2onnx writes it
+             helper.make_node("Sub", ["c", "mean"], ["s"]),
+             helper.make_node("Mul", ["s", "scale"], ["m"]),
+             helper.make_node("Transpose", ["m"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["out"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("patches", TensorProto.UINT8, ["n", 50, 50, 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4, 50, 50])], consts)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = rng.integers(0, 256, (8, 50, 50, 3), dtype=np.uint8)
+
+    def run():
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"patches": x})[0]
+
+    before = run()
+    assert channels_first_input(path) is True
+    assert [n.op_type for n in onnx.load(path).graph.node] == ["Transpose", "Cast", "Sub", "Mul", "Conv"]
+    assert np.array_equal(run(), before)
+    assert channels_first_input(path) is False    # already in that layout: left as it is

@@ -7,6 +7,7 @@ import pytest
 import tifffile
 
 from slide_tiling import SlideError, TilingSpec, iter_patches, open_slide, plan_slide, write_pyramid
+from slide_tiling.tiff_reader import CACHE_BYTES as TIFF_CACHE_BYTES
 
 from .conftest import shared_path
 
@@ -32,6 +33,35 @@ def test_pyramid_tiff_opens_in_openslide_with_mpp_and_levels(tmp_path):
         assert r.level_dimensions == sizes
         region = r.read_region(0, 800, 600, 64, 64)   # upsampled 2x by repetition
         assert np.abs(region[::2, ::2].astype(int) - img[300:332, 400:432]).mean() < 4
+
+
+def _openslide_pixels(path, level):
+    import openslide
+
+    with openslide.OpenSlide(str(path)) as slide:
+        w, h = slide.level_dimensions[level]
+        return np.asarray(slide.read_region((0, 0), level, (w, h)).convert("RGB"))
+
+
+def test_generic_tiff_pixels_come_from_tifffile_equal_to_openslides(tmp_path):
+    path = tmp_path / "slide.tiff"
+    write_pyramid(path, tissue_image(700, 900), mpp=0.5, upsample=1, downsamples=(1, 4))
+    with open_slide(path) as r:
+        assert r.format == "generic-tiff" and r.pixels is not None   # OpenSlide's metadata, tifffile's pixels
+        for level, (w, h) in enumerate(r.level_dimensions):
+            first = r.read_region(level, 0, 0, w, h)
+            assert np.array_equal(first, _openslide_pixels(path, level))
+            assert np.array_equal(r.read_region(level, 0, 0, w, h), first)   # again, from the tile cache
+        assert 0 < r.pixels._cached_bytes <= TIFF_CACHE_BYTES
+
+
+@pytest.mark.parametrize("name", ["cmu-1-small-region.svs", "tcga-cr-7395-01a-01-ts1.svs"])
+def test_svs_pixels_from_tifffile_equal_openslides(name):   # JPEG and JPEG 2000 tiles
+    path = shared_path("wsi", name)
+    with open_slide(path) as r:
+        assert r.format == "aperio-svs" and r.pixels is not None
+        for level, (w, h) in enumerate(r.level_dimensions):
+            assert np.array_equal(r.read_region(level, 0, 0, w, h), _openslide_pixels(path, level))
 
 
 def test_tifffile_reader_plain_striped_rgb(tmp_path):

@@ -1,13 +1,14 @@
 """The numeric core without real data: grid, level choice, tissue detection, region tiling."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from slide_tiling import (PatchGrid, SlideError, SlideReader, TilingSpec, choose_level, iter_patches,
                           pad_patch, plan_slide, read_region_patches)
 from slide_tiling.reader import compose_from_tiles
-from slide_tiling.tissue import TissueThreshold, fit_threshold, ink_mask
+from slide_tiling.tissue import GREY_DROP, TissueMask, TissueThreshold, fit_threshold, ink_mask
 
 PINK, PURPLE, GLASS = (230, 150, 190), (120, 60, 150), (245, 245, 245)
 
@@ -78,6 +79,31 @@ def test_tissue_threshold_separates_stain_glass_ink_and_debris():
     assert ink_mask(img)[:, 0].tolist() == [False, False, True, True, False]
     pale = np.full((1, 1, 3), 200, np.uint8)      # grey membrane of fat, unsaturated but darker than glass
     assert thr.mask(pale).all()
+
+
+def test_tissue_mask_equals_its_definition_pixel_for_pixel():
+    img = np.random.default_rng(7).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(int)
+    r, g, b = (img[..., i].astype(int) for i in range(3))
+    ink = (g - r > 15) | ((b - r > 50) & (b - g > 30))
+    assert np.array_equal(ink_mask(img), ink)
+    for thr in (TissueThreshold(20, 245), TissueThreshold(15, 20), TissueThreshold(25, 255, 0)):
+        expected = (((hsv[..., 1] >= thr.saturation) | (hsv[..., 2] <= thr.background_value - GREY_DROP))
+                    & (hsv[..., 2] >= thr.dark_value) & ~ink)
+        got = thr.mask(img)
+        assert got.dtype == bool and np.array_equal(got, expected)
+
+
+def test_touches_equals_looking_at_each_box():
+    rng = np.random.default_rng(3)
+    tissue = TissueMask(rng.random((40, 60)) < 0.02, downsample=4.0, threshold=TissueThreshold(20))
+    x0, y0 = rng.uniform(0, 260, 300), rng.uniform(0, 180, 300)
+    x1, y1 = x0 + rng.uniform(1, 30, 300), y0 + rng.uniform(1, 30, 300)
+    expected = [tissue.mask[max(int(np.floor(b / 4)) - 1, 0):int(np.ceil(d / 4)) + 1,
+                            max(int(np.floor(a / 4)) - 1, 0):int(np.ceil(c / 4)) + 1].any()
+                for a, b, c, d in zip(x0, y0, x1, y1)]
+    got = tissue.touches(x0, y0, x1, y1)
+    assert got.tolist() == expected and 0 < got.sum() < len(got)
 
 
 def test_fit_threshold_is_clamped_and_learns_background():
