@@ -33,8 +33,12 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
             ray.init(address=address, runtime_env=runtime_env(), logging_level=logging.WARNING,
                      log_to_driver=False)
         else:
+            # workers of an embedded Ray inherit the driver's environment (a runtime_env would
+            # start them through Ray's runtime-env agent: about a second later)
+            for key, value in runtime_env()["env_vars"].items():
+                os.environ.setdefault(key, value)
             ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=False, runtime_env={"env_vars": runtime_env()["env_vars"]})
+                     log_to_driver=False)
         started = True
     try:
         yield int(ray.cluster_resources().get("CPU", 1))
