@@ -11,10 +11,6 @@ from pathlib import Path
 
 import imagecodecs
 import numpy as np
-import pydicom
-
-# files in the wild break VR length rules (UIDs of 65 chars); that is no reason to refuse a slide
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 from .reader import SlideError, SlideReader, compose_from_tiles
 
@@ -26,6 +22,15 @@ _DECODERS = {
     "1.2.840.10008.1.2.4.90": imagecodecs.jpeg2k_decode,  # JPEG 2000 lossless
     "1.2.840.10008.1.2.4.91": imagecodecs.jpeg2k_decode,  # JPEG 2000
 }
+
+
+def _dcmread(*args, **kwargs):
+    """``pydicom.dcmread``, pydicom imported on first use (0.1 s that every Ray worker would pay)."""
+    import pydicom
+
+    # files in the wild break VR length rules (UIDs of 65 chars); that is no reason to refuse a slide
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    return pydicom.dcmread(*args, **kwargs)
 
 
 def is_dicom(path) -> bool:
@@ -43,7 +48,7 @@ class _Instance:
         self.path = path
         self.fh = open(path, "rb")
         try:
-            self.ds = pydicom.dcmread(self.fh, stop_before_pixels=True)
+            self.ds = _dcmread(self.fh, stop_before_pixels=True)
         except Exception as exc:
             self.fh.close()
             raise SlideError(path, f"not a readable DICOM file: {exc}") from exc
@@ -147,7 +152,7 @@ class DicomReader(SlideReader):
             if f == first or not is_dicom(f):
                 continue
             try:
-                other = pydicom.dcmread(f, stop_before_pixels=True,
+                other = _dcmread(f, stop_before_pixels=True,
                                         specific_tags=["SeriesInstanceUID", "ImageType", "SOPClassUID"])
             except Exception:
                 continue
