@@ -1,10 +1,10 @@
 """Chaos run of the scoring job: random Ray workers SIGKILLed while `idcmap score` runs.
 
-    python benchmarks/chaos.py [--runs 3] [--slides 20] [--interval 2 4] [--seed 0] [--work DIR]
+    python benchmarks/chaos.py [--runs 3] [--slides 20] [--interval 0.5 1.5] [--seed 0] [--work DIR]
 
 Rebuilds the smallest patients of ../shared/data/idc/patients as 2.5x slides (once per work folder),
 scores them once uninterrupted (the reference), then runs the same job --runs times into fresh
-folders. During each run, every 2-4 s (random, seeded) one scorer actor of that job is SIGKILLed:
+folders. During each run, every 0.5-1.5 s (random, seeded) one scorer actor of that job is SIGKILLed:
 one planning a slide (ray::Scorer.plan), one cutting and scoring a chunk (ray::Scorer.score) or an
 idle one (ray::Scorer), the kind chosen at random among those alive. Only descendants of the job's own
 process are touched (never `ray stop`). A run that exits non-zero is re-run once, as the README
@@ -119,7 +119,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--slides", type=int, default=20)
-    ap.add_argument("--interval", type=float, nargs=2, default=(2.0, 4.0), metavar=("MIN", "MAX"))
+    ap.add_argument("--interval", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
@@ -148,7 +148,7 @@ def main():
         all_ok &= ok
         if run == 0:
             reference = res["table"]
-        kill_text = ", ".join(f"{kills[k]} {k}" for k in ("actor", "tile", "plan") if kills[k]) or "0"
+        kill_text = ", ".join(f"{kills[k]} {k}" for k in ("plan", "score", "idle") if kills[k]) or "0"
         rows.append(f"| {name} | {seconds:.0f} | {sum(kills.values())}{f' ({kill_text})' if kills else ''} | {reruns} | "
                     f"{res['slides']}/{len(patients)} | {res['rows']:,} | "
                     f"{ {True: 'yes', False: 'NO', None: '-'}[res.get('equal')] } | {res['dups']} | "
