@@ -123,7 +123,8 @@ def test_finished_job_rerun_does_nothing_and_changes_no_file(tmp_path, bundle, r
 
 
 def test_a_one_cpu_ray_still_tiles_and_scores(tmp_path, bundle):
-    """The inference actor must leave room for tiling tasks: with 1 CPU it once waited forever."""
+    """A 1-CPU Ray gets one scorer actor that plans, tiles and scores (an earlier design once waited
+    forever there)."""
     job = tmp_path / "job"
     proc = subprocess.run([sys.executable, "-m", "jobs", "score", str(EXAMPLES / "patient-8916.tiff"),
                            "--out", str(job), "--num-cpus", "1"], cwd=REPO, capture_output=True, text=True,
