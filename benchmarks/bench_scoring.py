@@ -119,30 +119,27 @@ def score(inputs: Path, work: Path, cpus: int | None = None, model: Path = MODEL
             "wall_rate": run["patches"] / wall, "peak_mib": peak / 2**20}
 
 
-def slide_patches(inputs: Path) -> np.ndarray:
-    """The tissue patches the job scores, cut once and held in memory."""
+def save_slide_patches(inputs: Path, npy: Path) -> int:
+    """Cut the tissue patches the job scores, once, into ``npy``; how many there are."""
     out = []
     for path in sorted(inputs.glob("*/*.tiff")):
         with open_slide(path) as reader:
             out += [b.pixels for b in iter_patches(reader, plan_slide(reader))]
-    return np.concatenate(out)
+    pixels = np.concatenate(out)
+    np.save(npy, pixels)
+    return len(pixels)
 
 
-def backend_alone(pixels: np.ndarray, model: Path, work: Path, seconds: float = 2.0) -> float:
-    """The job's backend without the job, on the job's patches in memory: the faster of the job's
-    set-up (one process per core, one ONNX thread each, the job's batch size, all at once) and one
-    process with one thread per core (batch 64)."""
+def backend_alone(npy: Path, model: Path, seconds: float = 2.0) -> float:
+    """The job's backend without the job, on the job's patches (saved in ``npy``) in memory: the
+    faster of the job's set-up (one process per core, one ONNX thread each, the job's batch size,
+    all at once) and one process with one thread per core (batch 64)."""
     from jobs.pipeline import ScoreSpec
 
-    npy = work / "alone.npy"
-    np.save(npy, pixels)
     cores = len(os.sched_getaffinity(0))
-    try:
-        batch = ScoreSpec.batch_size
-        return max(rates_in_processes(model, "onnx", npy, cores, 1, [batch], 1, seconds)[batch][0],
-                   rates_in_processes(model, "onnx", npy, 1, cores, [64], 1, seconds)[64][0])
-    finally:
-        npy.unlink()
+    batch = ScoreSpec.batch_size
+    return max(rates_in_processes(model, "onnx", npy, cores, 1, [batch], 1, seconds)[batch][0],
+               rates_in_processes(model, "onnx", npy, 1, cores, [64], 1, seconds)[64][0])
 
 
 def reference(patient_dirs: list[Path]) -> tuple[int, float]:
@@ -183,19 +180,20 @@ def throughput(args, repeats, patients, bigs, sizes, n_patients):
              (f"1 slide {sizes[-1] * 16:,}² px, 40x-style", big, MODEL)]
     pngs = [PATIENTS / p.name for p in sorted(patients.iterdir())]
     ref = [reference(pngs)[1] for _ in range(repeats)]  # the same patches as the rebuilt patients'
-    rows = []
+    rows, npy = [], args.work / "alone.npy"
     for label, inputs, model in cases:
-        pixels = slide_patches(inputs)
+        n = save_slide_patches(inputs, npy)
         e2e, wall, alone = [], [], []
         for _ in range(repeats):
             job = score(inputs, args.work, model=model)
             e2e.append(job["rate"])
             wall.append(job["wall_rate"])
-            alone.append(backend_alone(pixels, model, args.work))
+            alone.append(backend_alone(npy, model))
         med = statistics.median(e2e)
-        rows.append([label, model.name, len(pixels), spread(e2e), spread(wall), spread(alone),
+        rows.append([label, model.name, n, spread(e2e), spread(wall), spread(alone),
                      f"{100 * med / statistics.median(alone):.0f} %",
                      f"{med / statistics.median(ref):.2f}x" if inputs is patients else "n/a"])
+    npy.unlink()
     table(["slides", "model", "tissue patches", "idcmap score", "idcmap score incl. Ray start",
            "backend alone (ONNX fp32, best set-up)", "e2e / alone", "e2e / reference"], rows)
     print(f"\nreference on the {n_patients} patients' {len([f for d in pngs for f in d.glob('*/*.png')]):,} patch "
