@@ -58,12 +58,10 @@ def channels_first_input(path) -> bool:
     mul = sub and only_consumer(sub.output[0], "Mul")
     transpose = mul and only_consumer(mul.output[0], "Transpose")
     if not transpose or [a.ints for a in transpose.attribute if a.name == "perm"] != [[0, 3, 1, 2]] \
-            or sub.input[1] not in consts or mul.input[1] not in consts:
+            or any(n.input[1] not in consts or len(consts[n.input[1]].dims) != 1 for n in (sub, mul)):
         return False
     for node in (sub, mul):
         value = numpy_helper.to_array(consts[node.input[1]])
-        if value.ndim != 1:
-            return False
         name = node.input[1] + "/nchw"
         graph.initializer.append(numpy_helper.from_array(value.reshape(1, -1, 1, 1), name))
         node.input[1] = name
