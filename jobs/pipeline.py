@@ -83,29 +83,49 @@ class Scorer:
     def __init__(self, bundle_dir: str, backend: str, threads: int, batch_size: int):
         self.backend = make_backend(load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size,
                                     shared_cores=True)
+        self._open: tuple[str, object] | None = None   # (source, reader) of the last slide
+
+    def _reader(self, source: str):
+        """The slide, kept open between calls: its tile cache serves the tiles that a slide's next
+        chunk shares with the last one (the driver gives an actor the chunks of the slides it planned)."""
+        if self._open and self._open[0] == source:
+            return self._open[1]
+        self.close()
+        reader = open_slide(source)
+        self._open = source, reader
+        return reader
+
+    def close(self):
+        if self._open:
+            self._open[1].close()
+            self._open = None
 
     def plan(self, task: SlideTask, spec: TilingSpec, fallback_mpp: float | None):
         """Open the slide and plan it. Returns (slim plan, slide facts) or a failure string.
 
         Level-0 mpp: the manifest's for this slide, else the file's, else ``fallback_mpp`` (--mpp)."""
         try:
-            with open_slide(task.source) as reader:
-                mpp = task.mpp if task.mpp is not None else (fallback_mpp if reader.mpp is None else None)
-                plan = plan_slide(reader, replace(spec, mpp=mpp))
-                # the thumbnail tissue was fitted on is the one stored: the slide is read once
-                ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(plan.thumbnail, cv2.COLOR_RGB2BGR),
-                                        [cv2.IMWRITE_JPEG_QUALITY, 85])
-                facts = {"width0": reader.dimensions[0], "height0": reader.dimensions[1],
-                         "mpp": list(plan.level.mpp0), "thumbnail_downsample": plan.tissue.downsample,
-                         "thumbnail_jpeg": base64.b64encode(jpeg.tobytes()).decode() if ok else ""}
+            reader = self._reader(task.source)
+            mpp = task.mpp if task.mpp is not None else (fallback_mpp if reader.mpp is None else None)
+            plan = plan_slide(reader, replace(spec, mpp=mpp))
+            # the thumbnail tissue was fitted on is the one stored: the slide is read once
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(plan.thumbnail, cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, 85])
+            facts = {"width0": reader.dimensions[0], "height0": reader.dimensions[1],
+                     "mpp": list(plan.level.mpp0), "thumbnail_downsample": plan.tissue.downsample,
+                     "thumbnail_jpeg": base64.b64encode(jpeg.tobytes()).decode() if ok else ""}
             return plan.slim(), facts
         except Exception as exc:  # a SlideError's own line; a reader bug or codec crash: still one line
+            self.close()
             return _one_line(exc, task.source)
 
     def score(self, source: str, plan: SlidePlan):
         """Cut the tissue patches of the plan's regions and score them: dict of arrays, no pixels."""
-        with open_slide(source) as reader:
-            batches = list(iter_patches(reader, plan))
+        try:
+            batches = list(iter_patches(self._reader(source), plan))
+        except Exception:
+            self.close()
+            raise
         if not batches:
             return None
         chunk = {k: np.concatenate([getattr(b, k) for b in batches])
@@ -122,6 +142,7 @@ class _SlideState:
     facts: dict
     chunks_total: int
     started: float
+    actor: int = -1                     # the actor that planned it (and keeps it open)
     parts: list = field(default_factory=list)
     chunks_done: int = 0
     failed: str = ""
@@ -157,7 +178,7 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
     todo = deque(tasks)
     planning: dict = {}                  # plan ref -> (task, actor)
     scoring: dict = {}                   # score ref -> (slide state, actor)
-    ready_chunks: deque = deque()        # (state, regions)
+    ready_chunks: list = []              # (state, regions), each slide's in raster order
     results: list[SlideResult] = []
 
     def finish(state: _SlideState):
@@ -188,16 +209,18 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
         progress.slide_done(task.key, rows.num_rows)
 
     def submit() -> bool:
-        """Give the least busy actor its next call: plan a slide while few chunks are ready, else
-        score a chunk. False when no actor is free or there is nothing to give."""
+        """Give the least busy actor its next call: the next chunk of a slide it planned (its tiles
+        may still be in that actor's cache), else plan a new slide, else help with another actor's
+        slide. False when no actor is free or there is nothing to give."""
         i = min(range(n_actors), key=busy.__getitem__)
         if busy[i] >= CALLS_PER_ACTOR:
             return False
-        if todo and len(planning) < spec.max_slides_in_flight and len(ready_chunks) < CALLS_PER_ACTOR * n_actors:
+        own = next((k for k, (state, _) in enumerate(ready_chunks) if state.actor == i), None)
+        if own is None and todo and len(planning) < spec.max_slides_in_flight:
             task = todo.popleft()
             planning[actors[i].plan.remote(task, tiling, spec.mpp)] = task, i
-        elif ready_chunks:
-            state, regions = ready_chunks.popleft()
+        elif ready_chunks:  # another actor's slide: from its end, away from the chunks its owner reads next
+            state, regions = ready_chunks.pop(len(ready_chunks) - 1 if own is None else own)
             if state.failed:  # an earlier chunk failed the slide: no need to score the rest
                 chunk_done(state)
                 return True
@@ -213,11 +236,17 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
             if not state.failed and not state.parts:
                 state.failed = (f"{state.task.source}: no tissue found: no patch reaches "
                                 f"{tiling.min_tissue:.0%} tissue")
-            finish(state)
+            completed.append(state)
 
-    while todo or planning or scoring or ready_chunks:
+    completed: list[_SlideState] = []  # slides whose file is written once the actors have new calls
+    while todo or planning or scoring or ready_chunks or completed:
         while submit():
             pass
+        for state in completed:   # writing a file takes a while: the actors are busy meanwhile
+            finish(state)
+        completed.clear()
+        if not (planning or scoring):
+            continue
         done, _ = ray.wait(list(planning) + list(scoring), num_returns=1, timeout=1.0)
         progress.tick()
         for ref in done:
@@ -229,15 +258,15 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
                 except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
                     out = _one_line(exc, task.source)
                 if isinstance(out, str):
-                    finish(_SlideState(task, None, {}, 0, time.time(), failed=out))
+                    completed.append(_SlideState(task, None, {}, 0, time.time(), failed=out))
                     continue
                 plan, facts = out
                 chunks = _chunks(plan)
-                state = _SlideState(task, plan, facts, len(chunks), time.time())
+                state = _SlideState(task, plan, facts, len(chunks), time.time(), actor=i)
                 progress.slide_started(task.key)
                 if not chunks:
                     state.failed = f"{task.source}: no tissue found at {tiling.target_mpp:g} µm/px"
-                    finish(state)
+                    completed.append(state)
                 ready_chunks.extend((state, c) for c in chunks)
             else:
                 state, i = scoring.pop(ref)
