@@ -82,9 +82,10 @@ def test_tissue_threshold_separates_stain_glass_ink_and_debris():
 
 
 def test_tissue_mask_equals_its_definition_pixel_for_pixel():
-    img = np.random.default_rng(7).integers(0, 256, (300, 400, 3), dtype=np.uint8)
-    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(int)
-    r, g, b = (img[..., i].astype(int) for i in range(3))
+    # every RGB colour once
+    img = np.stack(np.meshgrid(*[np.arange(256, dtype=np.uint8)] * 3, indexing="ij"), -1).reshape(4096, 4096, 3)
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.int16)
+    r, g, b = (img[..., i].astype(np.int16) for i in range(3))
     ink = (g - r > 15) | ((b - r > 50) & (b - g > 30))
     assert np.array_equal(ink_mask(img), ink)
     for thr in (TissueThreshold(20, 245), TissueThreshold(15, 20), TissueThreshold(25, 255, 0)):
