@@ -3,9 +3,11 @@
 A pool of scorer actors, one per CPU, each holding the model (loaded once, one ONNX thread), does
 all the work: it plans a slide (level, tissue, regions), and in one call cuts a chunk's tissue
 patches and scores them, so pixels never leave the process that decoded them (no object store
-copies, no inference threads competing with tiling processes for the same cores). The driver keeps
-a bounded number of slides being planned and one call per actor, so memory does not grow with the
-number or size of slides; it receives only coordinates and probabilities, and writes
+copies, no inference threads competing with tiling processes for the same cores). An actor gets
+the chunks of the slides it planned (it keeps the slide open: tiles two chunks share are decoded
+once) and, when it has none and no slide is left to plan, helps with other actors' chunks. The
+driver keeps a bounded number of slides being planned and one call per actor, so memory does not
+grow with the number or size of slides; it receives only coordinates and probabilities, and writes
 each slide's file when all its chunks are scored (temporary name, then rename). A slide's file
 existing means it is done: re-running the same command scores only what is missing. Actors restart
 when their process dies and their calls are retried.
