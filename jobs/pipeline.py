@@ -92,12 +92,12 @@ class Scorer:
         chunk shares with the last one (the driver gives an actor the chunks of the slides it planned)."""
         if self._open and self._open[0] == source:
             return self._open[1]
-        self.close()
+        self._close()
         reader = open_slide(source)
         self._open = source, reader
         return reader
 
-    def close(self):
+    def _close(self):
         if self._open:
             self._open[1].close()
             self._open = None
@@ -118,7 +118,7 @@ class Scorer:
                      "thumbnail_jpeg": base64.b64encode(jpeg.tobytes()).decode() if ok else ""}
             return plan.slim(), facts
         except Exception as exc:  # a SlideError's own line; a reader bug or codec crash: still one line
-            self.close()
+            self._close()
             return _one_line(exc, task.source)
 
     def score(self, source: str, plan: SlidePlan):
@@ -126,7 +126,7 @@ class Scorer:
         try:
             batches = list(iter_patches(self._reader(source), plan))
         except Exception:
-            self.close()
+            self._close()
             raise
         if not batches:
             return None
