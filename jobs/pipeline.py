@@ -35,7 +35,7 @@ from .schema import (SlideMeta, failure_path, predictions_path, write_failure, w
 
 CHUNK_PATCHES = 1024           # grid patches per scoring call (before the tissue filter)
 CALLS_PER_ACTOR = 1            # a call queued behind one that crashes its actor would share its retries
-                               # (two per actor were 2-7 % faster: benchmarks/README.md)
+                               # (and two per actor measured 8 % slower: benchmarks/README.md)
 
 
 @dataclass

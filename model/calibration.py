@@ -31,13 +31,8 @@ def nll(prob: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0) -> float:
-    """The temperature T in [0.05, 20] minimising the NLL of sigmoid((logit - offset) / T)."""
-    return _temperature(idc_logit(probs) - offset, labels)
-
-
-def _temperature(z: np.ndarray, labels: np.ndarray) -> float:
-    """The T in [0.05, 20] minimising the NLL of sigmoid(z / T)."""
+def fit_temperature(z: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T in [0.05, 20] minimising the NLL of sigmoid(z / T), z the IDC logits."""
     y = np.asarray(labels, np.float64)
 
     def loss(log_t):
@@ -69,7 +64,7 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0, contex
     z = idc_logit(probs)
     if context is not None:
         z = context(z)
-    t = _temperature(z - offset, labels)
+    t = fit_temperature(z - offset, labels)
     cal = sigmoid((z - offset) / t)
     return {"method": "prior correction + temperature scaling", "temperature": t, "logit_offset": offset,
             "nll_before": nll(sigmoid(z), labels), "nll_after": nll(cal, labels),

@@ -12,7 +12,7 @@ from model.bundle import BundleError, load_bundle, write_manifest
 from model.calibration import calibrate, choose_threshold, fit_temperature, nll
 from model.data import PatchSet, apply_split, class_weights, split_patients
 from model.metrics import classification_metrics, expected_calibration_error, metrics_report
-from model.scoring import calibrated_probability, logit, mix_neighbours, sigmoid, with_context
+from model.scoring import calibrated_probability, idc_logit, logit, mix_neighbours, sigmoid, with_context
 
 
 # --- architectures ---------------------------------------------------------------------------
@@ -65,7 +65,7 @@ def _overconfident(n=4000, factor=3.0, seed=0):
 
 def test_temperature_scaling_fixes_overconfidence():
     probs, y = _overconfident()
-    t = fit_temperature(probs, y)
+    t = fit_temperature(idc_logit(probs), y)
     assert t == pytest.approx(3.0, rel=0.15)
     assert nll(calibrated_probability(probs, t), y) < nll(calibrated_probability(probs, 1.0), y) - 0.05
     cal = calibrate(probs, y)
