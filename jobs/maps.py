@@ -7,8 +7,9 @@
   the decision threshold marked.
 - ``overlay.png``: the coloured patches blended on the slide thumbnail (placed with the level-0
   ``x``, ``y`` and ``level0_patch_size`` of each patch), with the same colour bar.
-- ``idc.geojson``: IDC regions for QuPath: 8-connected patches with ``prob >= threshold``, one
-  ``Polygon`` Feature each (holes as inner rings), in level-0 pixels, clipped to the slide.
+- ``idc.geojson``: IDC regions for QuPath: 8-connected patches with ``prob >= threshold`` whose
+  area reaches the minimum IDC area (:func:`jobs.summaries.idc_mask`), one ``Polygon`` Feature each
+  (holes as inner rings), in level-0 pixels, clipped to the slide.
 
 A patch stands for its grid cell (``min(stride, patch_size)`` target pixels a side, centred on the
 patch), the same area :mod:`jobs.summaries` counts, so a region's polygon area is its patch count
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .schema import SlideMeta
-from .summaries import downsample0, load_meta, patch_area_mm2
+from .summaries import downsample0, idc_mask, load_meta, min_region_patches, patch_area_mm2
 
 MAP_FILES = ("prob.npy", "heatmap.png", "overlay.png", "idc.geojson")
 IDC_COLOR_RGB = (220, 30, 30)
@@ -292,12 +293,12 @@ def _geojson_ring(ring: np.ndarray, exterior: bool) -> list[list[float]] | None:
 
 
 def idc_regions(prob: np.ndarray, meta: SlideMeta) -> dict:
-    """GeoJSON FeatureCollection of IDC regions (``prob >= meta.threshold``) in level-0 pixels.
+    """GeoJSON FeatureCollection of IDC regions (:func:`~jobs.summaries.idc_mask`) in level-0 pixels.
 
     Each region is a QuPath annotation classified "IDC" with its patch count, area in mm² and
     mean/max probability as measurements.
     """
-    mask = np.nan_to_num(prob, nan=-1.0) >= meta.threshold
+    mask = idc_mask(prob, meta.threshold, min_region_patches(meta))
     n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     flat, values = labels[mask], prob[mask].astype(np.float64)
     counts = np.bincount(flat, minlength=n)

@@ -4,8 +4,11 @@ Definitions (the numbers in ``summaries.parquet``, the report and ``idcmap query
 
 - ``patches``: patches in the slide's grid (``cols x rows``); ``tissue_patches``: rows in the
   predictions file (background patches are never scored).
-- ``idc_patches``: tissue patches with ``prob_idc >= threshold``, the model bundle's decision
-  threshold stored in each file's :class:`~jobs.schema.SlideMeta`.
+- ``idc_patches``: tissue patches with ``prob_idc >= threshold`` (the model bundle's decision
+  threshold stored in each file's :class:`~jobs.schema.SlideMeta`) that lie in an IDC region: an
+  8-connected group of such patches whose area is at least the minimum IDC area (below). Smaller
+  groups are scattered false positives far more often than IDC, so the map, the GeoJSON regions
+  and the counts leave them out alike.
 - ``idc_area_mm2``: ``idc_patches x`` the area one patch stands for. A patch stands for its grid
   cell: ``cell x cell`` target pixels with ``cell = min(stride, patch_size)``, converted to µm with
   the level-0 size of a target pixel (``downsample0 x mpp``, per axis). Without overlap this is the
@@ -20,15 +23,17 @@ Definitions (the numbers in ``summaries.parquet``, the report and ``idcmap query
   called ``"IDC"`` when any slide is. Its status is ``"failed"`` only when every slide failed;
   ``error`` then (or when some failed) lists the failed slides and their reasons.
 
-Only the ``prob_idc`` column is read, one file at a time; a patient row holds its slides'
+Only the ``prob_idc``, ``col`` and ``row`` columns are read, one file at a time; a patient row holds its slides'
 probabilities (4 bytes per tissue patch) until it is written.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -82,8 +87,28 @@ def prob_stats(probs: np.ndarray, idc_patches: int) -> ProbStats:
                      float(np.percentile(probs, 95)))
 
 
-def count_idc(probs: np.ndarray, threshold: float) -> int:
-    return int(np.count_nonzero(np.asarray(probs) >= threshold))
+def min_region_patches(meta: SlideMeta) -> int:
+    """Patches an IDC region needs to reach the minimum IDC area (at least 1)."""
+    return max(1, math.ceil(min_idc_area_mm2(meta) / patch_area_mm2(meta) - 1e-9))
+
+
+def idc_mask(prob_map: np.ndarray, threshold: float, min_patches: int) -> np.ndarray:
+    """Pure: the IDC calls of a (rows, cols) probability map (NaN off tissue): patches at or above
+    ``threshold`` in 8-connected groups of at least ``min_patches``."""
+    mask = np.nan_to_num(prob_map, nan=-1.0) >= threshold
+    if min_patches <= 1 or not mask.any():
+        return mask
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    sizes = np.bincount(labels[mask], minlength=n)
+    return mask & (sizes[labels] >= min_patches)
+
+
+def slide_idc_mask(meta: SlideMeta, col, row, probs) -> np.ndarray:
+    """Per patch (in the given order): is it in an IDC region of its slide."""
+    col, row = np.asarray(col, np.int64), np.asarray(row, np.int64)
+    grid = np.full((meta.rows, meta.cols), np.nan, np.float32)
+    grid[row, col] = probs
+    return idc_mask(grid, meta.threshold, min_region_patches(meta))[row, col]
 
 
 def call_for(idc_area_mm2: float, min_area_mm2: float) -> str:
@@ -100,11 +125,13 @@ def _row(level, patient_id, slide_id, slides, patches, stats: ProbStats | None, 
             "p95_prob": stats.p95_prob, "call": call, "status": status, "error": error}
 
 
-def read_probs(path: Path) -> np.ndarray:
+def read_probs(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prob_idc, col, row) of a predictions file."""
     try:
-        return pq.read_table(path, columns=["prob_idc"]).column("prob_idc").to_numpy()
+        table = pq.read_table(path, columns=["prob_idc", "col", "row"])
     except (OSError, KeyError, pa.ArrowException) as e:
-        raise SummaryError(f"{path}: cannot read prob_idc: {e}") from e
+        raise SummaryError(f"{path}: cannot read prob_idc, col and row: {e}") from e
+    return tuple(table.column(c).to_numpy() for c in ("prob_idc", "col", "row"))
 
 
 def load_meta(path: Path) -> SlideMeta:
@@ -128,9 +155,9 @@ class _Patient:
     failed: list = field(default_factory=list)   # (slide_id, error)
 
 
-def slide_row(meta: SlideMeta, probs: np.ndarray) -> dict:
+def slide_row(meta: SlideMeta, probs: np.ndarray, col, row) -> dict:
     """Pure: the summary row of one done slide."""
-    stats = prob_stats(probs, count_idc(probs, meta.threshold))
+    stats = prob_stats(probs, int(slide_idc_mask(meta, col, row, probs).sum()))
     area = stats.idc_patches * patch_area_mm2(meta)
     return _row("slide", meta.patient_id, meta.slide_id, 1, meta.cols * meta.rows, stats, area,
                 call_for(area, min_idc_area_mm2(meta)), "done", None)
@@ -160,8 +187,8 @@ def summary_rows(job_dir) -> list[dict]:
     slide_rows: dict[tuple[str, str], dict] = {}
     for path in prediction_files(job_dir):
         meta = load_meta(path)
-        probs = read_probs(path)
-        row = slide_row(meta, probs)
+        probs, col, grid_row = read_probs(path)
+        row = slide_row(meta, probs, col, grid_row)
         slide_rows[(meta.patient_id, meta.slide_id)] = row
         acc = patients[meta.patient_id]
         acc.probs.append(probs.astype(np.float32, copy=False))

@@ -70,6 +70,13 @@ class ModelBundle:
         return float(self.meta.get("context", {}).get("self_weight", 1.0))
 
     @property
+    def metrics(self) -> tuple[str, dict]:
+        """("out-of-fold" or "validation", the stored figures): what the bundle's figures are."""
+        if "out_of_fold_metrics" in self.meta:
+            return "out-of-fold", self.meta["out_of_fold_metrics"]
+        return "validation", self.meta.get("validation_metrics", {})
+
+    @property
     def normalisation(self) -> dict:
         return self.meta["normalisation"]
 

@@ -158,9 +158,10 @@ def split_patients(ps: PatchSet, fraction: float = VALIDATION_FRACTION) -> dict[
 
 
 def apply_split(ps: PatchSet, split: dict) -> tuple[PatchSet, PatchSet]:
-    """(train, validation) patch sets for a split made by :func:`split_patients`."""
-    is_val = np.isin(ps.patient_ids, split["validation"])
-    return ps.subset(~is_val), ps.subset(is_val)
+    """(train, validation) patch sets for a split made by :func:`split_patients` (or by
+    cross-validation: patients in neither list are left out)."""
+    return (ps.subset(np.isin(ps.patient_ids, split["train"])),
+            ps.subset(np.isin(ps.patient_ids, split["validation"])))
 
 
 def class_weights(labels: np.ndarray) -> dict[int, float]:

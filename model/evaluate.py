@@ -8,7 +8,8 @@ import numpy as np
 from sklearn.metrics import auc, roc_auc_score, roc_curve
 
 from .backends import make_backend
-from .bundle import ModelBundle, load_bundle
+from .bundle import BundleError, ModelBundle, load_bundle
+from .crossval import out_of_fold_report
 from .data import load_patches
 from .metrics import expected_calibration_error, metrics_report, reliability_bins
 from .scoring import with_context
@@ -25,6 +26,9 @@ def evaluate(bundle, data_dirs, backend: str = "onnx", threads: int | None = Non
     """
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle)
+    if validation_only and not bundle.meta["split"]["validation"]:
+        raise BundleError(f"{bundle.path}: has no validation patients (it was cross-validated and trained on "
+                          "every patient); its held-out figures are out-of-fold: use --out-of-fold")
     patches = load_patches(data_dirs, patients=bundle.meta["split"]["validation"] if validation_only else None)
     patch_prob = make_backend(bundle, backend, threads=threads).predict(patches.images)
     prob = with_context(patch_prob, *patches.grid, bundle.context_weight)
@@ -35,6 +39,32 @@ def evaluate(bundle, data_dirs, backend: str = "onnx", threads: int | None = Non
                   reliability=reliability_bins(prob, patches.labels))
     if plots_dir is not None:
         report["plots"] = write_plots(patches.labels, prob, plots_dir, bundle.threshold)
+    return report
+
+
+#: the out-of-fold predictions a cross-validated bundle carries (written by model.pipeline)
+OOF_FILE = "oof_predictions.parquet"
+
+
+def evaluate_out_of_fold(bundle, plots_dir=None) -> dict:
+    """The bundle's out-of-fold figures, recomputed from the fold predictions it stores: each
+    fold's patients scored by the model that did not train on them, calibrated and thresholded
+    with values fitted on the other folds."""
+    import pandas as pd
+
+    from .crossval import cross_fitted
+
+    if not isinstance(bundle, ModelBundle):
+        bundle = load_bundle(bundle)
+    if OOF_FILE not in bundle.meta.get("files", {}):
+        raise BundleError(f"{bundle.path}: holds no out-of-fold predictions (trained without --folds)")
+    oof = pd.read_parquet(bundle.file(OOF_FILE))
+    report = out_of_fold_report(oof, bundle.context_weight, per_patient=True)
+    prob, thr, _ = cross_fitted(oof, bundle.context_weight)
+    report.update(model=bundle.version, backend="stored out-of-fold predictions",
+                  reliability=reliability_bins(prob, oof["label"].to_numpy()))
+    if plots_dir is not None:
+        report["plots"] = write_plots(oof["label"].to_numpy(), prob, plots_dir, thr)
     return report
 
 
@@ -58,7 +88,7 @@ def _axes(title: str, xlabel: str, ylabel: str) -> np.ndarray:
     return img
 
 
-def roc_plot(labels, prob, threshold: float) -> np.ndarray:
+def roc_plot(labels, prob, threshold) -> np.ndarray:
     """ROC curve (BGR image) with the operating point of ``threshold`` marked."""
     fpr, tpr, _ = roc_curve(labels, prob)
     img = _axes(f"ROC curve, AUC {auc(fpr, tpr):.4f}", "false positive rate", "true positive rate")
@@ -68,7 +98,8 @@ def roc_plot(labels, prob, threshold: float) -> np.ndarray:
     y = np.asarray(labels).astype(bool)
     op = (float((pred & ~y).sum() / max((~y).sum(), 1)), float((pred & y).sum() / max(y.sum(), 1)))
     cv2.circle(img, _to_px(*op), 6, _RED, -1, cv2.LINE_AA)
-    cv2.putText(img, f"threshold {threshold:.3f}", (_to_px(*op)[0] + 10, _to_px(*op)[1] + 18),
+    label = f"threshold {threshold:.3f}" if np.ndim(threshold) == 0 else "thresholds of each fold"
+    cv2.putText(img, label, (_to_px(*op)[0] + 10, _to_px(*op)[1] + 18),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.45, _RED, 1, cv2.LINE_AA)
     return img
 
@@ -86,7 +117,7 @@ def reliability_plot(labels, prob) -> np.ndarray:
     return img
 
 
-def write_plots(labels, prob, plots_dir, threshold: float) -> dict:
+def write_plots(labels, prob, plots_dir, threshold) -> dict:
     """Write roc.png and reliability.png into ``plots_dir``; returns their paths."""
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)

@@ -33,16 +33,16 @@ def reliability_bins(prob: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS)
     return out
 
 
-def classification_metrics(labels: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
-    """All metrics at ``threshold`` (IDC when prob >= threshold). Ranking metrics are None when
-    the labels hold a single class."""
+def classification_metrics(labels: np.ndarray, prob: np.ndarray, threshold) -> dict:
+    """All metrics at ``threshold`` (IDC when prob >= threshold; a float, or one per patch). Ranking
+    metrics are None when the labels hold a single class."""
     y = np.asarray(labels).astype(int)
     pred = (np.asarray(prob) >= threshold).astype(int)
     both = len(np.unique(y)) == 2
     tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
     return {
         "n_patches": int(len(y)), "n_idc": int(y.sum()),
-        "threshold": float(threshold),
+        "threshold": float(threshold) if np.ndim(threshold) == 0 else None,  # None: one per patch
         "accuracy": float(accuracy_score(y, pred)),
         "sensitivity": float(recall_score(y, pred, zero_division=0)) if y.any() else None,
         "specificity": float(recall_score(1 - y, 1 - pred, zero_division=0)) if (1 - y).any() else None,

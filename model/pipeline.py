@@ -1,24 +1,30 @@
 """From data folders to a verified bundle: train (Ray Train), calibrate, evaluate, export, hash."""
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from slide_tiling import KAGGLE_MPP, PATCH_SIZE
 
 from . import data as datalib
 from .architectures import TRAINING, build, flops_per_patch
 from .bundle import KERAS_FILE, ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_bundle, write_manifest
-from .calibration import calibrate, prior_offset
+from .calibration import THRESHOLD_RULE, calibrate, nll, prior_offset
+from .crossval import assign_folds, context_logits, fit_calibration, out_of_fold_report
+from .evaluate import OOF_FILE
 from .metrics import classification_metrics
-from .scoring import CONTEXT_SELF_WEIGHT, calibrated_probability, mix_neighbours, scoring_function, with_context
-from .train import STATE_FILE, TrainConfig, fit, prepare
+from .scoring import (CONTEXT_SELF_WEIGHT, calibrated_probability, idc_logit, mix_neighbours, scoring_function,
+                      sigmoid, with_context)
+from .train import STATE_FILE, TrainConfig, fit, latest_checkpoint, prepare
 
 #: int8 is offered only if its validation ROC AUC is within this of the fp32 ONNX model's
 INT8_MAX_AUC_DROP = 0.005
@@ -75,9 +81,46 @@ def _int8_backend(folder: Path, train, val, final, fp32_auc: float, seed: int) -
     return spec
 
 
-def write_bundle(out_dir, model, cfg: TrainConfig, train, val, state: dict, fingerprint: str) -> ModelBundle:
-    """Calibrate on the validation patients, export, check backends and write a verified bundle."""
+@dataclass
+class Calibrated:
+    """How a bundle turns its network's output into the final IDC probability and call, and the
+    figures that back it: fitted on validation patients, or cross-fitted out of fold."""
+
+    temperature: float
+    offset: float
+    threshold: float
+    calibration: dict  # method, NLL before/after, what it was fitted on
+    threshold_rule: str
+    metrics_key: str  # "validation_metrics" or "out_of_fold_metrics"
+    metrics: dict
+    check: datalib.PatchSet  # patches the exported backends are checked on
+
+
+def calibrate_on_validation(model, cfg: TrainConfig, train, val) -> Calibrated:
+    """Temperature and threshold fitted on the validation patients, metrics on them too."""
     from sklearn.metrics import average_precision_score, roc_auc_score
+
+    val_probs = _predict(scoring_function(model, cfg.normalisation), val.images)
+    offset = prior_offset(datalib.class_weights(train.labels)) if cfg.imbalance != "none" else 0.0
+    cal = calibrate(val_probs, val.labels, offset,
+                    context=lambda z: mix_neighbours(z, *val.grid, CONTEXT_SELF_WEIGHT))
+    prob = with_context(calibrated_probability(val_probs, cal["temperature"], offset), *val.grid,
+                        CONTEXT_SELF_WEIGHT)
+    metrics = classification_metrics(val.labels, prob, cal["threshold"])
+    metrics["n_patients"] = len(cfg.split["validation"])
+    patch_only = calibrated_probability(val_probs, cal["temperature"], offset)
+    metrics["patch_only"] = {"roc_auc": float(roc_auc_score(val.labels, patch_only)),
+                             "pr_auc": float(average_precision_score(val.labels, patch_only))}
+    return Calibrated(cal["temperature"], offset, cal["threshold"],
+                      {k: cal[k] for k in ("method", "nll_before", "nll_after")}
+                      | {"fitted_on": "validation patients"},
+                      cal["threshold_rule"], "validation_metrics", metrics, val)
+
+
+def write_bundle(out_dir, model, cfg: TrainConfig, train, cal: Calibrated, state: dict, fingerprint: str,
+                 extra_files: dict[str, bytes] | None = None) -> ModelBundle:
+    """Export, check the backends and write a verified bundle (``extra_files``: name -> bytes)."""
+    from sklearn.metrics import roc_auc_score
 
     from .export import export_onnx
 
@@ -85,33 +128,26 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, val, state: dict, fing
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    for name, data in (extra_files or {}).items():
+        (tmp / name).write_bytes(data)
 
+    check = cal.check
     score = scoring_function(model, cfg.normalisation)
-    val_probs = _predict(score, val.images)
-    offset = prior_offset(datalib.class_weights(train.labels)) if cfg.imbalance != "none" else 0.0
-    cal = calibrate(val_probs, val.labels, offset,
-                    context=lambda z: mix_neighbours(z, *val.grid, CONTEXT_SELF_WEIGHT))
 
     def final(probs):  # what scoring does: calibrate each patch, then mix in its neighbours
-        return with_context(calibrated_probability(probs, cal["temperature"], offset), *val.grid,
+        return with_context(calibrated_probability(probs, cal.temperature, cal.offset), *check.grid,
                             CONTEXT_SELF_WEIGHT)
 
-    prob = final(val_probs)
-    metrics = classification_metrics(val.labels, prob, cal["threshold"])
-    metrics["n_patients"] = len(cfg.split["validation"])
-    patch_only = calibrated_probability(val_probs, cal["temperature"], offset)
-    metrics["patch_only"] = {"roc_auc": float(roc_auc_score(val.labels, patch_only)),
-                             "pr_auc": float(average_precision_score(val.labels, patch_only))}
-
+    prob = final(_predict(score, check.images))
     model.save(tmp / KERAS_FILE)
     export_onnx(score, tmp / ONNX_FILE)
-    onnx_prob = final(_onnx_probs(tmp / ONNX_FILE, val.images))
+    onnx_prob = final(_onnx_probs(tmp / ONNX_FILE, check.images))
     fp32_diff = float(np.abs(onnx_prob - prob).max())
-    fp32_auc = float(roc_auc_score(val.labels, onnx_prob))
+    fp32_auc = float(roc_auc_score(check.labels, onnx_prob))
     backends = {"onnx": {"file": ONNX_FILE, "precision": "fp32", "offered": True,
-                         "max_abs_diff_vs_keras_on_validation": fp32_diff},
+                         "max_abs_diff_vs_keras_on_check_set": fp32_diff},
                 "keras": {"file": KERAS_FILE, "precision": "fp32", "offered": True},
-                "onnx-int8": _int8_backend(tmp, train, val, final, fp32_auc, cfg.seed)}
+                "onnx-int8": _int8_backend(tmp, train, check, final, fp32_auc, cfg.seed)}
 
     meta = {
         "name": out_dir.name,
@@ -123,17 +159,16 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, val, state: dict, fing
                   "target_mpp": KAGGLE_MPP,
                   "partial_patches": "padded with white (255) at right/bottom to 50x50"},
         "normalisation": cfg.normalisation,
-        "calibration": {k: cal[k] for k in ("method", "temperature", "logit_offset", "nll_before", "nll_after")}
-        | {"fitted_on": "validation patients"},
+        "calibration": cal.calibration | {"temperature": cal.temperature, "logit_offset": cal.offset},
         "context": {"self_weight": CONTEXT_SELF_WEIGHT,
                     "rule": "final logit = self_weight x the patch's calibrated logit + (1 - self_weight) x "
                             "the mean calibrated logit of its scored 8-connected grid neighbours (same "
                             "slide); unchanged without neighbours"},
-        "threshold": {"value": cal["threshold"], "rule": cal["threshold_rule"]},
+        "threshold": {"value": cal.threshold, "rule": cal.threshold_rule},
         "split": cfg.split,
-        "validation_metrics": metrics,
+        cal.metrics_key: cal.metrics,
         "training": {"data_fingerprint": fingerprint, "data_dirs": [str(d) for d in cfg.data_dirs],
-                     "n_train_patches": len(train), "n_validation_patches": len(val),
+                     "n_train_patches": len(train), "n_validation_patches": len(check) if cfg.split["validation"] else 0,
                      "optimizer": {"name": "Adam", **TRAINING[cfg.arch]},
                      "config": {k: v for k, v in asdict(cfg).items()
                                 if k not in ("split", "normalisation", "resume_from", "data_dirs")},
@@ -164,4 +199,92 @@ def train_bundle(cfg: TrainConfig, out_dir, run_dir, resume: bool = False, ray_a
                          f"not {cfg.arch} width {cfg.width}")
     model = build(cfg.arch, cfg.width)
     model.load_weights(ckpt / "best.weights.h5")
-    return write_bundle(out_dir, model, cfg, train, val, state, datalib.fingerprint(cfg.data_dirs))
+    return write_bundle(out_dir, model, cfg, train, calibrate_on_validation(model, cfg, train, val), state,
+                        datalib.fingerprint(cfg.data_dirs))
+
+
+# --- patient-level cross-validation -------------------------------------------------------------
+
+FOLD_MODEL, FOLD_INFO, FOLD_OOF = "model.keras", "fold.json", "oof.parquet"
+
+
+def _fixed_epochs_config(cfg: TrainConfig, train_patients, rule: str, images: np.ndarray) -> TrainConfig:
+    """``cfg`` for a run on ``train_patients`` with nothing held out (the last epoch is the model)."""
+    return replace(cfg, split={"rule": rule, "train": sorted(train_patients), "validation": []},
+                   normalisation={"input": "RGB uint8, 50x50, white-padded partial patches",
+                                  "formula": "(x - mean) / std per channel", **datalib.channel_stats(images)})
+
+
+def _fit_fixed(cfg: TrainConfig, run_dir: Path, ray_address) -> tuple:
+    """Train (or finish) a fixed-epoch run in ``run_dir``; (model, state)."""
+    ckpt = fit(cfg, run_dir, resume=latest_checkpoint(run_dir) is not None, ray_address=ray_address)
+    model = build(cfg.arch, cfg.width)
+    model.load_weights(ckpt / "best.weights.h5")
+    return model, json.loads((ckpt / STATE_FILE).read_text())
+
+
+def _offset(cfg: TrainConfig, labels) -> float:
+    return prior_offset(datalib.class_weights(labels)) if cfg.imbalance != "none" else 0.0
+
+
+def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_dir, ray_address=None) -> pd.DataFrame:
+    """Train fold ``fold``'s model on the other folds' patients and score its own: its rows of the
+    out-of-fold table. Kept in ``run_dir/fold-N/`` (model, info, scores), so a re-run resumes."""
+    fold_dir = Path(run_dir) / f"fold-{fold}"
+    if (fold_dir / FOLD_OOF).exists():
+        return pd.read_parquet(fold_dir / FOLD_OOF)
+    k = max(folds.values()) + 1
+    held_out = sorted(p for p, f in folds.items() if f == fold)
+    train, test = datalib.apply_split(patches, {"train": sorted(set(folds) - set(held_out)), "validation": held_out})
+    fcfg = _fixed_epochs_config(cfg, set(folds) - set(held_out), f"cross-validation fold {fold} of {k}: "
+                                "trained on the other folds' patients", train.images)
+    model, state = _fit_fixed(fcfg, fold_dir / "ray", ray_address)
+    offset = _offset(cfg, train.labels)
+    logit = idc_logit(_predict(scoring_function(model, fcfg.normalisation), test.images)) - offset
+    model.save(fold_dir / FOLD_MODEL)
+    (fold_dir / FOLD_INFO).write_text(json.dumps({"fold": fold, "held_out": held_out, "logit_offset": offset,
+                                                  "normalisation": fcfg.normalisation,
+                                                  "history": state["history"]}, indent=1))
+    oof = pd.DataFrame({"patient_id": test.patient_ids, "source": [Path(s).name for s in test.sources],
+                        "x": test.xy[:, 0], "y": test.xy[:, 1], "label": test.labels.astype(np.int8),
+                        "fold": np.full(len(test), fold, np.int8), "logit": logit.astype(np.float32)})
+    tmp = fold_dir / f".{FOLD_OOF}.tmp"
+    oof.to_parquet(tmp, index=False)
+    os.replace(tmp, fold_dir / FOLD_OOF)
+    return oof
+
+
+def cross_validate(cfg: TrainConfig, k: int, run_dir, ray_address=None, patches=None) -> tuple[pd.DataFrame, dict]:
+    """(out-of-fold table, patient -> fold) of a k-fold patient-level cross-validation."""
+    if patches is None:
+        patches = datalib.load_patches_cached(cfg.data_dirs, cfg.cache_dir, limit_per_patient=cfg.limit_per_patient)
+    folds = assign_folds(patches.patient_ids, patches.sources, patches.labels, k)
+    oof = pd.concat([train_fold(cfg, patches, folds, f, run_dir, ray_address) for f in range(k)],
+                    ignore_index=True)
+    return oof, folds
+
+
+def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_address=None) -> ModelBundle:
+    """The k fold models give the out-of-fold figures and the calibration (temperature and
+    threshold fitted on all their out-of-fold scores); the bundle's network is then trained the
+    same way on every patient."""
+    run_dir = Path(run_dir).resolve()
+    patches = datalib.load_patches_cached(cfg.data_dirs, cfg.cache_dir, limit_per_patient=cfg.limit_per_patient)
+    oof, folds = cross_validate(cfg, k, run_dir, ray_address, patches)
+    report = out_of_fold_report(oof)
+    z, y = context_logits(oof), oof["label"].to_numpy()
+    temperature, threshold = fit_calibration(z, y)
+    fcfg = _fixed_epochs_config(cfg, set(folds), "every patient (cross-validated protocol, nothing held out)",
+                                patches.images)
+    fcfg.split["folds"] = {p: int(f) for p, f in sorted(folds.items())}
+    model, state = _fit_fixed(fcfg, run_dir / "final", ray_address)
+    calibration = {"method": "prior correction + temperature scaling",
+                   "fitted_on": f"out-of-fold scores of the {k} fold models (all {len(folds)} patients)",
+                   "nll_before": nll(sigmoid(z), y), "nll_after": nll(sigmoid(z / temperature), y)}
+    cal = Calibrated(temperature, _offset(cfg, patches.labels), threshold, calibration,
+                     THRESHOLD_RULE.replace("the validation patients", "all out-of-fold scores"),
+                     "out_of_fold_metrics", report, patches)
+    buf = io.BytesIO()
+    oof.to_parquet(buf, index=False)
+    return write_bundle(out_dir, model, fcfg, patches, cal, state, datalib.fingerprint(cfg.data_dirs),
+                        extra_files={OOF_FILE: buf.getvalue()})

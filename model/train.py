@@ -34,7 +34,8 @@ class TrainConfig:
     global_batch_size: int = 64
     patience: int = 4  # epochs without a better validation AUC before stopping
     imbalance: str = "weights"  # "weights" (class weights), "sampling" (balanced) or "none"
-    colour_strength: float = 1.0  # scales the colour/stain jitter ranges of the augmentation
+    colour_strength: float = 1.0  # scales the colour jitter ranges of the augmentation
+    stain_strength: float = 0.0  # scales the HED (stain space) jitter and gamma; 0: off
     num_workers: int = 1
     cpus: int = 2  # threads shared by the workers
     seed: int = 0
@@ -133,7 +134,8 @@ def train_loop_per_worker(config: dict):
             print(f"[train] resumed from {resume_dir} after epoch {state['epoch'] + 1}", flush=True)
 
     def replica_step(x, y, w):
-        x = normalise(augment(tf.cast(x, tf.float32), cfg.colour_strength), cfg.normalisation)
+        x = normalise(augment(tf.cast(x, tf.float32), cfg.colour_strength, cfg.stain_strength),
+                      cfg.normalisation)
         with tf.GradientTape() as tape:
             per_patch = loss_fn(y, model(x, training=True)) * w
             loss = tf.nn.compute_average_loss(per_patch, global_batch_size=cfg.global_batch_size)
@@ -172,23 +174,26 @@ def train_loop_per_worker(config: dict):
         if world > 1:
             average_statistics()
         seconds = time.perf_counter() - t0
-        scores = np.concatenate([predict(val.images[i:i + 512]).numpy()
-                                 for i in range(0, len(val), 512)])
-        auc = float(roc_auc_score(val.labels, scores)) if len(set(val.labels.tolist())) == 2 else float("nan")
-        improved = auc > state["best_auc"] + 1e-4
+        if len(val):
+            scores = np.concatenate([predict(val.images[i:i + 512]).numpy()
+                                     for i in range(0, len(val), 512)])
+            auc = float(roc_auc_score(val.labels, scores)) if len(set(val.labels.tolist())) == 2 else float("nan")
+            improved = auc > state["best_auc"] + 1e-4
+        else:  # a fixed number of epochs, nothing held out: the last epoch is the model
+            auc, improved = None, True
         state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
         if improved:
-            state.update(best_auc=auc, best_epoch=epoch)
+            state.update(best_auc=auc if auc is not None else state["best_auc"], best_epoch=epoch)
         metrics = {"epoch": epoch + 1, "loss": total / steps, "val_auc": auc,
                    "patches_per_s": steps * cfg.global_batch_size / seconds, "epoch_s": seconds,
                    "lr": learning_rate(cfg, epoch), "best_val_auc": state["best_auc"],
                    "best_epoch": state["best_epoch"] + 1}
         state["history"].append(metrics)
         if rank == 0:
+            val_text = (f"val_auc {auc:.4f} (best {state['best_auc']:.4f} @ {state['best_epoch'] + 1}) "
+                        if auc is not None else "")
             print(f"[train] {cfg.arch} epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
-                  f"val_auc {auc:.4f} {metrics['patches_per_s']:.0f} patches/s "
-                  f"({seconds:.0f} s, best {state['best_auc']:.4f} @ {state['best_epoch'] + 1})",
-                  flush=True)
+                  f"{val_text}{metrics['patches_per_s']:.0f} patches/s ({seconds:.0f} s)", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
                 best_weights = _save_checkpoint(Path(tmp), model, optimizer, state,
                                                 None if improved else best_weights)

@@ -71,8 +71,8 @@ def make_slide(job_dir: Path, patient_id: str, slide_id: str, seed: int, blob_rc
         blob[r0 + 1, c0 + 2] = False          # a hole
         prob_grid[blob] = rng.uniform(0.6, 0.99, blob.sum())
     if edge_blob:                             # IDC in the partial last column: clipped polygons
-        tissue[11:14, COLS - 1] = True
-        prob_grid[11:14, COLS - 1] = 0.9
+        tissue[8:14, COLS - 1] = True             # 6 patches: above the default minimum area
+        prob_grid[8:14, COLS - 1] = 0.9
     row, col = np.nonzero(tissue)
     prob = prob_grid[row, col]
     spec = {"target_mpp": TARGET_MPP, "batch_size": 64}
@@ -123,8 +123,22 @@ def _rows(job_dir):
     return pq.read_table(job_dir / "summaries.parquet").to_pylist()
 
 
-def _expected_stats(prob: np.ndarray) -> dict:
-    idc = int((prob >= THRESHOLD).sum())
+def _expected_idc(slide: FakeSlide) -> int:
+    """Patches at or above the threshold in 8-connected groups reaching the slide's minimum area
+    (scipy's labelling, not the code under test)."""
+    from scipy import ndimage
+
+    grid = np.zeros((ROWS, COLS), bool)
+    grid[slide.row, slide.col] = slide.prob >= THRESHOLD
+    labels, _ = ndimage.label(grid, structure=np.ones((3, 3)))
+    sizes = np.bincount(labels.ravel())
+    min_area = slide.meta.job_spec.get("min_idc_area_mm2", 0.2)
+    big = sizes * PATCH_MM2 >= min_area - 1e-9
+    big[0] = False
+    return int(big[labels].sum())
+
+
+def _expected_stats(prob: np.ndarray, idc: int) -> dict:
     return {"tissue_patches": prob.size, "idc_patches": idc, "idc_fraction": idc / prob.size,
             "idc_area_mm2": idc * PATCH_MM2, "mean_prob": float(prob.astype(np.float64).mean()),
             "max_prob": float(prob.max()), "p95_prob": float(np.percentile(prob.astype(np.float64), 95))}
@@ -146,13 +160,15 @@ def test_slide_rows_match_numpy(job):
     job_dir, slides, _ = job
     rows = {(r["patient_id"], r["slide_id"]): r for r in _rows(job_dir) if r["level"] == "slide"}
     for key, slide in slides.items():
-        row, expected = rows[key], _expected_stats(slide.prob)
+        row, expected = rows[key], _expected_stats(slide.prob, _expected_idc(slide))
         assert row["patches"] == COLS * ROWS and row["slides"] == 1 and row["status"] == "done"
         for name, value in expected.items():
             assert row[name] == pytest.approx(value, rel=1e-6), (key, name)
     assert patch_area_mm2(slides[("P-A", "A1")].meta) == pytest.approx(0.04)
-    # A1: 19 IDC patches = 0.76 mm² >= 0.2 -> IDC; A2: none; B1: 0.76 mm² < its job's 5 mm² minimum
-    assert rows[("P-A", "A1")]["idc_patches"] == 19
+    # A1: 19 IDC patches = 0.76 mm² >= 0.2 -> IDC; A2: none; B1: its 0.76 mm² region is below its
+    # job's 5 mm² minimum, so it is no region and counts no IDC patch
+    assert rows[("P-A", "A1")]["idc_patches"] == 19 and rows[("P-B", "B1")]["idc_patches"] == 0
+    assert rows[("P-B", "B1")]["max_prob"] >= 0.6
     assert [rows[k]["call"] for k in [("P-A", "A1"), ("P-A", "A2"), ("P-B", "B1")]] == ["IDC", "no IDC", "no IDC"]
 
 
@@ -160,7 +176,8 @@ def test_patient_row_aggregates_its_slides(job):
     job_dir, slides, _ = job
     patient = next(r for r in _rows(job_dir) if r["level"] == "patient" and r["patient_id"] == "P-A")
     both = np.concatenate([slides[("P-A", "A1")].prob, slides[("P-A", "A2")].prob])
-    for name, value in _expected_stats(both).items():
+    idc = sum(_expected_idc(slides[("P-A", s)]) for s in ("A1", "A2"))
+    for name, value in _expected_stats(both, idc).items():
         assert patient[name] == pytest.approx(value, rel=1e-6), name
     assert (patient["slides"], patient["patches"], patient["call"], patient["status"], patient["error"]) == \
         (2, 2 * COLS * ROWS, "IDC", "done", None)
@@ -248,6 +265,7 @@ def test_geojson_regions_are_closed_inside_the_slide_and_sized_right(job):
                 assert (a[:, 0] >= 0).all() and (a[:, 0] <= WIDTH0).all()
                 assert (a[:, 1] >= 0).all() and (a[:, 1] <= HEIGHT0).all()
     assert _geojson(job_dir, "P-A", "A2")["features"] == []
+    assert _geojson(job_dir, "P-B", "B1")["features"] == []   # its one region is below the minimum area
     (blob,) = _geojson(job_dir, "P-A", "A1")["features"]
     shell, *holes = blob["geometry"]["coordinates"]
     assert len(holes) == 1

@@ -1,0 +1,162 @@
+"""Patient-level k-fold cross-validation: fold assignment, out-of-fold calibration and metrics.
+
+Pure numpy/pandas (no training here; :mod:`model.pipeline` trains the folds). The out-of-fold
+table has one row per patch: ``patient_id, source, x, y, label, fold, logit``, where ``logit`` is
+the fold model's IDC logit with its class-weight prior removed, i.e. what that model says about a
+patient it never saw.
+
+Cross-fitted calibration keeps every figure held out: fold k's temperature and threshold are fitted
+on the out-of-fold scores of the *other* folds (patients that fold k's model trained on, scored by
+models that did not), so nothing about fold k's patients is chosen on them. The shipped bundle's
+temperature and threshold are fitted the same way on all folds' out-of-fold scores together.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from slide_tiling import PATCH_SIZE
+
+from .calibration import choose_threshold, fit_temperature
+from .metrics import classification_metrics, expected_calibration_error
+from .scoring import CONTEXT_SELF_WEIGHT, mix_neighbours, sigmoid
+
+FOLD_SALT = "idcmap-cv-v1"
+OOF_COLUMNS = ["patient_id", "source", "x", "y", "label", "fold", "logit"]
+#: a patient enters the per-patient figures when it has at least this many patches of each class
+PER_PATIENT_MIN = 10
+BOOTSTRAP = 1000
+
+
+def _rank(patient_id: str) -> str:
+    return hashlib.sha256(f"{FOLD_SALT}:{patient_id}".encode()).hexdigest()
+
+
+def assign_folds(patient_ids, sources, labels, k: int = 3) -> dict[str, int]:
+    """Patient -> fold in 0..k-1, balanced by data folder and IDC prevalence, deterministic.
+
+    Within each data folder, patients are ordered by IDC prevalence (ties by a hash of the id) and
+    dealt out in blocks of k, each block in a hash-chosen order of the folds: every fold gets about
+    the same number of patients of each folder across the whole range of prevalence.
+    """
+    if k < 2:
+        raise ValueError(f"cross-validation needs k >= 2 folds, not {k}")
+    df = pd.DataFrame({"patient_id": np.asarray(patient_ids), "source": np.asarray(sources),
+                       "label": np.asarray(labels, np.float64)})
+    folds: dict[str, int] = {}
+    for source, group in df.groupby("source", sort=True):
+        prevalence = group.groupby("patient_id")["label"].mean()
+        if len(prevalence) < k:
+            raise ValueError(f"{source}: {len(prevalence)} patients cannot fill {k} folds")
+        ordered = sorted(prevalence.index, key=lambda p: (prevalence[p], _rank(p)))
+        for start in range(0, len(ordered), k):
+            block = ordered[start:start + k]
+            order = sorted(range(k), key=lambda f: _rank(f"{source}:{start}:{f}"))
+            for patient, fold in zip(block, order):
+                folds[patient] = fold
+    return folds
+
+
+def context_logits(oof: pd.DataFrame, self_weight: float = CONTEXT_SELF_WEIGHT) -> np.ndarray:
+    """Each patch's logit mixed with its scored neighbours' on its patient's 50-px grid."""
+    return mix_neighbours(oof["logit"].to_numpy(), oof["y"].to_numpy() // PATCH_SIZE,
+                          oof["x"].to_numpy() // PATCH_SIZE, oof["patient_id"].to_numpy(), self_weight)
+
+
+def fit_calibration(z: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(temperature, threshold) fitted on final logits ``z``: see :mod:`model.calibration`."""
+    t = fit_temperature(z, labels)
+    return t, choose_threshold(sigmoid(z / t), labels)
+
+
+def cross_fitted(oof: pd.DataFrame, self_weight: float = CONTEXT_SELF_WEIGHT) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(probability, threshold per patch, per-fold {temperature, threshold}) with every fold
+    calibrated on the other folds only."""
+    z = context_logits(oof, self_weight)
+    y, fold = oof["label"].to_numpy(), oof["fold"].to_numpy()
+    prob, thr, per_fold = np.zeros(len(z), np.float32), np.zeros(len(z)), {}
+    for f in np.unique(fold):
+        mine = fold == f
+        t, threshold = fit_calibration(z[~mine], y[~mine])
+        prob[mine], thr[mine] = sigmoid(z[mine] / t), threshold
+        per_fold[int(f)] = {"temperature": t, "threshold": threshold, "n_patches": int(mine.sum()),
+                            "n_patients": int(oof.loc[mine, "patient_id"].nunique())}
+    return prob, thr, per_fold
+
+
+def per_patient_table(labels, prob, thr, patient_ids) -> pd.DataFrame:
+    """One row per patient: patches, IDC patches, ROC AUC, sensitivity, specificity, balanced
+    accuracy (None where a class is missing)."""
+    df = pd.DataFrame({"p": np.asarray(patient_ids), "y": np.asarray(labels).astype(int),
+                       "prob": prob, "call": np.asarray(prob) >= thr})
+    rows = []
+    for p, g in df.groupby("p", sort=True):
+        n1, n0 = int(g.y.sum()), int((1 - g.y).sum())
+        sens = float(g.call[g.y == 1].mean()) if n1 else None
+        spec = float(1 - g.call[g.y == 0].mean()) if n0 else None
+        rows.append({"patient_id": p, "patches": len(g), "idc_patches": n1,
+                     "roc_auc": float(roc_auc_score(g.y, g.prob)) if n1 and n0 else None,
+                     "sensitivity": sens, "specificity": spec,
+                     "balanced_accuracy": (sens + spec) / 2 if n1 and n0 else None})
+    return pd.DataFrame(rows)
+
+
+def spread(table: pd.DataFrame, min_per_class: int = PER_PATIENT_MIN) -> dict:
+    """Median and worst tenth (10th percentile) of the per-patient figures, over patients with at
+    least ``min_per_class`` patches of each class."""
+    big = table[(table.idc_patches >= min_per_class) & (table.patches - table.idc_patches >= min_per_class)]
+    out = {"n_patients": int(len(big)), "rule": f">= {min_per_class} patches of each class"}
+    for key in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity"):
+        v = big[key].astype(float).to_numpy()
+        out[key] = {"median": float(np.median(v)), "worst_tenth": float(np.percentile(v, 10)),
+                    "min": float(v.min())} if len(v) else None
+    return out
+
+
+def bootstrap_intervals(labels, prob, thr, patient_ids, n: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """95 % intervals of the pooled figures, resampling whole patients with replacement."""
+    labels, prob, thr = np.asarray(labels).astype(int), np.asarray(prob), np.asarray(thr)
+    _, inverse = np.unique(np.asarray(patient_ids), return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(inverse.max() + 1)]
+    rng = np.random.default_rng(seed)
+    samples = {k: [] for k in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")}
+    for _ in range(n):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        y, p, call = labels[idx], prob[idx], prob[idx] >= thr[idx]
+        if y.min() == y.max():
+            continue
+        sens, spec = call[y == 1].mean(), 1 - call[y == 0].mean()
+        samples["roc_auc"].append(roc_auc_score(y, p))
+        samples["sensitivity"].append(sens)
+        samples["specificity"].append(spec)
+        samples["balanced_accuracy"].append((sens + spec) / 2)
+        samples["ece"].append(expected_calibration_error(p, y))
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in samples.items()}
+
+
+def out_of_fold_report(oof: pd.DataFrame, self_weight: float = CONTEXT_SELF_WEIGHT,
+                       bootstrap: int = BOOTSTRAP, per_patient: bool = False) -> dict:
+    """Everything the bundle stores about its out-of-fold figures (JSON-ready); ``per_patient``
+    adds every patient's metrics (as ``idcmap evaluate`` reports them)."""
+    prob, thr, per_fold = cross_fitted(oof, self_weight)
+    y, patients = oof["label"].to_numpy(), oof["patient_id"].to_numpy()
+    report = classification_metrics(y, prob, thr)
+    table = per_patient_table(y, prob, thr, patients)
+    if per_patient:
+        report["per_patient"] = {str(p): classification_metrics(y[m], prob[m], thr[m])
+                                 for p in sorted(set(patients.tolist())) for m in [patients == p]}
+    report.update(
+        kind="out-of-fold",
+        n_patients=int(len(table)),
+        n_folds=len(per_fold),
+        folds=per_fold,
+        patch_only_roc_auc=float(roc_auc_score(y, oof["logit"])),
+        per_patient_spread=spread(table),
+        intervals_95=bootstrap_intervals(y, prob, thr, patients, bootstrap),
+        by_source={str(s): classification_metrics(y[m], prob[m], thr[m])
+                   for s in sorted(oof["source"].unique()) for m in [oof["source"].to_numpy() == s]},
+    )
+    return report

@@ -1,0 +1,149 @@
+"""Cross-validation without training: folds, cross-fitted calibration, out-of-fold figures; and
+the stain-space augmentation and re-staining they are measured under."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from model.crossval import assign_folds, cross_fitted, out_of_fold_report
+from model.stain import HED_FROM_RGB, RGB_FROM_HED, macenko, optical_density, restain, transfer
+
+
+def _patients(n_sources=(30, 12), seed=0):
+    """Patch-level arrays of synthetic patients: id, source, label (prevalence varies by patient)."""
+    rng = np.random.default_rng(seed)
+    ids, sources, labels = [], [], []
+    for s, n in enumerate(n_sources):
+        for i in range(n):
+            m, prevalence = int(rng.integers(3, 60)), rng.uniform(0, 0.8)
+            ids += [f"s{s}p{i}"] * m
+            sources += [f"src{s}"] * m
+            labels += (rng.random(m) < prevalence).astype(int).tolist()
+    return np.array(ids), np.array(sources), np.array(labels)
+
+
+# --- folds ---------------------------------------------------------------------------------------
+def test_folds_split_patients_not_patches_balanced_by_source_and_prevalence():
+    ids, sources, labels = _patients()
+    folds = assign_folds(ids, sources, labels, k=3)
+    assert set(folds) == set(ids.tolist()) and set(folds.values()) == {0, 1, 2}
+    assert folds == assign_folds(ids, sources, labels, k=3)  # deterministic
+    df = pd.DataFrame({"p": ids, "s": sources, "y": labels}).groupby("p").agg(s=("s", "first"), y=("y", "mean"))
+    df["fold"] = [folds[p] for p in df.index]
+    for _, g in df.groupby("s"):
+        counts = np.bincount(g.fold, minlength=3)
+        assert counts.max() - counts.min() <= 1  # each source spread evenly
+        # patients of neighbouring prevalence land in different folds (blocks of k)
+        assert all(len(set(b)) == len(b) for b in np.array_split(g.sort_values("y").fold.to_numpy(),
+                                                                   range(3, len(g), 3)))
+
+
+def test_folds_refuse_too_few_patients():
+    with pytest.raises(ValueError, match="cannot fill 3 folds"):
+        assign_folds(np.array(["a", "b"]), np.array(["s", "s"]), np.array([0, 1]), k=3)
+
+
+# --- cross-fitted calibration --------------------------------------------------------------------
+def _oof(seed=0, n_patients=30):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        shift = rng.normal(0, 0.7)  # patient-level shift the model does not know
+        for i in range(40):
+            y = int(rng.random() < 0.3)
+            rows.append((f"p{p}", "src", 50 * (i % 8), 50 * (i // 8), y, p % 3,
+                         2.5 * y - 1.2 + shift + rng.normal(0, 1.2)))
+    return pd.DataFrame(rows, columns=["patient_id", "source", "x", "y", "label", "fold", "logit"])
+
+
+def test_each_fold_is_calibrated_without_its_own_patients():
+    oof = _oof()
+    _, _, per_fold = cross_fitted(oof)
+    changed = oof.copy()
+    mine = changed.fold == 0
+    changed.loc[mine, "logit"] = changed.loc[mine, "logit"] * 3 + 5  # fold 0's scores change wildly
+    changed.loc[mine, "label"] = 1 - changed.loc[mine, "label"]
+    _, _, after = cross_fitted(changed)
+    assert after[0]["temperature"] == per_fold[0]["temperature"]
+    assert after[0]["threshold"] == per_fold[0]["threshold"]
+    assert after[1]["temperature"] != per_fold[1]["temperature"]  # the others did use fold 0
+
+
+def test_out_of_fold_report_pooled_per_patient_and_intervals():
+    oof = _oof()
+    r = out_of_fold_report(oof, bootstrap=200, per_patient=True)
+    prob, thr, _ = cross_fitted(oof)
+    y = oof.label.to_numpy()
+    assert r["roc_auc"] == pytest.approx(roc_auc_score(y, prob))
+    call = prob >= thr
+    sens, spec = call[y == 1].mean(), 1 - call[y == 0].mean()
+    assert r["balanced_accuracy"] == pytest.approx((sens + spec) / 2)
+    assert r["n_patients"] == 30 and r["n_folds"] == 3 and r["threshold"] is None
+    for key in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece"):
+        lo, hi = r["intervals_95"][key]
+        assert lo <= r[key] <= hi and lo < hi
+    spread = r["per_patient_spread"]
+    assert spread["n_patients"] == sum(1 for m in r["per_patient"].values()
+                                       if m["n_idc"] >= 10 and m["n_patches"] - m["n_idc"] >= 10)
+    assert spread["roc_auc"]["worst_tenth"] <= spread["roc_auc"]["median"]
+    assert sum(m["n_patches"] for m in r["per_patient"].values()) == len(oof)
+
+
+# --- stain space ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def he_patch():
+    """A synthetic H&E-like image: nuclei (haematoxylin) in eosin stroma, white glass at the top."""
+    rng = np.random.default_rng(3)
+    conc = np.zeros((60, 60, 3))
+    conc[..., 1] = rng.uniform(0.6, 1.2, (60, 60))  # eosin stroma with a little haematoxylin
+    conc[..., 0] = rng.uniform(0.15, 0.3, (60, 60))
+    yy, xx = np.mgrid[0:60, 0:60]
+    for cy, cx in rng.integers(15, 55, (12, 2)):
+        nucleus = ((yy - cy) ** 2 + (xx - cx) ** 2) < 9
+        conc[nucleus, 0], conc[nucleus, 1] = 1.0, 0.1
+    conc[:10] = 0
+    return np.clip(np.rint(256 * np.exp(-(conc @ RGB_FROM_HED)) - 1), 0, 255).astype(np.uint8)
+
+
+def test_restain_is_identity_at_neutral_and_scales_one_stain(he_patch):
+    assert np.array_equal(restain(he_patch), he_patch)
+    np.testing.assert_allclose(RGB_FROM_HED @ HED_FROM_RGB, np.eye(3), atol=1e-12)
+    before = optical_density(he_patch) @ HED_FROM_RGB
+    after = optical_density(restain(he_patch, h_scale=0.6)) @ HED_FROM_RGB
+    tissue = before[..., 0] > 0.3
+    ratio = after[..., 0][tissue] / before[..., 0][tissue]
+    assert np.median(ratio) == pytest.approx(0.6, abs=0.02)
+    np.testing.assert_allclose(after[..., 1][tissue], before[..., 1][tissue], atol=0.02)  # eosin kept
+
+
+def test_hed_jitter_is_identity_at_neutral_and_keeps_geometry(he_patch):
+    import tensorflow as tf
+
+    from model.augment import augment, hed_jitter
+
+    x = tf.constant(np.stack([he_patch[:50, :50], he_patch[10:, 10:]]), tf.float32)
+    np.testing.assert_allclose(hed_jitter(x, 0.0, 0.0).numpy(), x.numpy(), atol=0.01)
+    # a per-pixel colour map: the same draws on a transposed batch give the transposed result
+    tf.random.set_seed(7)
+    a = hed_jitter(x).numpy()
+    tf.random.set_seed(7)
+    b = hed_jitter(tf.transpose(x, [0, 2, 1, 3])).numpy()
+    np.testing.assert_allclose(b, a.transpose(0, 2, 1, 3), atol=1e-3)
+    assert not np.allclose(a, x.numpy(), atol=1.0)  # it does change colours
+    out = augment(x, colour_strength=1.0, stain_strength=1.0).numpy()
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 255
+    # augmentation at zero strengths is the symmetries alone: the same multiset of pixel values
+    plain = augment(x, colour_strength=0.0, stain_strength=0.0).numpy()
+    np.testing.assert_allclose(np.sort(plain.reshape(2, -1), 1), np.sort(x.numpy().reshape(2, -1), 1), atol=1e-3)
+
+
+def test_macenko_finds_the_stains_it_was_given_and_transfer_restores_them(he_patch):
+    sv = macenko(he_patch, min_pixels=100)
+    assert np.dot(sv.h, RGB_FROM_HED[0]) > 0.98 and np.dot(sv.e, RGB_FROM_HED[1]) > 0.98
+    pale = restain(he_patch, h_scale=0.6)
+    back = transfer(pale, macenko(pale, min_pixels=100), sv)
+    tissue = optical_density(he_patch).sum(-1) > 0.3
+    assert np.abs(back.astype(int) - he_patch.astype(int))[tissue].mean() < 3.0
+    assert np.abs(pale.astype(int) - he_patch.astype(int))[tissue].mean() > 10.0
