@@ -4,8 +4,8 @@ Everything is inline: CSS in a ``<style>`` element, each slide's overlay as a do
 URI. All text from the job (ids, errors, spec values) is escaped. The page holds no time of its own
 making: times come from ``job.json``, so rebuilding it from unchanged inputs gives the same bytes.
 
-Sections: the job (id, runs, counts, spec), the model (version, hash, threshold, validation
-metrics), ``<table id="patients">`` sorted by IDC fraction (highest first; failed patients last),
+Sections: the job (id, runs, counts, spec), the model (version, hash, threshold, its
+out-of-fold or validation metrics), ``<table id="patients">`` sorted by IDC fraction (highest first; failed patients last),
 ``<table id="slides">``, ``<table id="failed">`` and each patient's overlays.
 """
 from __future__ import annotations
@@ -155,12 +155,13 @@ def _model_section(job: dict, first_meta) -> str:
              ("Decision threshold", bundle.get("threshold", first_meta.threshold if first_meta else None)),
              ("Minimum IDC area for an IDC call (mm²)",
               min_idc_area_mm2(first_meta) if first_meta else None)]
-    metrics = bundle.get("validation_metrics") or bundle.get("validation") or {}
+    metrics = bundle.get("metrics") or bundle.get("validation_metrics") or {}
+    kind = bundle.get("metrics_kind", "validation")
     metrics_html = ""
     if metrics:
         metric_pairs = [(k, f"{v:.4f}" if isinstance(v, float) else _json_text(v))
                         for k, v in sorted(metrics.items())]
-        metrics_html = f"<h3>Validation metrics</h3>{_kv(metric_pairs)}"
+        metrics_html = f"<h3>{esc(kind.capitalize())} metrics</h3>{_kv(metric_pairs)}"
     return f"<h2>Model</h2>{_kv(pairs)}{metrics_html}"
 
 

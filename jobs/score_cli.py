@@ -116,7 +116,9 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
                         "privacy": privacy,
                         "bundle": {"path": spec.bundle, "sha256": bundle.sha256, "version": bundle.version,
                                    "threshold": bundle.threshold, "architecture": bundle.architecture,
-                                   "validation_metrics": bundle.meta.get("validation_metrics", {})},
+                                   "metrics_kind": bundle.metrics[0],
+                                   "metrics": {k: v for k, v in bundle.metrics[1].items()
+                                               if isinstance(v, (int, float, str))}},
                         "slides": sorted(known.values(), key=lambda s: (s["patient_id"], s["slide_id"])),
                         "runs": job.get("runs", []) + [run]})
             write_job(job_dir, job)

@@ -5,10 +5,10 @@ table has one row per patch: ``patient_id, source, x, y, label, fold, logit``, w
 the fold model's IDC logit with its class-weight prior removed, i.e. what that model says about a
 patient it never saw.
 
-Cross-fitted calibration keeps every figure held out: fold k's temperature and threshold are fitted
-on the out-of-fold scores of the *other* folds (patients that fold k's model trained on, scored by
-models that did not), so nothing about fold k's patients is chosen on them. The shipped bundle's
-temperature and threshold are fitted the same way on all folds' out-of-fold scores together.
+Cross-fitted calibration keeps every figure held out: fold k's neighbour-context weight, temperature
+and threshold are chosen on the out-of-fold scores of the *other* folds (patients that fold k's
+model trained on, scored by models that did not), so nothing about fold k's patients is chosen on
+them. The shipped bundle's are chosen the same way on all folds' out-of-fold scores together.
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ from .metrics import classification_metrics, expected_calibration_error
 from .scoring import CONTEXT_SELF_WEIGHT, mix_neighbours, sigmoid
 
 FOLD_SALT = "idcmap-cv-v1"
+#: candidate weights of a patch's own logit in the neighbour context step (1.0: the patch alone);
+#: each fold picks the one with the best ROC AUC on the other folds' out-of-fold scores
+CONTEXT_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 OOF_COLUMNS = ["patient_id", "source", "x", "y", "label", "fold", "logit"]
 #: a patient enters the per-patient figures when it has at least this many patches of each class
 PER_PATIENT_MIN = 10
@@ -66,24 +69,32 @@ def context_logits(oof: pd.DataFrame, self_weight: float = CONTEXT_SELF_WEIGHT) 
                           oof["x"].to_numpy() // PATCH_SIZE, oof["patient_id"].to_numpy(), self_weight)
 
 
+def choose_context_weight(oof: pd.DataFrame, weights=CONTEXT_WEIGHTS) -> float:
+    """The self weight among ``weights`` whose context logits rank ``oof``'s patches best (ROC
+    AUC; ties to the larger weight, i.e. less context)."""
+    y = oof["label"].to_numpy()
+    return max(sorted(weights), key=lambda w: roc_auc_score(y, context_logits(oof, w)))
+
+
 def fit_calibration(z: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(temperature, threshold) fitted on final logits ``z``: see :mod:`model.calibration`."""
     t = fit_temperature(z, labels)
     return t, choose_threshold(sigmoid(z / t), labels)
 
 
-def cross_fitted(oof: pd.DataFrame, self_weight: float = CONTEXT_SELF_WEIGHT) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(probability, threshold per patch, per-fold {temperature, threshold}) with every fold
-    calibrated on the other folds only."""
-    z = context_logits(oof, self_weight)
+def cross_fitted(oof: pd.DataFrame, weights=CONTEXT_WEIGHTS) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(probability, threshold per patch, per fold {context weight, temperature, threshold}) with
+    each fold's context weight, temperature and threshold chosen on the other folds only."""
     y, fold = oof["label"].to_numpy(), oof["fold"].to_numpy()
-    prob, thr, per_fold = np.zeros(len(z), np.float32), np.zeros(len(z)), {}
+    prob, thr, per_fold = np.zeros(len(oof), np.float32), np.zeros(len(oof)), {}
     for f in np.unique(fold):
         mine = fold == f
+        w = choose_context_weight(oof[~mine], weights)
+        z = context_logits(oof, w)  # neighbours never cross patients, so never folds
         t, threshold = fit_calibration(z[~mine], y[~mine])
         prob[mine], thr[mine] = sigmoid(z[mine] / t), threshold
-        per_fold[int(f)] = {"temperature": t, "threshold": threshold, "n_patches": int(mine.sum()),
-                            "n_patients": int(oof.loc[mine, "patient_id"].nunique())}
+        per_fold[int(f)] = {"context_self_weight": w, "temperature": t, "threshold": threshold,
+                            "n_patches": int(mine.sum()), "n_patients": int(oof.loc[mine, "patient_id"].nunique())}
     return prob, thr, per_fold
 
 
@@ -137,11 +148,11 @@ def bootstrap_intervals(labels, prob, thr, patient_ids, n: int = BOOTSTRAP, seed
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in samples.items()}
 
 
-def out_of_fold_report(oof: pd.DataFrame, self_weight: float = CONTEXT_SELF_WEIGHT,
-                       bootstrap: int = BOOTSTRAP, per_patient: bool = False) -> dict:
+def out_of_fold_report(oof: pd.DataFrame, weights=CONTEXT_WEIGHTS, bootstrap: int = BOOTSTRAP,
+                       per_patient: bool = False) -> dict:
     """Everything the bundle stores about its out-of-fold figures (JSON-ready); ``per_patient``
     adds every patient's metrics (as ``idcmap evaluate`` reports them)."""
-    prob, thr, per_fold = cross_fitted(oof, self_weight)
+    prob, thr, per_fold = cross_fitted(oof, weights)
     y, patients = oof["label"].to_numpy(), oof["patient_id"].to_numpy()
     report = classification_metrics(y, prob, thr)
     table = per_patient_table(y, prob, thr, patients)

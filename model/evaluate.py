@@ -59,8 +59,8 @@ def evaluate_out_of_fold(bundle, plots_dir=None) -> dict:
     if OOF_FILE not in bundle.meta.get("files", {}):
         raise BundleError(f"{bundle.path}: holds no out-of-fold predictions (trained without --folds)")
     oof = pd.read_parquet(bundle.file(OOF_FILE))
-    report = out_of_fold_report(oof, bundle.context_weight, per_patient=True)
-    prob, thr, _ = cross_fitted(oof, bundle.context_weight)
+    report = out_of_fold_report(oof, per_patient=True)
+    prob, thr, _ = cross_fitted(oof)
     report.update(model=bundle.version, backend="stored out-of-fold predictions",
                   reliability=reliability_bins(prob, oof["label"].to_numpy()))
     if plots_dir is not None:

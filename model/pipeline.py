@@ -19,7 +19,7 @@ from . import data as datalib
 from .architectures import TRAINING, build, flops_per_patch
 from .bundle import KERAS_FILE, ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_bundle, write_manifest
 from .calibration import THRESHOLD_RULE, calibrate, nll, prior_offset
-from .crossval import assign_folds, context_logits, fit_calibration, out_of_fold_report
+from .crossval import CONTEXT_WEIGHTS, assign_folds, choose_context_weight, context_logits, fit_calibration, out_of_fold_report
 from .evaluate import OOF_FILE
 from .metrics import classification_metrics
 from .scoring import (CONTEXT_SELF_WEIGHT, calibrated_probability, idc_logit, mix_neighbours, scoring_function,
@@ -94,6 +94,7 @@ class Calibrated:
     metrics_key: str  # "validation_metrics" or "out_of_fold_metrics"
     metrics: dict
     check: datalib.PatchSet  # patches the exported backends are checked on
+    context_weight: float = CONTEXT_SELF_WEIGHT
 
 
 def calibrate_on_validation(model, cfg: TrainConfig, train, val) -> Calibrated:
@@ -136,7 +137,7 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, cal: Calibrated, state
 
     def final(probs):  # what scoring does: calibrate each patch, then mix in its neighbours
         return with_context(calibrated_probability(probs, cal.temperature, cal.offset), *check.grid,
-                            CONTEXT_SELF_WEIGHT)
+                            cal.context_weight)
 
     prob = final(_predict(score, check.images))
     model.save(tmp / KERAS_FILE)
@@ -160,7 +161,7 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, cal: Calibrated, state
                   "partial_patches": "padded with white (255) at right/bottom to 50x50"},
         "normalisation": cfg.normalisation,
         "calibration": cal.calibration | {"temperature": cal.temperature, "logit_offset": cal.offset},
-        "context": {"self_weight": CONTEXT_SELF_WEIGHT,
+        "context": {"self_weight": cal.context_weight,
                     "rule": "final logit = self_weight x the patch's calibrated logit + (1 - self_weight) x "
                             "the mean calibrated logit of its scored 8-connected grid neighbours (same "
                             "slide); unchanged without neighbours"},
@@ -242,7 +243,8 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
     offset = _offset(cfg, train.labels)
     logit = idc_logit(_predict(scoring_function(model, fcfg.normalisation), test.images)) - offset
     model.save(fold_dir / FOLD_MODEL)
-    (fold_dir / FOLD_INFO).write_text(json.dumps({"fold": fold, "held_out": held_out, "logit_offset": offset,
+    (fold_dir / FOLD_INFO).write_text(json.dumps({"fold": fold, "held_out": held_out,
+                                                  "trained_on": fcfg.split["train"], "logit_offset": offset,
                                                   "normalisation": fcfg.normalisation,
                                                   "history": state["history"]}, indent=1))
     oof = pd.DataFrame({"patient_id": test.patient_ids, "source": [Path(s).name for s in test.sources],
@@ -272,7 +274,8 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
     patches = datalib.load_patches_cached(cfg.data_dirs, cfg.cache_dir, limit_per_patient=cfg.limit_per_patient)
     oof, folds = cross_validate(cfg, k, run_dir, ray_address, patches)
     report = out_of_fold_report(oof)
-    z, y = context_logits(oof), oof["label"].to_numpy()
+    context_weight = choose_context_weight(oof)
+    z, y = context_logits(oof, context_weight), oof["label"].to_numpy()
     temperature, threshold = fit_calibration(z, y)
     fcfg = _fixed_epochs_config(cfg, set(folds), "every patient (cross-validated protocol, nothing held out)",
                                 patches.images)
@@ -280,10 +283,11 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
     model, state = _fit_fixed(fcfg, run_dir / "final", ray_address)
     calibration = {"method": "prior correction + temperature scaling",
                    "fitted_on": f"out-of-fold scores of the {k} fold models (all {len(folds)} patients)",
+                   "context_self_weight": f"chosen among {list(CONTEXT_WEIGHTS)} by ROC AUC on the same scores",
                    "nll_before": nll(sigmoid(z), y), "nll_after": nll(sigmoid(z / temperature), y)}
     cal = Calibrated(temperature, _offset(cfg, patches.labels), threshold, calibration,
                      THRESHOLD_RULE.replace("the validation patients", "all out-of-fold scores"),
-                     "out_of_fold_metrics", report, patches)
+                     "out_of_fold_metrics", report, patches, context_weight)
     buf = io.BytesIO()
     oof.to_parquet(buf, index=False)
     return write_bundle(out_dir, model, fcfg, patches, cal, state, datalib.fingerprint(cfg.data_dirs),

@@ -1,0 +1,86 @@
+"""Out-of-fold IDC maps of the whole patients against their ground truth, per map rule.
+
+    python benchmarks/oof_maps.py BUNDLE [--min-areas 0 0.1 0.2 0.4] [--json OUT]
+
+A cross-validated bundle stores every patient's out-of-fold scores (each patient scored by the fold
+model that did not train on it, calibrated and thresholded with values fitted on the other folds).
+For the whole patients (``idc/patients``: every patch of the slide, so the scores form the slide's
+map on its 50-px grid, the grid ``idcmap score`` uses on the rebuilt slide), this builds the map's
+IDC calls under each minimum region area (:func:`jobs.summaries.idc_mask`; 0: every patch at or
+above the threshold) and scores them against the labels: Dice per patient, mean and median, and
+the mean over the patients with the least IDC (where isolated false positives weigh most).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from jobs.summaries import idc_mask  # noqa: E402
+from model import load_bundle  # noqa: E402
+from model.crossval import cross_fitted  # noqa: E402
+from model.evaluate import OOF_FILE  # noqa: E402
+
+PATCH_MM2 = (50 * 4.0 / 1000) ** 2  # one 50-px patch at 4.0 µm/px
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def map_dice(oof: pd.DataFrame, prob, thr, min_area_mm2: float) -> dict[str, float]:
+    """Dice of each whole patient's map calls against its labels."""
+    out = {}
+    for p in sorted(oof.loc[oof.source == "patients", "patient_id"].unique()):
+        m = (oof.patient_id == p).to_numpy()
+        col, row = oof.x.to_numpy()[m] // 50, oof.y.to_numpy()[m] // 50
+        grid = np.full((row.max() + 1, col.max() + 1), np.nan, np.float32)
+        grid[row, col] = prob[m]
+        calls = idc_mask(grid, float(thr[m][0]), max(1, math.ceil(min_area_mm2 / PATCH_MM2 - 1e-9)))[row, col]
+        out[p] = dice(calls, oof.label.to_numpy()[m] == 1)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--min-areas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4])
+    ap.add_argument("--least-idc", type=int, default=3, help="patients with the least IDC, averaged apart")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    bundle = load_bundle(args.bundle)
+    oof = pd.read_parquet(bundle.file(OOF_FILE))
+    prob, thr, _ = cross_fitted(oof)
+    whole = oof[oof.source == "patients"]
+    idc_share = whole.groupby("patient_id").label.mean().sort_values()
+    least = list(idc_share.index[: args.least_idc])
+    results = {}
+    for area in args.min_areas:
+        d = map_dice(oof, prob, thr, area)
+        v = np.array(list(d.values()))
+        results[area] = {"per_patient": d, "mean": float(v.mean()), "median": float(np.median(v)),
+                         "least_idc_mean": float(np.mean([d[p] for p in least]))}
+    print(f"{len(idc_share)} whole patients; least IDC: "
+          + ", ".join(f"{p} ({idc_share[p]:.1%})" for p in least))
+    print("\n| minimum region area | patches | mean Dice | median Dice | mean Dice, least-IDC patients |")
+    print("|---|---|---|---|---|")
+    for area, r in results.items():
+        print(f"| {area:g} mm² | {max(1, math.ceil(area / PATCH_MM2 - 1e-9))} | {r['mean']:.3f} | "
+              f"{r['median']:.3f} | {r['least_idc_mean']:.3f} |")
+    print("\n| patient | IDC share | " + " | ".join(f"Dice, {a:g} mm²" for a in results) + " |")
+    print("|---|---|" + "---|" * len(results))
+    for p in idc_share.index:
+        print(f"| {p} | {idc_share[p]:.1%} | " + " | ".join(f"{r['per_patient'][p]:.3f}" for r in results.values()) + " |")
+    if args.json:
+        args.json.write_text(json.dumps({str(a): r for a, r in results.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
