@@ -31,7 +31,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from model import data as datalib  # noqa: E402
-from model.crossval import context_logits, cross_fitted, per_patient_table  # noqa: E402
+from model.crossval import PER_PATIENT_MIN, context_logits, cross_fitted, per_patient_table  # noqa: E402
 from model.metrics import classification_metrics  # noqa: E402
 from model.pipeline import FOLD_INFO, FOLD_MODEL, FOLD_OOF  # noqa: E402
 from model.scoring import idc_logit, scoring_function, sigmoid  # noqa: E402
@@ -132,7 +132,9 @@ def _predict(score, images, batch=512):
 
 
 def plot_by_density(table: pd.DataFrame, path: Path):
-    """Per-patient ROC AUC (blue) and sensitivity (red) against mean optical density."""
+    """Per-patient ROC AUC (blue) and sensitivity (red) against mean optical density, for the
+    patients with enough patches of each class to have them (the per-patient rule of the bundle)."""
+    table = table[(table.idc_patches >= PER_PATIENT_MIN) & (table.patches - table.idc_patches >= PER_PATIENT_MIN)]
     w, h, m = 640, 400, 60
     img = np.full((h, w, 3), 255, np.uint8)
     lo, hi = table.mean_od.min(), table.mean_od.max()
@@ -142,7 +144,7 @@ def plot_by_density(table: pd.DataFrame, path: Path):
         cv2.putText(img, f"{v:.1f}", (m - 35, px(lo, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     for od in np.linspace(lo, hi, 5):
         cv2.putText(img, f"{od:.2f}", (px(od, 0)[0] - 12, h - m + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    cv2.putText(img, "out-of-fold patients: ROC AUC (blue), sensitivity (red)", (m, 30),
+    cv2.putText(img, f"{len(table)} out-of-fold patients: ROC AUC (blue), sensitivity (red)", (m, 30),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "patient's mean optical density (paler: left)", (w // 2 - 150, h - 15),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)

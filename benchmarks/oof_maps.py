@@ -1,6 +1,6 @@
 """Out-of-fold IDC maps of the whole patients against their ground truth, per map rule.
 
-    python benchmarks/oof_maps.py BUNDLE [--min-areas 0 0.1 0.2 0.4] [--json OUT]
+    python benchmarks/oof_maps.py BUNDLE_OR_RUN_DIR [--min-areas 0 0.1 0.2 0.4] [--json OUT]
 
 A cross-validated bundle stores every patient's out-of-fold scores (each patient scored by the fold
 model that did not train on it, calibrated and thresholded with values fitted on the other folds).
@@ -50,13 +50,14 @@ def map_dice(oof: pd.DataFrame, prob, thr, min_area_mm2: float) -> dict[str, flo
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundle", type=Path)
+    ap.add_argument("source", type=Path, help="a cross-validated bundle, or its training run (--run-dir)")
     ap.add_argument("--min-areas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4])
     ap.add_argument("--least-idc", type=int, default=3, help="patients with the least IDC, averaged apart")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    bundle = load_bundle(args.bundle)
-    oof = pd.read_parquet(bundle.file(OOF_FILE))
+    folds = sorted(args.source.glob("fold-*/oof.parquet"))
+    oof = (pd.concat([pd.read_parquet(f) for f in folds], ignore_index=True) if folds
+           else pd.read_parquet(load_bundle(args.source).file(OOF_FILE)))
     prob, thr, _ = cross_fitted(oof)
     whole = oof[oof.source == "patients"]
     idc_share = whole.groupby("patient_id").label.mean().sort_values()
