@@ -211,7 +211,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['roc_auc']:.4f} | {r['sensitivity']:.4f} | {r['specificity']:.4f} | "
-              f"{r['balanced_accuracy']:.4f} | {r['ece']:.4f} | {r['auc_change']:+.4f} | {r['sensitivity_change']:+.4f} |")
+              f"{r['balanced_accuracy']:.4f} | {r['ece']:.4f} | {r['auc_change']:+.4f} | "
+              f"{r['sensitivity_change']:+.4f} |")
     if args.plot:
         plot_by_density(table, args.plot)
     if args.json:

@@ -78,7 +78,8 @@ def main():
     print("\n| patient | IDC share | " + " | ".join(f"Dice, {a:g} mm²" for a in results) + " |")
     print("|---|---|" + "---|" * len(results))
     for p in idc_share.index:
-        print(f"| {p} | {idc_share[p]:.1%} | " + " | ".join(f"{r['per_patient'][p]:.3f}" for r in results.values()) + " |")
+        dices = " | ".join(f"{r['per_patient'][p]:.3f}" for r in results.values())
+        print(f"| {p} | {idc_share[p]:.1%} | {dices} |")
     if args.json:
         args.json.write_text(json.dumps({str(a): r for a, r in results.items()}, indent=1))
 

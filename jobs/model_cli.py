@@ -27,17 +27,20 @@ def _user_errors():
 @click.option("--arch", type=click.Choice(["idcnet", "seed_cnn"]), default="idcnet", show_default=True)
 @click.option("--width", type=click.IntRange(8), default=None,
               help="idcnet channel width [default: 32].")
-@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=6, show_default=True,
+              help="Epochs of every run (cosine learning-rate decay over them for idcnet).")
 @click.option("--num-workers", type=click.IntRange(1), default=1, show_default=True,
               help="Ray Train workers (MultiWorkerMirroredStrategy replicas).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Bundle folder to write (replaced atomically when done).")
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --run-dir.")
+@click.option("--resume", is_flag=True,
+              help="With --folds 0: continue from the last checkpoint in --run-dir (cross-validated runs "
+                   "resume by themselves).")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Ray Train storage for checkpoints [default: runs/<bundle name>].")
 @click.option("--batch-size", type=click.IntRange(2), default=64, show_default=True, help="Global batch size.")
 @click.option("--patience", type=click.IntRange(1), default=4, show_default=True,
-              help="Stop after this many epochs without a better validation ROC AUC.")
+              help="With --folds 0: stop after this many epochs without a better validation ROC AUC.")
 @click.option("--imbalance", type=click.Choice(["weights", "sampling", "none"]), default="weights",
               show_default=True, help="Class imbalance: class weights, balanced sampling or nothing.")
 @click.option("--colour-strength", type=click.FloatRange(0), default=1.0, show_default=True,

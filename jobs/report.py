@@ -5,8 +5,8 @@ URI. All text from the job (ids, errors, spec values) is escaped. The page holds
 making: times come from ``job.json``, so rebuilding it from unchanged inputs gives the same bytes.
 
 Sections: the job (id, runs, counts, spec), the model (version, hash, threshold, its
-out-of-fold or validation metrics), ``<table id="patients">`` sorted by IDC fraction (highest first; failed patients last),
-``<table id="slides">``, ``<table id="failed">`` and each patient's overlays.
+out-of-fold or validation metrics), ``<table id="patients">`` sorted by IDC fraction (highest
+first; failed patients last), ``<table id="slides">``, ``<table id="failed">`` and each patient's overlays.
 """
 from __future__ import annotations
 

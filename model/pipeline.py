@@ -19,7 +19,8 @@ from . import data as datalib
 from .architectures import TRAINING, build, flops_per_patch
 from .bundle import KERAS_FILE, ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_bundle, write_manifest
 from .calibration import THRESHOLD_RULE, calibrate, nll, prior_offset
-from .crossval import CONTEXT_WEIGHTS, assign_folds, choose_context_weight, context_logits, fit_calibration, out_of_fold_report
+from .crossval import (CONTEXT_WEIGHTS, assign_folds, choose_context_weight, context_logits, fit_calibration,
+                       out_of_fold_report)
 from .evaluate import OOF_FILE
 from .metrics import classification_metrics
 from .scoring import (CONTEXT_SELF_WEIGHT, calibrated_probability, idc_logit, mix_neighbours, scoring_function,
@@ -169,7 +170,8 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, cal: Calibrated, state
         "split": cfg.split,
         cal.metrics_key: cal.metrics,
         "training": {"data_fingerprint": fingerprint, "data_dirs": [str(d) for d in cfg.data_dirs],
-                     "n_train_patches": len(train), "n_validation_patches": len(check) if cfg.split["validation"] else 0,
+                     "n_train_patches": len(train),
+                     "n_validation_patches": len(check) if cfg.split["validation"] else 0,
                      "optimizer": {"name": "Adam", **TRAINING[cfg.arch]},
                      "config": {k: v for k, v in asdict(cfg).items()
                                 if k not in ("split", "normalisation", "resume_from", "data_dirs")},
