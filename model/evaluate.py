@@ -1,15 +1,17 @@
-"""Evaluate a bundle on Kaggle-layout folders: metrics at the bundle's threshold, plots as PNG."""
+"""Evaluate a bundle on Kaggle-layout folders at its threshold, or report its stored out-of-fold
+figures; ROC and reliability plots as PNG."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from sklearn.metrics import auc, roc_auc_score, roc_curve
 
 from .backends import make_backend
 from .bundle import BundleError, ModelBundle, load_bundle
-from .crossval import out_of_fold_report
+from .crossval import cross_fitted, out_of_fold_report
 from .data import load_patches
 from .metrics import expected_calibration_error, metrics_report, reliability_bins
 from .scoring import with_context
@@ -50,10 +52,6 @@ def evaluate_out_of_fold(bundle, plots_dir=None) -> dict:
     """The bundle's out-of-fold figures, recomputed from the fold predictions it stores: each
     fold's patients scored by the model that did not train on them, calibrated and thresholded
     with values fitted on the other folds."""
-    import pandas as pd
-
-    from .crossval import cross_fitted
-
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle)
     if OOF_FILE not in bundle.meta.get("files", {}):

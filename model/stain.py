@@ -68,13 +68,6 @@ class StainVectors:
         od = optical_density(rgb)
         return od @ np.linalg.pinv(self.matrix)
 
-    def to_dict(self) -> dict:
-        return {"h": list(self.h), "e": list(self.e), "max_h": self.max_h, "max_e": self.max_e}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "StainVectors":
-        return cls(tuple(d["h"]), tuple(d["e"]), float(d["max_h"]), float(d["max_e"]))
-
 
 class StainFitError(ValueError):
     """Too few stained tissue pixels to estimate stain vectors."""
