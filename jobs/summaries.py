@@ -7,8 +7,8 @@ Definitions (the numbers in ``summaries.parquet``, the report and ``idcmap query
 - ``idc_patches``: tissue patches with ``prob_idc >= threshold`` (the model bundle's decision
   threshold stored in each file's :class:`~jobs.schema.SlideMeta`) that lie in an IDC region: an
   8-connected group of such patches whose area is at least the minimum IDC area (below). Smaller
-  groups are scattered false positives far more often than IDC, so the map, the GeoJSON regions
-  and the counts leave them out alike.
+  groups are more often false positives than IDC (out-of-fold map Dice, ``models/README.md``), so
+  the map's regions, the GeoJSON and the counts leave them out alike.
 - ``idc_area_mm2``: ``idc_patches x`` the area one patch stands for. A patch stands for its grid
   cell: ``cell x cell`` target pixels with ``cell = min(stride, patch_size)``, converted to µm with
   the level-0 size of a target pixel (``downsample0 x mpp``, per axis). Without overlap this is the
@@ -23,8 +23,8 @@ Definitions (the numbers in ``summaries.parquet``, the report and ``idcmap query
   called ``"IDC"`` when any slide is. Its status is ``"failed"`` only when every slide failed;
   ``error`` then (or when some failed) lists the failed slides and their reasons.
 
-Only the ``prob_idc``, ``col`` and ``row`` columns are read, one file at a time; a patient row holds its slides'
-probabilities (4 bytes per tissue patch) until it is written.
+Only the ``prob_idc``, ``col`` and ``row`` columns are read, one file at a time; a patient row
+holds its slides' probabilities (4 bytes per tissue patch) until it is written.
 """
 from __future__ import annotations
 

@@ -28,7 +28,6 @@ FOLD_SALT = "idcmap-cv-v1"
 #: candidate weights of a patch's own logit in the neighbour context step (1.0: the patch alone);
 #: each fold picks the one with the best ROC AUC on the other folds' out-of-fold scores
 CONTEXT_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
-OOF_COLUMNS = ["patient_id", "source", "x", "y", "label", "fold", "logit"]
 #: a patient enters the per-patient figures when it has at least this many patches of each class
 PER_PATIENT_MIN = 10
 BOOTSTRAP = 1000
