@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from model import data as datalib  # noqa: E402
 from model.crossval import PER_PATIENT_MIN, context_logits, cross_fitted, per_patient_table  # noqa: E402
 from model.metrics import classification_metrics  # noqa: E402
-from model.pipeline import FOLD_INFO, FOLD_MODEL, FOLD_OOF  # noqa: E402
+from model.pipeline import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches  # noqa: E402
 from model.scoring import idc_logit, scoring_function, sigmoid  # noqa: E402
 from model.stain import StainFitError, StainVectors, macenko, optical_density, restain, transfer  # noqa: E402
 
@@ -127,10 +127,6 @@ def _load_folds(run_dir: Path):
     return folds
 
 
-def _predict(score, images, batch=512):
-    return np.concatenate([score(images[i:i + batch]).numpy() for i in range(0, len(images), batch)])
-
-
 def plot_by_density(table: pd.DataFrame, path: Path):
     """Per-patient ROC AUC (blue) and sensitivity (red) against mean optical density, for the
     patients with enough patches of each class to have them (the per-patient rule of the bundle)."""
@@ -190,7 +186,7 @@ def main():
             x = shifted[m]
             if args.normalise:
                 x = _normalised(x, pids[m], _reference(vectors, set(pids[~m])))
-            logit[m] = idc_logit(_predict(score, x)) - info["logit_offset"]
+            logit[m] = idc_logit(predict_batches(score, x)) - info["logit_offset"]
         prob = np.empty(len(oof), np.float32)
         for f, cal in per_fold.items():  # each fold as calibrated on the other folds' unshifted scores
             m = fold_of == f

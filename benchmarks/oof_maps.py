@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from jobs.summaries import idc_mask  # noqa: E402
 from model import load_bundle  # noqa: E402
+from model.bundle import OOF_FILE  # noqa: E402
 from model.crossval import cross_fitted  # noqa: E402
-from model.evaluate import OOF_FILE  # noqa: E402
 
 PATCH_MM2 = (50 * 4.0 / 1000) ** 2  # one 50-px patch at 4.0 µm/px
 

@@ -19,6 +19,7 @@ FORMAT = "idcmap-model-bundle/1"
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
+OOF_FILE = "oof_predictions.parquet"  # out-of-fold predictions of a cross-validated bundle
 
 
 class BundleError(Exception):

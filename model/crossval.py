@@ -147,11 +147,12 @@ def bootstrap_intervals(labels, prob, thr, patient_ids, n: int = BOOTSTRAP, seed
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in samples.items()}
 
 
-def out_of_fold_report(oof: pd.DataFrame, weights=CONTEXT_WEIGHTS, bootstrap: int = BOOTSTRAP,
-                       per_patient: bool = False) -> dict:
+def out_of_fold_report(oof: pd.DataFrame, bootstrap: int = BOOTSTRAP, per_patient: bool = False,
+                       scores=None) -> dict:
     """Everything the bundle stores about its out-of-fold figures (JSON-ready); ``per_patient``
-    adds every patient's metrics (as ``idcmap evaluate`` reports them)."""
-    prob, thr, per_fold = cross_fitted(oof, weights)
+    adds every patient's metrics (as ``idcmap evaluate`` reports them). ``scores``: the result of
+    :func:`cross_fitted` on ``oof`` when the caller already has it."""
+    prob, thr, per_fold = scores if scores is not None else cross_fitted(oof)
     y, patients = oof["label"].to_numpy(), oof["patient_id"].to_numpy()
     report = classification_metrics(y, prob, thr)
     table = per_patient_table(y, prob, thr, patients)

@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.metrics import auc, roc_auc_score, roc_curve
 
 from .backends import make_backend
-from .bundle import BundleError, ModelBundle, load_bundle
+from .bundle import OOF_FILE, BundleError, ModelBundle, load_bundle
 from .crossval import cross_fitted, out_of_fold_report
 from .data import load_patches
 from .metrics import expected_calibration_error, metrics_report, reliability_bins
@@ -44,10 +44,6 @@ def evaluate(bundle, data_dirs, backend: str = "onnx", threads: int | None = Non
     return report
 
 
-#: the out-of-fold predictions a cross-validated bundle carries (written by model.pipeline)
-OOF_FILE = "oof_predictions.parquet"
-
-
 def evaluate_out_of_fold(bundle, plots_dir=None) -> dict:
     """The bundle's out-of-fold figures, recomputed from the fold predictions it stores: each
     fold's patients scored by the model that did not train on them, calibrated and thresholded
@@ -57,8 +53,9 @@ def evaluate_out_of_fold(bundle, plots_dir=None) -> dict:
     if OOF_FILE not in bundle.meta.get("files", {}):
         raise BundleError(f"{bundle.path}: holds no out-of-fold predictions (trained without --folds)")
     oof = pd.read_parquet(bundle.file(OOF_FILE))
-    report = out_of_fold_report(oof, per_patient=True)
-    prob, thr, _ = cross_fitted(oof)
+    scores = cross_fitted(oof)
+    report = out_of_fold_report(oof, per_patient=True, scores=scores)
+    prob, thr, _ = scores
     report.update(model=bundle.version, backend="stored out-of-fold predictions",
                   reliability=reliability_bins(prob, oof["label"].to_numpy()))
     if plots_dir is not None:

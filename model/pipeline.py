@@ -17,11 +17,10 @@ from slide_tiling import KAGGLE_MPP, PATCH_SIZE
 
 from . import data as datalib
 from .architectures import TRAINING, build, flops_per_patch
-from .bundle import KERAS_FILE, ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_bundle, write_manifest
+from .bundle import KERAS_FILE, OOF_FILE, ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_bundle, write_manifest
 from .calibration import THRESHOLD_RULE, calibrate, nll, prior_offset
 from .crossval import (CONTEXT_WEIGHTS, assign_folds, choose_context_weight, context_logits, fit_calibration,
                        out_of_fold_report)
-from .evaluate import OOF_FILE
 from .metrics import classification_metrics
 from .scoring import (CONTEXT_SELF_WEIGHT, calibrated_probability, idc_logit, mix_neighbours, scoring_function,
                       sigmoid, with_context)
@@ -48,7 +47,8 @@ def code_version() -> str:
     return f"{v} ({commit})" if commit else v
 
 
-def _predict(score_fn, images: np.ndarray, batch: int = 512) -> np.ndarray:
+def predict_batches(score_fn, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    """``score_fn`` (a scoring ``tf.function``) over ``images`` in batches, as numpy."""
     return np.concatenate([score_fn(images[i:i + batch]).numpy() for i in range(0, len(images), batch)])
 
 
@@ -102,7 +102,7 @@ def calibrate_on_validation(model, cfg: TrainConfig, train, val) -> Calibrated:
     """Temperature and threshold fitted on the validation patients, metrics on them too."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    val_probs = _predict(scoring_function(model, cfg.normalisation), val.images)
+    val_probs = predict_batches(scoring_function(model, cfg.normalisation), val.images)
     offset = prior_offset(datalib.class_weights(train.labels)) if cfg.imbalance != "none" else 0.0
     cal = calibrate(val_probs, val.labels, offset,
                     context=lambda z: mix_neighbours(z, *val.grid, CONTEXT_SELF_WEIGHT))
@@ -140,7 +140,7 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, cal: Calibrated, state
         return with_context(calibrated_probability(probs, cal.temperature, cal.offset), *check.grid,
                             cal.context_weight)
 
-    prob = final(_predict(score, check.images))
+    prob = final(predict_batches(score, check.images))
     model.save(tmp / KERAS_FILE)
     export_onnx(score, tmp / ONNX_FILE)
     onnx_prob = final(_onnx_probs(tmp / ONNX_FILE, check.images))
@@ -243,7 +243,7 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
                                 "trained on the other folds' patients", train.images)
     model, state = _fit_fixed(fcfg, fold_dir / "ray", ray_address)
     offset = _offset(cfg, train.labels)
-    logit = idc_logit(_predict(scoring_function(model, fcfg.normalisation), test.images)) - offset
+    logit = idc_logit(predict_batches(scoring_function(model, fcfg.normalisation), test.images)) - offset
     model.save(fold_dir / FOLD_MODEL)
     (fold_dir / FOLD_INFO).write_text(json.dumps({"fold": fold, "held_out": held_out,
                                                   "trained_on": fcfg.split["train"], "logit_offset": offset,
