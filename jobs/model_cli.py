@@ -47,6 +47,8 @@ def _user_errors():
               help="Scale of the colour jitter augmentation.")
 @click.option("--stain-strength", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Scale of the stain-space (HED) jitter and gamma augmentation; 0 turns it off.")
+@click.option("--artefact-strength", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Scale of the blur and JPEG-compression augmentation; 0 turns it off.")
 @click.option("--folds", type=click.IntRange(0), default=3, show_default=True,
               help="Patient-level cross-validation folds: out-of-fold figures and calibration, then the "
                    "bundle trained on every patient for --epochs. 0: one validation split instead "
@@ -59,7 +61,7 @@ def _user_errors():
               help="Keep decoded patches here as .npz between runs.")
 @click.option("--address", default=None, help="Ray cluster address [default: embedded local Ray].")
 def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir, batch_size, patience,
-          imbalance, colour_strength, stain_strength, folds, cpus, limit_per_patient, cache_dir, address):
+          imbalance, colour_strength, stain_strength, artefact_strength, folds, cpus, limit_per_patient, cache_dir, address):
     """Train a model with Ray Train and write a verified model bundle."""
     from model.pipeline import train_bundle, train_crossvalidated_bundle
     from model.train import TrainConfig
@@ -69,6 +71,7 @@ def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir,
     cfg = TrainConfig(data_dirs=[str(d) for d in data_dirs], arch=arch, width=width, epochs=epochs,
                       global_batch_size=batch_size, patience=patience, imbalance=imbalance,
                       colour_strength=colour_strength, stain_strength=stain_strength,
+                      artefact_strength=artefact_strength,
                       num_workers=num_workers, cpus=cpus, limit_per_patient=limit_per_patient,
                       cache_dir=str(cache_dir) if cache_dir else None)
     run_dir = run_dir or Path("runs") / out_dir.name

@@ -36,6 +36,7 @@ class TrainConfig:
     imbalance: str = "weights"  # "weights" (class weights), "sampling" (balanced) or "none"
     colour_strength: float = 1.0  # scales the colour jitter ranges of the augmentation
     stain_strength: float = 0.0  # scales the HED (stain space) jitter and gamma; 0: off
+    artefact_strength: float = 0.0  # scales the blur and JPEG augmentation; 0: off
     num_workers: int = 1
     cpus: int = 2  # threads shared by the workers
     seed: int = 0
@@ -134,7 +135,8 @@ def train_loop_per_worker(config: dict):
             print(f"[train] resumed from {resume_dir} after epoch {state['epoch'] + 1}", flush=True)
 
     def replica_step(x, y, w):
-        x = normalise(augment(tf.cast(x, tf.float32), cfg.colour_strength, cfg.stain_strength),
+        x = normalise(augment(tf.cast(x, tf.float32), cfg.colour_strength, cfg.stain_strength,
+                              cfg.artefact_strength),
                       cfg.normalisation)
         with tf.GradientTape() as tape:
             per_patch = loss_fn(y, model(x, training=True)) * w
