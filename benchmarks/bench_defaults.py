@@ -11,22 +11,19 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import ray  # noqa: E402
+import idcmap.jobs.pipeline as pipeline
+import ray
+from bench_scoring import MODEL, rebuilt_patients, spread
+from idcmap.jobs.inputs import collect_tasks
+from idcmap.jobs.progress import Progress
+from idcmap.slide_tiling import TilingSpec
 
-import jobs.pipeline as pipeline  # noqa: E402
-from bench_scoring import MODEL, rebuilt_patients, spread  # noqa: E402
-from jobs.inputs import collect_tasks  # noqa: E402
-from jobs.progress import Progress  # noqa: E402
-from slide_tiling import TilingSpec  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULTS = {"actors": None, "batch_size": pipeline.ScoreSpec.batch_size, "region_size": TilingSpec.region_size,
             "chunk_patches": pipeline.CHUNK_PATCHES, "calls_per_actor": pipeline.CALLS_PER_ACTOR}

@@ -19,22 +19,19 @@ import json
 import multiprocessing
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import load_bundle, make_backend  # noqa: E402
+from idcmap.model import load_bundle, make_backend
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "idc" / "sparse"
 
 
 def patches(n: int) -> np.ndarray:
     if DATA.is_dir():
-        from model.data import load_patches
+        from idcmap.model.data import load_patches
 
         imgs = load_patches([DATA], limit_per_patient=20).images
         return np.resize(imgs, (n,) + imgs.shape[1:])

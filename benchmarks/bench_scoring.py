@@ -27,14 +27,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import psutil
+from bench_inference import rates_in_processes
+from bench_tiling_memory import mosaic
+from idcmap.slide_tiling import (
+    build_slide,
+    iter_patches,
+    list_patches,
+    open_slide,
+    plan_slide,
+    write_pyramid,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_inference import rates_in_processes  # noqa: E402
-from bench_tiling_memory import mosaic  # noqa: E402
-
-from slide_tiling import build_slide, iter_patches, list_patches, open_slide, plan_slide, write_pyramid  # noqa: E402
 
 PATIENTS = ROOT.parent / "shared" / "data" / "idc" / "patients"
 MODEL = ROOT / "models" / "idc-default"
@@ -97,7 +101,7 @@ def score(inputs: Path, work: Path, cpus: int | None = None, model: Path = MODEL
     ``cpus``: pin the command and everything it starts to that many cores (``taskset``) and give
     Ray as many CPUs."""
     job = Path(tempfile.mkdtemp(prefix="job-", dir=work))
-    cmd = [sys.executable, "-m", "jobs", "score", str(inputs), "--out", str(job), "--model", str(model)]
+    cmd = [sys.executable, "-m", "idcmap", "score", str(inputs), "--out", str(job), "--model", str(model)]
     if cpus:
         cmd = ["taskset", "-c", ",".join(map(str, range(cpus)))] + cmd + ["--num-cpus", str(cpus)]
     t0 = time.perf_counter()
@@ -132,7 +136,7 @@ def backend_alone(npy: Path, model: Path, seconds: float = 2.0) -> float:
     """The job's backend without the job, on the job's patches (saved in ``npy``) in memory: the
     faster of the job's set-up (one process per core, one ONNX thread each, the job's batch size,
     all at once) and one process with one thread per core (batch 64)."""
-    from jobs.pipeline import ScoreSpec
+    from idcmap.jobs.pipeline import ScoreSpec
 
     cores = len(os.sched_getaffinity(0))
     batch = ScoreSpec.batch_size
@@ -143,8 +147,7 @@ def backend_alone(npy: Path, model: Path, seconds: float = 2.0) -> float:
 def reference(patient_dirs: list[Path]) -> tuple[int, float]:
     """The reference approach: glob the patch PNGs, cv2.imread each, Keras seed_cnn model.predict."""
     import keras
-
-    from model import load_bundle
+    from idcmap.model import load_bundle
 
     bundle = load_bundle(SEED)
     model = keras.saving.load_model(SEED / "model.keras", safe_mode=True)

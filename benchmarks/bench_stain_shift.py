@@ -21,21 +21,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+from idcmap.model import data as datalib
+from idcmap.model.crossval import (
+    PER_PATIENT_MIN,
+    context_logits,
+    cross_fitted,
+    per_patient_table,
+)
+from idcmap.model.metrics import classification_metrics
+from idcmap.model.pipeline import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches
+from idcmap.model.scoring import idc_logit, scoring_function, sigmoid
+from idcmap.model.stain import (
+    StainFitError,
+    StainVectors,
+    macenko,
+    optical_density,
+    restain,
+    transfer,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from model import data as datalib  # noqa: E402
-from model.crossval import PER_PATIENT_MIN, context_logits, cross_fitted, per_patient_table  # noqa: E402
-from model.metrics import classification_metrics  # noqa: E402
-from model.pipeline import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches  # noqa: E402
-from model.scoring import idc_logit, scoring_function, sigmoid  # noqa: E402
-from model.stain import StainFitError, StainVectors, macenko, optical_density, restain, transfer  # noqa: E402
 
 DATA = [ROOT.parent / "shared" / "data" / "idc" / "patients", ROOT.parent / "shared" / "data" / "idc" / "sparse"]
 

@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from slide_tiling import list_patches, load_patch, write_pyramid  # noqa: E402
+from idcmap.slide_tiling import list_patches, load_patch, write_pyramid
 
 PATIENTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "idc" / "patients"
 

@@ -17,8 +17,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "idc"
 
 def main():
     import ray
-
-    from model.train import STATE_FILE, TrainConfig, fit, prepare
+    from idcmap.model.train import STATE_FILE, TrainConfig, fit, prepare
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="idcnet")

@@ -28,11 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
+from bench_scoring import rebuilt_patients
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_scoring import rebuilt_patients  # noqa: E402
 
 KINDS = {"ray::Scorer.plan": "plan", "ray::Scorer.score": "score", "ray::Scorer": "idle"}  # first match
 KEY = ["patient_id", "slide_id", "row", "col"]
@@ -55,9 +53,9 @@ def job_workers(root: psutil.Process) -> list[tuple[str, psutil.Process]]:
 
 
 def score(slides: Path, job: Path, log: Path, rng: random.Random | None, interval) -> tuple[int, Counter]:
-    """Run `python -m jobs score`; with ``rng``, SIGKILL a random worker every few seconds."""
+    """Run `python -m idcmap score`; with ``rng``, SIGKILL a random worker every few seconds."""
     kills: Counter = Counter()
-    cmd = [sys.executable, "-m", "jobs", "score", str(slides), "--out", str(job)]
+    cmd = [sys.executable, "-m", "idcmap", "score", str(slides), "--out", str(job)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}   # always an embedded Ray
     with open(log, "a") as out:
         out.write(f"$ {' '.join(cmd)}\n")

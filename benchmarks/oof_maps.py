@@ -6,7 +6,7 @@ A cross-validated bundle stores every patient's out-of-fold scores (each patient
 model that did not train on it, calibrated and thresholded with values fitted on the other folds).
 For the whole patients (``idc/patients``: every patch of the slide, so the scores form the slide's
 map on its 50-px grid, the grid ``idcmap score`` uses on the rebuilt slide), this builds the map's
-IDC calls under each minimum region area (:func:`jobs.summaries.idc_mask`; 0: every patch at or
+IDC calls under each minimum region area (:func:`idcmap.jobs.summaries.idc_mask`; 0: every patch at or
 above the threshold) and scores them against the labels: Dice per patient, mean and median, and
 the mean over the patients with the least IDC (where isolated false positives weigh most).
 """
@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from idcmap.jobs.summaries import idc_mask
+from idcmap.model import load_bundle
+from idcmap.model.bundle import OOF_FILE
+from idcmap.model.crossval import cross_fitted
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from jobs.summaries import idc_mask  # noqa: E402
-from model import load_bundle  # noqa: E402
-from model.bundle import OOF_FILE  # noqa: E402
-from model.crossval import cross_fitted  # noqa: E402
 
 PATCH_MM2 = (50 * 4.0 / 1000) ** 2  # one 50-px patch at 4.0 µm/px
 

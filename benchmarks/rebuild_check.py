@@ -5,14 +5,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from slide_tiling import build_slide  # noqa: E402
-from slide_tiling.groundtruth import check_rebuild  # noqa: E402
+from idcmap.slide_tiling import build_slide
+from idcmap.slide_tiling.groundtruth import check_rebuild
 
 PATIENTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "idc" / "patients"
 

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from idcmap.jobs.truth import map_agreement
+from idcmap.slide_tiling import build_slide
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from jobs.truth import map_agreement  # noqa: E402
-from slide_tiling import build_slide  # noqa: E402
 
 PATIENTS = ROOT.parent / "shared" / "data" / "idc" / "patients"
 
@@ -40,7 +39,7 @@ def main():
         (slides / p.name).mkdir(parents=True, exist_ok=True)
         build_slide(p, slides / p.name / f"{p.name}.tiff", args.work / f"{p.name}-mask.png")
     job = args.work / "job"
-    subprocess.run([sys.executable, "-m", "jobs", "score", str(slides), "--out", str(job),
+    subprocess.run([sys.executable, "-m", "idcmap", "score", str(slides), "--out", str(job),
                     "--model", str(args.model)], check=True, cwd=ROOT)
     threshold = float(meta["threshold"]["value"])
     print(f"model {meta['name']}, threshold {threshold:.3f}")

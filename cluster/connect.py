@@ -1,26 +1,49 @@
 """Connect to Ray: an embedded local instance by default, or a running cluster by address.
 
 With an address (``auto``, ``HOST:PORT``, or ``RAY_ADDRESS`` in the environment) the driver joins
-that cluster and ships idcmap's own packages to the workers through ``runtime_env`` (py_modules),
-so the workers need only the dependencies installed (``ray_cluster.yaml`` does that).
+that cluster and ships idcmap's own code to the workers through ``runtime_env`` (py_modules: one
+folder named ``idcmap``, so workers import the same names as the driver), so the workers need only
+the dependencies installed (``ray_cluster.yaml`` does that).
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 
+import idcmap
+
+#: the sub-packages workers import (not ``idcmap.models``: workers are given a bundle's path)
 PACKAGES = ("slide_tiling", "model", "jobs", "cluster")
-_ROOT = Path(__file__).resolve().parents[1]
+ENV_VARS = {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1"}
 
 
-def runtime_env() -> dict:
+def package_folder(staging: Path) -> Path:
+    """A folder named ``idcmap`` with the code workers need: the installed package itself when it
+    is one folder (a wheel), else a copy under ``staging`` of the source tree's folders (an
+    editable install maps each sub-package to its own top-level folder)."""
+    root = Path(idcmap.__file__).parent
+    if all((root / p / "__init__.py").is_file() for p in PACKAGES):
+        return root
+    import importlib
+
+    out = staging / "idcmap"
+    out.mkdir(parents=True)
+    shutil.copy2(root / "__init__.py", out / "__init__.py")
+    for p in PACKAGES:
+        src = Path(importlib.import_module(f"idcmap.{p}").__file__).parent
+        shutil.copytree(src, out / p, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return out
+
+
+def runtime_env(staging: Path) -> dict:
     """The runtime_env that carries idcmap's code to workers of a remote cluster."""
-    return {"py_modules": [str(_ROOT / p) for p in PACKAGES],
-            "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1"}}
+    return {"py_modules": [str(package_folder(staging))], "env_vars": dict(ENV_VARS)}
 
 
 @contextmanager
@@ -30,12 +53,13 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     started = False
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, runtime_env=runtime_env(), logging_level=logging.WARNING,
-                     log_to_driver=False)
+            with tempfile.TemporaryDirectory(prefix="idcmap-code-") as staging:  # uploaded by init
+                ray.init(address=address, runtime_env=runtime_env(Path(staging)),
+                         logging_level=logging.WARNING, log_to_driver=False)
         else:
             # workers of an embedded Ray inherit the driver's environment (a runtime_env would
             # start them through Ray's runtime-env agent: about a second later)
-            for key, value in runtime_env()["env_vars"].items():
+            for key, value in ENV_VARS.items():
                 os.environ.setdefault(key, value)
             ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=False)

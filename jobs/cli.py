@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from . import __version__
+from idcmap import __version__
 from .model_cli import evaluate, train
 from .score_cli import query, report, score, status
 from .tiling_cli import build_slide_cmd, info, tile

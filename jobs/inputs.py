@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from slide_tiling import is_patient_dir, links_back
+from idcmap.slide_tiling import is_patient_dir, links_back
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif",
                   ".svslide", ".dcm", ".png", ".jpg", ".jpeg"}

@@ -8,11 +8,11 @@
 - ``overlay.png``: the coloured patches blended on the slide thumbnail (placed with the level-0
   ``x``, ``y`` and ``level0_patch_size`` of each patch), with the same colour bar.
 - ``idc.geojson``: IDC regions for QuPath: 8-connected patches with ``prob >= threshold`` whose
-  area reaches the minimum IDC area (:func:`jobs.summaries.idc_mask`), one ``Polygon`` Feature each
+  area reaches the minimum IDC area (:func:`idcmap.jobs.summaries.idc_mask`), one ``Polygon`` Feature each
   (holes as inner rings), in level-0 pixels, clipped to the slide.
 
 A patch stands for its grid cell (``min(stride, patch_size)`` target pixels a side, centred on the
-patch), the same area :mod:`jobs.summaries` counts, so a region's polygon area is its patch count
+patch), the same area :mod:`idcmap.jobs.summaries` counts, so a region's polygon area is its patch count
 times the patch area. Polygon outlines follow patch edges exactly (no corner cutting).
 """
 from __future__ import annotations

@@ -15,8 +15,8 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=Tru
 
 def _user_errors():
     """The exceptions that mean bad input, shown as one line without a stack trace."""
-    from model import BundleError
-    from model.data import DataError
+    from idcmap.model import BundleError
+    from idcmap.model.data import DataError
 
     return (BundleError, DataError, FileNotFoundError, ValueError)
 
@@ -63,8 +63,8 @@ def _user_errors():
 def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir, batch_size, patience,
           imbalance, colour_strength, stain_strength, artefact_strength, folds, cpus, limit_per_patient, cache_dir, address):
     """Train a model with Ray Train and write a verified model bundle."""
-    from model.pipeline import train_bundle, train_crossvalidated_bundle
-    from model.train import TrainConfig
+    from idcmap.model.pipeline import train_bundle, train_crossvalidated_bundle
+    from idcmap.model.train import TrainConfig
 
     if batch_size % num_workers:
         raise click.ClickException(f"--batch-size {batch_size} is not divisible by --num-workers {num_workers}")
@@ -106,8 +106,8 @@ def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir,
 def evaluate(bundle_dir, data_dirs, json_out, plots_dir, backend, threads, validation_only, out_of_fold):
     """Evaluate a model bundle on Kaggle-layout folders at its stored threshold, or report its
     out-of-fold figures (--out-of-fold)."""
-    from model.evaluate import evaluate as run_evaluation
-    from model.evaluate import evaluate_out_of_fold
+    from idcmap.model.evaluate import evaluate as run_evaluation
+    from idcmap.model.evaluate import evaluate_out_of_fold
 
     if out_of_fold == bool(data_dirs):
         raise click.UsageError("give DATA_DIR... to evaluate on, or --out-of-fold without any")

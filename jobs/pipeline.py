@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from model import load_bundle, make_backend
-from model.scoring import with_context
-from slide_tiling import SlideError, SlidePlan, TilingSpec, iter_patches, open_slide, plan_slide
+from idcmap.model import load_bundle, make_backend
+from idcmap.model.scoring import with_context
+from idcmap.slide_tiling import SlideError, SlidePlan, TilingSpec, iter_patches, open_slide, plan_slide
 
 from .inputs import SlideTask
 from .progress import Progress

@@ -7,7 +7,7 @@ holds the key and by no one else: re-identifying a patient means computing :func
 of a known id with the key.
 
 The slide's path, real ids and file name are kept only in the driver's memory, for reading the
-slide and for removing them from error messages (:meth:`jobs.inputs.SlideTask.redact`).
+slide and for removing them from error messages (:meth:`idcmap.jobs.inputs.SlideTask.redact`).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "idc-default"
+from idcmap.models import DEFAULT_MODEL
 
 
 def _build_outputs(job_dir: Path) -> None:
@@ -52,8 +52,8 @@ def _now() -> str:
 def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors, num_cpus, min_tissue,
           pseudonymize, key_file):
     """Score slides for IDC into JOB_DIR; re-run the same command to resume."""
-    from cluster import ray_session
-    from model import BundleError, load_bundle
+    from idcmap.cluster import ray_session
+    from idcmap.model import BundleError, load_bundle
 
     from .inputs import InputError, collect_tasks
     from .jobinfo import package_versions, read_job, write_job

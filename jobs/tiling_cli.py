@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from slide_tiling import SlideError, TilingSpec, build_slide, choose_level, iter_patches, open_slide, plan_slide
-from slide_tiling.preview import render_preview, write_png
-from slide_tiling.tiler import DEFAULT_MIN_TISSUE
+from idcmap.slide_tiling import SlideError, TilingSpec, build_slide, choose_level, iter_patches, open_slide, plan_slide
+from idcmap.slide_tiling.preview import render_preview, write_png
+from idcmap.slide_tiling.tiler import DEFAULT_MIN_TISSUE
 
 mpp_option = click.option("--mpp", type=float, default=None,
                           help="Level-0 microns per pixel: needed when the file does not say; overrides it when it does.")

@@ -1,6 +1,6 @@
 """The IDC model: architectures, training, evaluation, calibration, bundles, inference backends.
 
-``model.evaluate.evaluate`` is not imported here: it pulls in scikit-learn, which scoring workers
+``idcmap.model.evaluate.evaluate`` is not imported here: it pulls in scikit-learn, which scoring workers
 (every Ray worker imports this package) do not need.
 """
 from .backends import BACKENDS, Backend, make_backend

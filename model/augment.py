@@ -53,7 +53,7 @@ def colour_jitter(x: tf.Tensor, brightness=12.0, contrast=0.15, saturation=0.15,
 
 def hed_jitter(x: tf.Tensor, scale: float = HED_SCALE, shift: float = HED_SHIFT) -> tf.Tensor:
     """Per image, H and E concentrations times U(1 - scale, 1 + scale) plus U(-shift, shift);
-    the residual stain is kept (:func:`model.stain.restain` is the same map in numpy)."""
+    the residual stain is kept (:func:`idcmap.model.stain.restain` is the same map in numpy)."""
     n = tf.shape(x)[0]
     conc = tf.linalg.matmul(-tf.math.log((x + 1.0) / 256.0), tf.constant(HED_FROM_RGB, tf.float32))
     keep = tf.ones([n, 1, 1, 1])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slide_tiling import PATCH_SIZE
+from idcmap.slide_tiling import PATCH_SIZE
 
 from .bundle import ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_keras_model
 from .scoring import calibrated_probability

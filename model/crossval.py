@@ -1,6 +1,6 @@
 """Patient-level k-fold cross-validation: fold assignment, out-of-fold calibration and metrics.
 
-Pure numpy/pandas (no training here; :mod:`model.pipeline` trains the folds). The out-of-fold
+Pure numpy/pandas (no training here; :mod:`idcmap.model.pipeline` trains the folds). The out-of-fold
 table has one row per patch: ``patient_id, source, x, y, label, fold, logit``, where ``logit`` is
 the fold model's IDC logit with its class-weight prior removed, i.e. what that model says about a
 patient it never saw.
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from slide_tiling import PATCH_SIZE
+from idcmap.slide_tiling import PATCH_SIZE
 
 from .calibration import choose_threshold, fit_temperature
 from .metrics import classification_metrics, expected_calibration_error
@@ -76,7 +76,7 @@ def choose_context_weight(oof: pd.DataFrame, weights=CONTEXT_WEIGHTS) -> float:
 
 
 def fit_calibration(z: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(temperature, threshold) fitted on final logits ``z``: see :mod:`model.calibration`."""
+    """(temperature, threshold) fitted on final logits ``z``: see :mod:`idcmap.model.calibration`."""
     t = fit_temperature(z, labels)
     return t, choose_threshold(sigmoid(z / t), labels)
 

@@ -1,7 +1,7 @@
 """Kaggle IDC patch folders as in-memory arrays, the patient split, class balance, augmentation.
 
 A *data directory* is either one patient folder (PATIENT/{0,1}/*.png) or a folder of patient
-folders. Every patch is read with :func:`slide_tiling.load_patch`, so partial edge patches are
+folders. Every patch is read with :func:`idcmap.slide_tiling.load_patch`, so partial edge patches are
 padded with white exactly as they are at scoring time.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slide_tiling import PATCH_SIZE, is_patient_dir, list_patches, load_patch
+from idcmap.slide_tiling import PATCH_SIZE, is_patient_dir, list_patches, load_patch
 
 #: share of each data directory's patches (whole patients) held out for validation
 VALIDATION_FRACTION = 0.2

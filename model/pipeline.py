@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slide_tiling import KAGGLE_MPP, PATCH_SIZE
+from idcmap.slide_tiling import KAGGLE_MPP, PATCH_SIZE
 
 from . import data as datalib
 from .architectures import TRAINING, build, flops_per_patch

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slide_tiling import PATCH_SIZE
+from idcmap.slide_tiling import PATCH_SIZE
 
 #: clip for probabilities before taking logits (float32 softmax saturates near 1e-7)
 PROB_EPS = 1e-7

@@ -4,7 +4,7 @@ Colour deconvolution (Ruifrok & Johnston 2001) writes each pixel's optical densi
 OD = -ln((I + 1) / 256) as a mix of three stain vectors: haematoxylin (nuclei), eosin (stroma,
 cytoplasm) and a residual. Scaling one stain's concentration changes that stain alone, which is
 how a different lab's staining differs; it is what :func:`restain` does (and, in TensorFlow,
-:func:`model.augment.hed_jitter`).
+:func:`idcmap.model.augment.hed_jitter`).
 
 Macenko et al. (2009) estimate a slide's own H and E vectors from its tissue pixels: the plane of
 the two largest principal directions of their OD, and the robust extreme angles in that plane.

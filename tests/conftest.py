@@ -20,8 +20,8 @@ def shared_path(*parts) -> Path:
 @pytest.fixture(scope="session")
 def bundle():
     """The shipped model bundle, loaded and verified."""
-    from jobs.score_cli import DEFAULT_MODEL
-    from model import load_bundle
+    from idcmap.models import DEFAULT_MODEL
+    from idcmap.model import load_bundle
     if not (DEFAULT_MODEL / "model.json").exists():
         pytest.skip(f"the shipped model bundle {DEFAULT_MODEL} is absent")
     return load_bundle(DEFAULT_MODEL)
@@ -30,7 +30,7 @@ def bundle():
 @pytest.fixture(scope="session")
 def rebuilt(tmp_path_factory):
     """Ten patients of ../shared/data rebuilt as 2.5x pyramidal TIFFs (slides/P/P.tiff) with masks."""
-    from slide_tiling import build_slide
+    from idcmap.slide_tiling import build_slide
     patients = sorted(shared_path("idc", "patients").iterdir())[:10]
     root = tmp_path_factory.mktemp("rebuilt")
     for p in patients:
@@ -44,7 +44,7 @@ def reference_job(tmp_path_factory, bundle, rebuilt, ray_session):
     """The rebuilt patients scored once, uninterrupted: what every faulty run must equal."""
     from click.testing import CliRunner
 
-    from jobs.cli import cli
+    from idcmap.jobs.cli import cli
     job = tmp_path_factory.mktemp("reference") / "job"
     result = CliRunner().invoke(cli, ["score", str(rebuilt / "slides"), "--out", str(job)])
     assert result.exit_code == 0, result.output

@@ -11,8 +11,8 @@ import pytest
 import tifffile
 from click.testing import CliRunner
 
-from jobs.cli import cli
-from slide_tiling import SlideError, open_slide, write_pyramid
+from idcmap.jobs.cli import cli
+from idcmap.slide_tiling import SlideError, open_slide, write_pyramid
 
 from .conftest import REPO
 

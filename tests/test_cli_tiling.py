@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 from click.testing import CliRunner
 
-from jobs import __version__
-from jobs.cli import cli
+from idcmap import __version__
+from idcmap.jobs.cli import cli
 
 from .conftest import shared_path
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from model.crossval import assign_folds, cross_fitted, out_of_fold_report
-from model.stain import HED_FROM_RGB, RGB_FROM_HED, macenko, optical_density, restain, transfer
+from idcmap.model.crossval import assign_folds, cross_fitted, out_of_fold_report
+from idcmap.model.stain import HED_FROM_RGB, RGB_FROM_HED, macenko, optical_density, restain, transfer
 
 
 def _patients(n_sources=(30, 12), seed=0):
@@ -121,7 +121,7 @@ def test_restain_is_identity_at_neutral_and_scales_one_stain(he_patch):
 def test_hed_jitter_is_identity_at_neutral_and_keeps_geometry(he_patch):
     import tensorflow as tf
 
-    from model.augment import augment, hed_jitter
+    from idcmap.model.augment import augment, hed_jitter
 
     x = tf.constant(np.stack([he_patch[:50, :50], he_patch[10:, 10:]]), tf.float32)
     np.testing.assert_allclose(hed_jitter(x, 0.0, 0.0).numpy(), x.numpy(), atol=0.01)

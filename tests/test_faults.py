@@ -11,7 +11,7 @@ import time
 import numpy as np
 import psutil
 
-from jobs.schema import prediction_files
+from idcmap.jobs.schema import prediction_files
 
 from .conftest import REPO
 from .test_score_job import read_job_table
@@ -44,7 +44,7 @@ def test_killed_actors_do_not_lose_or_duplicate_rows(tmp_path, rebuilt, referenc
     expected = read_job_table(reference_job)
 
     job = tmp_path / "faulty"
-    proc = subprocess.Popen([sys.executable, "-m", "jobs", "score", str(rebuilt / "slides"), "--out", str(job),
+    proc = subprocess.Popen([sys.executable, "-m", "idcmap", "score", str(rebuilt / "slides"), "--out", str(job),
                              "--num-cpus", "2"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from jobs.inputs import InputError, SlideTask, collect_tasks
+from idcmap.jobs.inputs import InputError, SlideTask, collect_tasks
 
 from .conftest import REPO
 

@@ -8,17 +8,17 @@ import pytest
 from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, f1_score,
                              precision_score, recall_score, roc_auc_score)
 
-from model.bundle import BundleError, load_bundle, write_manifest
-from model.calibration import calibrate, choose_threshold, fit_temperature, nll
-from model.data import PatchSet, apply_split, class_weights, split_patients
-from model.metrics import classification_metrics, expected_calibration_error, metrics_report
-from model.scoring import calibrated_probability, idc_logit, logit, mix_neighbours, sigmoid, with_context
+from idcmap.model.bundle import BundleError, load_bundle, write_manifest
+from idcmap.model.calibration import calibrate, choose_threshold, fit_temperature, nll
+from idcmap.model.data import PatchSet, apply_split, class_weights, split_patients
+from idcmap.model.metrics import classification_metrics, expected_calibration_error, metrics_report
+from idcmap.model.scoring import calibrated_probability, idc_logit, logit, mix_neighbours, sigmoid, with_context
 
 
 # --- architectures ---------------------------------------------------------------------------
 
 def test_seed_cnn_flops_and_shapes():
-    from model.architectures import build, flops_per_patch
+    from idcmap.model.architectures import build, flops_per_patch
 
     seed, net = build("seed_cnn"), build("idcnet")
     assert flops_per_patch(seed) == pytest.approx(145.5e6, rel=1e-3)
@@ -33,7 +33,7 @@ def test_seed_cnn_flops_and_shapes():
 
 
 def test_unknown_architecture_is_refused():
-    from model.architectures import build
+    from idcmap.model.architectures import build
 
     with pytest.raises(ValueError, match="unknown architecture"):
         build("resnet999")
@@ -42,7 +42,7 @@ def test_unknown_architecture_is_refused():
 def test_augmentation_keeps_pixels_and_range():
     import tensorflow as tf
 
-    from model.augment import augment, dihedral
+    from idcmap.model.augment import augment, dihedral
 
     x = tf.constant(np.random.default_rng(1).integers(0, 256, (8, 50, 50, 3)), tf.float32)
     d = dihedral(x).numpy()
@@ -107,7 +107,7 @@ def test_context_on_probabilities_equals_calibrating_mixed_logits():
 
 
 def test_prior_offset_undoes_class_weighting():
-    from model.calibration import prior_offset
+    from idcmap.model.calibration import prior_offset
 
     probs, y = _overconfident(factor=1.0, seed=5)
     offset = prior_offset({0: 0.625, 1: 2.5})  # IDC weighted 4x: logits shifted by log 4
@@ -241,7 +241,7 @@ def test_channels_first_input_keeps_the_outputs_bit_for_bit(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from model.export import channels_first_input
+    from idcmap.model.export import channels_first_input
 
     rng = np.random.default_rng(0)
     consts = [numpy_helper.from_array(np.array([180.0, 120.0, 200.0], np.float32), "mean"),

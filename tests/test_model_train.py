@@ -22,8 +22,8 @@ def data_dirs():
 @pytest.fixture(scope="module")
 def trained(ray_session, data_dirs, tmp_path_factory):
     """One epoch of idcnet with 2 Ray Train workers on a few hundred real patches."""
-    from model.pipeline import train_bundle
-    from model.train import TrainConfig
+    from idcmap.model.pipeline import train_bundle
+    from idcmap.model.train import TrainConfig
 
     root = tmp_path_factory.mktemp("train")
     cfg = TrainConfig(data_dirs=data_dirs, arch="idcnet", epochs=1, num_workers=2, cpus=2,
@@ -36,8 +36,8 @@ def trained(ray_session, data_dirs, tmp_path_factory):
 def crossvalidated(ray_session, data_dirs, tmp_path_factory):
     """3-fold cross-validation (one epoch each, stain augmentation on), then the bundle's network
     trained on every patient, on a few hundred real patches."""
-    from model.pipeline import train_crossvalidated_bundle
-    from model.train import TrainConfig
+    from idcmap.model.pipeline import train_crossvalidated_bundle
+    from idcmap.model.train import TrainConfig
 
     root = tmp_path_factory.mktemp("cv")
     cfg = TrainConfig(data_dirs=data_dirs, arch="idcnet", epochs=1, num_workers=1, cpus=2,
@@ -48,7 +48,7 @@ def crossvalidated(ray_session, data_dirs, tmp_path_factory):
 def test_crossvalidated_bundle_scores_each_patient_with_a_model_that_never_saw_it(crossvalidated):
     import pandas as pd
 
-    from model import load_bundle
+    from idcmap.model import load_bundle
 
     b = load_bundle(crossvalidated["bundle"].path)
     m = b.meta
@@ -71,7 +71,7 @@ def test_crossvalidated_bundle_scores_each_patient_with_a_model_that_never_saw_i
 
 
 def test_evaluate_reports_the_stored_out_of_fold_figures(crossvalidated, tmp_path):
-    from jobs.cli import cli
+    from idcmap.jobs.cli import cli
 
     b = crossvalidated["bundle"]
     res = CliRunner().invoke(cli, ["evaluate", str(b.path), "--out-of-fold", "--json", str(tmp_path / "oof.json")])
@@ -86,7 +86,7 @@ def test_evaluate_reports_the_stored_out_of_fold_figures(crossvalidated, tmp_pat
 
 
 def test_bundle_manifest(trained):
-    from model import load_bundle
+    from idcmap.model import load_bundle
 
     b = load_bundle(trained["bundle"].path)
     m = b.meta
@@ -108,8 +108,8 @@ def test_bundle_manifest(trained):
 
 
 def test_backends_agree_on_real_patches(trained, data_dirs):
-    from model import make_backend
-    from model.data import load_patches
+    from idcmap.model import make_backend
+    from idcmap.model.data import load_patches
 
     patches = load_patches(data_dirs, limit_per_patient=1).images[:100]
     keras_p = make_backend(trained["bundle"], "keras").predict(patches)
@@ -128,7 +128,7 @@ def test_backends_agree_on_real_patches(trained, data_dirs):
 
 
 def test_predict_rejects_wrong_input(trained):
-    from model import make_backend
+    from idcmap.model import make_backend
 
     with pytest.raises(ValueError, match="uint8 RGB patches"):
         make_backend(trained["bundle"], "onnx").predict(np.zeros((2, 50, 50, 3), np.float32))
@@ -136,7 +136,7 @@ def test_predict_rejects_wrong_input(trained):
 
 
 def test_evaluate_cli_writes_report_and_plots(trained, tmp_path):
-    from jobs.cli import cli
+    from idcmap.jobs.cli import cli
 
     patient = sorted(p for p in shared_path("idc", "sparse").iterdir() if p.is_dir())[0]
     n_files = sum(1 for _ in patient.glob("[01]/*.png"))
@@ -160,8 +160,8 @@ def test_evaluate_cli_writes_report_and_plots(trained, tmp_path):
 
 @pytest.mark.parametrize("victim", ["model.keras", "model.onnx", "model.json"])
 def test_tampered_bundle_is_refused(trained, tmp_path, victim):
-    from jobs.cli import cli
-    from model import BundleError, load_bundle
+    from idcmap.jobs.cli import cli
+    from idcmap.model import BundleError, load_bundle
 
     copy = tmp_path / "bundle"
     shutil.copytree(trained["bundle"].path, copy)
@@ -183,7 +183,7 @@ def test_tampered_bundle_is_refused(trained, tmp_path, victim):
 def test_resume_continues_from_last_checkpoint(trained):
     from dataclasses import replace
 
-    from model.train import fit
+    from idcmap.model.train import fit
 
     first = json.loads((next((trained["root"] / "runs").rglob("state.json"))).read_text())
     ckpt = fit(replace(trained["cfg"], epochs=2), trained["root"] / "runs", resume=True)
@@ -195,7 +195,7 @@ def test_resume_continues_from_last_checkpoint(trained):
 def test_shipped_bundle_reproduces_its_out_of_fold_figures_and_meets_the_floors(bundle):
     """The shipped figures are out-of-fold over all 147 patients: recomputed from the fold
     predictions the bundle stores, they must equal what model.json says and reach the floors."""
-    from model.evaluate import evaluate_out_of_fold
+    from idcmap.model.evaluate import evaluate_out_of_fold
 
     report = evaluate_out_of_fold(bundle)
     stored = bundle.meta["out_of_fold_metrics"]

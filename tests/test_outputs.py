@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.maps import (LEGEND_HEIGHT, MIN_IMAGE_WIDTH, colorize, component_rings, heatmap_scale,
+from idcmap.jobs.maps import (LEGEND_HEIGHT, MIN_IMAGE_WIDTH, colorize, component_rings, heatmap_scale,
                        idc_regions, probability_map)
-from jobs.outputs import build_outputs
-from jobs.report import write_report
-from jobs.schema import SUMMARIES, SlideMeta, write_failure, write_predictions
-from jobs.summaries import build_summaries, patch_area_mm2
+from idcmap.jobs.outputs import build_outputs
+from idcmap.jobs.report import write_report
+from idcmap.jobs.schema import SUMMARIES, SlideMeta, write_failure, write_predictions
+from idcmap.jobs.summaries import build_summaries, patch_area_mm2
 
 THRESHOLD = 0.5
 MPP = 0.25
@@ -408,7 +408,7 @@ def test_a_job_whose_slides_all_failed_still_gets_a_report(tmp_path):
 
 
 def test_a_corrupt_predictions_file_is_named(tmp_path):
-    from jobs.summaries import SummaryError
+    from idcmap.jobs.summaries import SummaryError
 
     make_slide(tmp_path, "P", "S", 5)
     bad = tmp_path / "predictions" / "P" / "T.parquet"
@@ -422,7 +422,7 @@ def test_regions_on_a_real_slide_cover_exactly_its_ground_truth_idc_patches(tmp_
     """Tile examples/slides/patient-8863.tiff, score each patch 0.9 where the ground-truth mask says IDC
     (0.1 elsewhere): the GeoJSON polygons must hold exactly those patches' centres, in level-0
     pixels, and the overlay must be at the reader's thumbnail size."""
-    from slide_tiling import TilingSpec, iter_patches, open_slide, plan_slide
+    from idcmap.slide_tiling import TilingSpec, iter_patches, open_slide, plan_slide
 
     from .conftest import REPO
 

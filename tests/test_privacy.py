@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from jobs.cli import cli
-from jobs.pseudonym import KEY_ENV, key_id, patient_pseudonym, slide_pseudonym
+from idcmap.jobs.cli import cli
+from idcmap.jobs.pseudonym import KEY_ENV, key_id, patient_pseudonym, slide_pseudonym
 
 from .conftest import REPO
 
@@ -24,7 +24,7 @@ def _score(*args, env_key: bytes | None = KEY):
     env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
     if env_key is not None:
         env[KEY_ENV] = env_key.decode()
-    return subprocess.run([sys.executable, "-m", "jobs", "score", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "idcmap", "score", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -90,7 +90,7 @@ def test_the_key_never_comes_from_the_command_line(tmp_path, manifest):
 
 
 def test_pseudonyms_are_keyed_stable_and_safe_ids():
-    from jobs.inputs import check_id
+    from idcmap.jobs.inputs import check_id
 
     a = patient_pseudonym(KEY, "MRN-4711")
     assert a == patient_pseudonym(KEY, "MRN-4711") != patient_pseudonym(b"x" * 16, "MRN-4711")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from slide_tiling import SlideError, TilingSpec, iter_patches, open_slide, plan_slide, write_pyramid
-from slide_tiling.tiff_reader import CACHE_BYTES as TIFF_CACHE_BYTES
+from idcmap.slide_tiling import SlideError, TilingSpec, iter_patches, open_slide, plan_slide, write_pyramid
+from idcmap.slide_tiling.tiff_reader import CACHE_BYTES as TIFF_CACHE_BYTES
 
 from .conftest import shared_path
 
@@ -184,7 +184,7 @@ def test_pen_ink_is_not_tissue_on_the_marked_dicom():
     with open_slide(path) as r:
         plan = plan_slide(r, TilingSpec(mpp=0.5))
         thumb = plan.thumbnail
-    from slide_tiling.tissue import ink_mask
+    from idcmap.slide_tiling.tissue import ink_mask
     ink = ink_mask(thumb)
     assert ink.mean() > 0.03                       # the slide really carries green and blue ink
     assert not (plan.tissue.mask & ink).any()      # and none of it counts as tissue

@@ -5,8 +5,8 @@ import numpy as np
 import openslide
 import pytest
 
-from slide_tiling import KaggleFolderReader, build_slide, load_patch, open_slide
-from slide_tiling.groundtruth import check_rebuild
+from idcmap.slide_tiling import KaggleFolderReader, build_slide, load_patch, open_slide
+from idcmap.slide_tiling.groundtruth import check_rebuild
 
 from .conftest import SHARED_DATA, shared_path
 

@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from jobs.cli import cli
-from jobs.joblock import job_lock
-from jobs.schema import META_KEY, PREDICTIONS, SUMMARIES, prediction_files, read_slide_meta
-from model import make_backend
-from model.scoring import with_context
-from slide_tiling import TilingSpec, iter_patches, open_slide, plan_slide
+from idcmap.jobs.cli import cli
+from idcmap.jobs.joblock import job_lock
+from idcmap.jobs.schema import META_KEY, PREDICTIONS, SUMMARIES, prediction_files, read_slide_meta
+from idcmap.model import make_backend
+from idcmap.model.scoring import with_context
+from idcmap.slide_tiling import TilingSpec, iter_patches, open_slide, plan_slide
 
 from .conftest import REPO
 
@@ -126,7 +126,7 @@ def test_a_one_cpu_ray_still_tiles_and_scores(tmp_path, bundle):
     """A 1-CPU Ray gets one scorer actor that plans, tiles and scores (an earlier design once waited
     forever there)."""
     job = tmp_path / "job"
-    proc = subprocess.run([sys.executable, "-m", "jobs", "score", str(EXAMPLES / "patient-8916.tiff"),
+    proc = subprocess.run([sys.executable, "-m", "idcmap", "score", str(EXAMPLES / "patient-8916.tiff"),
                            "--out", str(job), "--num-cpus", "1"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -147,7 +147,7 @@ def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, re
     assert len(prediction_files(reference_job)) == 10
 
     job = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "jobs", "score", str(rebuilt / "slides"), "--out", str(job), "--num-cpus", "2"]
+    cmd = [sys.executable, "-m", "idcmap", "score", str(rebuilt / "slides"), "--out", str(job), "--num-cpus", "2"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300

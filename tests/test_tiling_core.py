@@ -5,10 +5,10 @@ import cv2
 import numpy as np
 import pytest
 
-from slide_tiling import (PatchGrid, SlideError, SlideReader, TilingSpec, choose_level, iter_patches,
+from idcmap.slide_tiling import (PatchGrid, SlideError, SlideReader, TilingSpec, choose_level, iter_patches,
                           pad_patch, plan_slide, read_region_patches)
-from slide_tiling.reader import compose_from_tiles
-from slide_tiling.tissue import GREY_DROP, TissueMask, TissueThreshold, fit_threshold, ink_mask
+from idcmap.slide_tiling.reader import compose_from_tiles
+from idcmap.slide_tiling.tissue import GREY_DROP, TissueMask, TissueThreshold, fit_threshold, ink_mask
 
 PINK, PURPLE, GLASS = (230, 150, 190), (120, 60, 150), (245, 245, 245)
 

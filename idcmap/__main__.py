@@ -1,0 +1,3 @@
+from idcmap.jobs.cli import main
+
+main()
