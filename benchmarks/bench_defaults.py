@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import idcmap.jobs.pipeline as pipeline
+import idcmap.jobs.engine.run as pipeline
 import ray
 from bench_scoring import MODEL, rebuilt_patients, spread
 from idcmap.jobs.inputs import collect_tasks

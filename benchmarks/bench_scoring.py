@@ -136,7 +136,7 @@ def backend_alone(npy: Path, model: Path, seconds: float = 2.0) -> float:
     """The job's backend without the job, on the job's patches (saved in ``npy``) in memory: the
     faster of the job's set-up (one process per core, one ONNX thread each, the job's batch size,
     all at once) and one process with one thread per core (batch 64)."""
-    from idcmap.jobs.pipeline import ScoreSpec
+    from idcmap.jobs.engine.run import ScoreSpec
 
     cores = len(os.sched_getaffinity(0))
     batch = ScoreSpec.batch_size

@@ -34,7 +34,7 @@ from idcmap.model.crossval import (
     per_patient_table,
 )
 from idcmap.model.metrics import classification_metrics
-from idcmap.model.pipeline import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches
+from idcmap.model.make_bundle import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches
 from idcmap.model.scoring import idc_logit, scoring_function, sigmoid
 from idcmap.model.stain import (
     StainFitError,

@@ -6,7 +6,7 @@ A cross-validated bundle stores every patient's out-of-fold scores (each patient
 model that did not train on it, calibrated and thresholded with values fitted on the other folds).
 For the whole patients (``idc/patients``: every patch of the slide, so the scores form the slide's
 map on its 50-px grid, the grid ``idcmap score`` uses on the rebuilt slide), this builds the map's
-IDC calls under each minimum region area (:func:`idcmap.jobs.summaries.idc_mask`; 0: every patch at or
+IDC calls under each minimum region area (:func:`idcmap.jobs.render.summaries.idc_mask`; 0: every patch at or
 above the threshold) and scores them against the labels: Dice per patient, mean and median, and
 the mean over the patients with the least IDC (where isolated false positives weigh most).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from idcmap.jobs.summaries import idc_mask
+from idcmap.jobs.render.summaries import idc_mask
 from idcmap.model import load_bundle
 from idcmap.model.bundle import OOF_FILE
 from idcmap.model.crossval import cross_fitted

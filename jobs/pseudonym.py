@@ -17,7 +17,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from .inputs import InputError, SlideTask
+from idcmap.jobs.inputs import InputError, SlideTask
 
 KEY_ENV = "IDCMAP_PSEUDONYM_KEY"
 MIN_KEY_BYTES = 16

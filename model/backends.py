@@ -8,7 +8,6 @@ int8 quantization; offered only when the bundle says it passed its accuracy chec
 from __future__ import annotations
 
 import numpy as np
-
 from idcmap.slide_tiling import PATCH_SIZE
 
 from .bundle import ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_keras_model

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_curve
 
 from .scoring import idc_logit, sigmoid
 
+
 def prior_offset(class_weights: dict) -> float:
     """Logit shift that class weights w put into a model: log(w_idc / w_no_idc)."""
     return float(np.log(class_weights[1] / class_weights[0]))

@@ -1,6 +1,6 @@
 """Patient-level k-fold cross-validation: fold assignment, out-of-fold calibration and metrics.
 
-Pure numpy/pandas (no training here; :mod:`idcmap.model.pipeline` trains the folds). The out-of-fold
+Pure numpy/pandas (no training here; :mod:`idcmap.model.make_bundle` trains the folds). The out-of-fold
 table has one row per patch: ``patient_id, source, x, y, label, fold, logit``, where ``logit`` is
 the fold model's IDC logit with its class-weight prior removed, i.e. what that model says about a
 patient it never saw.
@@ -16,9 +16,8 @@ import hashlib
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
-
 from idcmap.slide_tiling import PATCH_SIZE
+from sklearn.metrics import roc_auc_score
 
 from .calibration import choose_threshold, fit_temperature
 from .metrics import classification_metrics, expected_calibration_error

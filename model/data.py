@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from idcmap.slide_tiling import PATCH_SIZE, is_patient_dir, list_patches, load_patch
 
 #: share of each data directory's patches (whole patients) held out for validation

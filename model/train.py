@@ -85,9 +85,9 @@ def _save_checkpoint(path: Path, model, optimizer, state: dict, best_weights: by
 
 def train_loop_per_worker(config: dict):
     """The Ray Train worker loop (``config`` is a TrainConfig as a dict)."""
+    import keras
     import ray.train
     import tensorflow as tf
-    import keras
     from sklearn.metrics import roc_auc_score
 
     from .augment import augment

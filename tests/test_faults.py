@@ -11,7 +11,7 @@ import time
 import numpy as np
 import psutil
 
-from idcmap.jobs.schema import prediction_files
+from idcmap.jobs.jobdir.schema import prediction_files
 
 from .conftest import REPO
 from .test_score_job import read_job_table

@@ -22,7 +22,7 @@ def data_dirs():
 @pytest.fixture(scope="module")
 def trained(ray_session, data_dirs, tmp_path_factory):
     """One epoch of idcnet with 2 Ray Train workers on a few hundred real patches."""
-    from idcmap.model.pipeline import train_bundle
+    from idcmap.model.make_bundle import train_bundle
     from idcmap.model.train import TrainConfig
 
     root = tmp_path_factory.mktemp("train")
@@ -36,7 +36,7 @@ def trained(ray_session, data_dirs, tmp_path_factory):
 def crossvalidated(ray_session, data_dirs, tmp_path_factory):
     """3-fold cross-validation (one epoch each, stain augmentation on), then the bundle's network
     trained on every patient, on a few hundred real patches."""
-    from idcmap.model.pipeline import train_crossvalidated_bundle
+    from idcmap.model.make_bundle import train_crossvalidated_bundle
     from idcmap.model.train import TrainConfig
 
     root = tmp_path_factory.mktemp("cv")

@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from idcmap.jobs.maps import (LEGEND_HEIGHT, MIN_IMAGE_WIDTH, colorize, component_rings, heatmap_scale,
+from idcmap.jobs.render.maps import (LEGEND_HEIGHT, MIN_IMAGE_WIDTH, colorize, component_rings, heatmap_scale,
                        idc_regions, probability_map)
-from idcmap.jobs.outputs import build_outputs
-from idcmap.jobs.report import write_report
-from idcmap.jobs.schema import SUMMARIES, SlideMeta, write_failure, write_predictions
-from idcmap.jobs.summaries import build_summaries, patch_area_mm2
+from idcmap.jobs.render.outputs import build_outputs
+from idcmap.jobs.render.report import write_report
+from idcmap.jobs.jobdir.schema import SUMMARIES, SlideMeta, write_failure, write_predictions
+from idcmap.jobs.render.summaries import build_summaries, patch_area_mm2
 
 THRESHOLD = 0.5
 MPP = 0.25
@@ -408,7 +408,7 @@ def test_a_job_whose_slides_all_failed_still_gets_a_report(tmp_path):
 
 
 def test_a_corrupt_predictions_file_is_named(tmp_path):
-    from idcmap.jobs.summaries import SummaryError
+    from idcmap.jobs.render.summaries import SummaryError
 
     make_slide(tmp_path, "P", "S", 5)
     bad = tmp_path / "predictions" / "P" / "T.parquet"

@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from idcmap.jobs.outputs import build_outputs
-from idcmap.jobs.report import PATIENT_COLUMNS, format_value, patient_order
+from idcmap.jobs.render.outputs import build_outputs
+from idcmap.jobs.render.report import PATIENT_COLUMNS, format_value, patient_order
 
 from .test_outputs import SCRIPT_ID, make_job
 

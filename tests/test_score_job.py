@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from idcmap.jobs.cli import cli
-from idcmap.jobs.joblock import job_lock
-from idcmap.jobs.schema import META_KEY, PREDICTIONS, SUMMARIES, prediction_files, read_slide_meta
+from idcmap.jobs.jobdir.lock import job_lock
+from idcmap.jobs.jobdir.schema import META_KEY, PREDICTIONS, SUMMARIES, prediction_files, read_slide_meta
 from idcmap.model import make_backend
 from idcmap.model.scoring import with_context
 from idcmap.slide_tiling import TilingSpec, iter_patches, open_slide, plan_slide

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from idcmap.jobs.truth import IDC, NO_IDC, NO_PATCH, map_agreement
+from idcmap.jobs.render.truth import IDC, NO_IDC, NO_PATCH, map_agreement
 
 
 def test_dice_and_auc_on_a_small_map():

@@ -34,8 +34,9 @@ def test_wheel_installs_one_namespace_with_the_default_bundle(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"idcmap", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
-    for sub in ("model", "jobs", "slide_tiling", "cluster"):
-        assert f"idcmap/{sub}/__init__.py" in names
+    for sub in ("model", "jobs", "slide_tiling", "cluster"):  # every (sub-)package of the source tree
+        for init in (REPO / sub).rglob("__init__.py"):
+            assert f"idcmap/{init.relative_to(REPO).as_posix()}" in names
     bundle = {n.split("/")[-1] for n in names if n.startswith("idcmap/models/idc-default/")}
     files = json.loads((REPO / "models" / "idc-default" / "model.json").read_text())["files"]
     assert bundle == set(files) | {"model.json"}

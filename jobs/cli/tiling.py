@@ -7,8 +7,15 @@ from pathlib import Path
 
 import click
 import numpy as np
-
-from idcmap.slide_tiling import SlideError, TilingSpec, build_slide, choose_level, iter_patches, open_slide, plan_slide
+from idcmap.slide_tiling import (
+    SlideError,
+    TilingSpec,
+    build_slide,
+    choose_level,
+    iter_patches,
+    open_slide,
+    plan_slide,
+)
 from idcmap.slide_tiling.preview import render_preview, write_png
 from idcmap.slide_tiling.tiler import DEFAULT_MIN_TISSUE
 

@@ -8,14 +8,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-
 from idcmap.models import DEFAULT_MODEL
 
 
 def _build_outputs(job_dir: Path) -> None:
     """Summaries, maps and report; a map that cannot be built is reported, not fatal."""
-    from .outputs import build_outputs
-    from .summaries import SummaryError
+    from idcmap.jobs.render.outputs import build_outputs
+    from idcmap.jobs.render.summaries import SummaryError
 
     try:
         result = build_outputs(job_dir)
@@ -53,16 +52,15 @@ def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors,
           pseudonymize, key_file):
     """Score slides for IDC into JOB_DIR; re-run the same command to resume."""
     from idcmap.cluster import ray_session
+    from idcmap.jobs.engine.run import ScoreSpec, run_scoring
+    from idcmap.jobs.inputs import InputError, collect_tasks
+    from idcmap.jobs.jobdir.info import package_versions, read_job, write_job
+    from idcmap.jobs.jobdir.lock import JobLocked, job_lock
+    from idcmap.jobs.jobdir.schema import predictions_path
+    from idcmap.jobs.progress import Progress
+    from idcmap.jobs.pseudonym import key_id, load_key
+    from idcmap.jobs.pseudonym import pseudonymize as pseudonymize_tasks
     from idcmap.model import BundleError, load_bundle
-
-    from .inputs import InputError, collect_tasks
-    from .jobinfo import package_versions, read_job, write_job
-    from .joblock import JobLocked, job_lock
-    from .pipeline import ScoreSpec, run_scoring
-    from .progress import Progress
-    from .pseudonym import key_id, load_key
-    from .pseudonym import pseudonymize as pseudonymize_tasks
-    from .schema import predictions_path
 
     if key_file is not None and not pseudonymize:
         raise click.UsageError("--key-file is only used with --pseudonymize")
@@ -156,10 +154,9 @@ def _existing_job(job_dir: Path) -> Path:
 def status(job_dir):
     """Slides done, failed and pending; patches; rate and ETA of a running job."""
     import pyarrow.parquet as pq
-
-    from .jobinfo import read_job
-    from .joblock import is_locked
-    from .schema import prediction_files, read_failures
+    from idcmap.jobs.jobdir.info import read_job
+    from idcmap.jobs.jobdir.lock import is_locked
+    from idcmap.jobs.jobdir.schema import prediction_files, read_failures
 
     job = read_job(_existing_job(job_dir))
     files = prediction_files(job_dir)
@@ -197,8 +194,7 @@ def status(job_dir):
 def query(job_dir, sql, fmt):
     """Run SQL (DuckDB) over the views `predictions` and `summaries` of a job."""
     import duckdb
-
-    from .schema import prediction_files
+    from idcmap.jobs.jobdir.schema import prediction_files
 
     _existing_job(job_dir)
     con = duckdb.connect()

@@ -63,7 +63,7 @@ def _user_errors():
 def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir, batch_size, patience,
           imbalance, colour_strength, stain_strength, artefact_strength, folds, cpus, limit_per_patient, cache_dir, address):
     """Train a model with Ray Train and write a verified model bundle."""
-    from idcmap.model.pipeline import train_bundle, train_crossvalidated_bundle
+    from idcmap.model.make_bundle import train_bundle, train_crossvalidated_bundle
     from idcmap.model.train import TrainConfig
 
     if batch_size % num_workers:

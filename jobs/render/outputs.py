@@ -11,10 +11,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .maps import MAP_FILES, MapError, maps_dir, write_bytes_atomic, write_slide_maps
-from .report import write_report
-from .schema import prediction_files
-from .summaries import SummaryError, load_meta, write_summaries
+from idcmap.jobs.jobdir.schema import prediction_files
+from idcmap.jobs.render.maps import (
+    MAP_FILES,
+    MapError,
+    maps_dir,
+    write_bytes_atomic,
+    write_slide_maps,
+)
+from idcmap.jobs.render.report import write_report
+from idcmap.jobs.render.summaries import SummaryError, load_meta, write_summaries
 
 MAPS_VERSION = 1        # bump when the map files change for the same predictions
 MAPS_MANIFEST = "inputs.json"

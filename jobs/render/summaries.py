@@ -37,8 +37,14 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from .schema import SUMMARIES, SlideMeta, prediction_files, read_failures, read_slide_meta, write_atomic
+from idcmap.jobs.jobdir.schema import (
+    SUMMARIES,
+    SlideMeta,
+    prediction_files,
+    read_failures,
+    read_slide_meta,
+    write_atomic,
+)
 
 DEFAULT_MIN_IDC_AREA_MM2 = 0.2  # 5 patches of 200 µm x 200 µm
 SUMMARIES_FILE = "summaries.parquet"

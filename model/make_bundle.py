@@ -12,18 +12,38 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from idcmap.slide_tiling import KAGGLE_MPP, PATCH_SIZE
 
 from . import data as datalib
 from .architectures import TRAINING, build, flops_per_patch
-from .bundle import KERAS_FILE, OOF_FILE, ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_bundle, write_manifest
+from .bundle import (
+    KERAS_FILE,
+    ONNX_FILE,
+    ONNX_INT8_FILE,
+    OOF_FILE,
+    ModelBundle,
+    load_bundle,
+    write_manifest,
+)
 from .calibration import THRESHOLD_RULE, calibrate, nll, prior_offset
-from .crossval import (CONTEXT_WEIGHTS, assign_folds, choose_context_weight, context_logits, fit_calibration,
-                       out_of_fold_report)
+from .crossval import (
+    CONTEXT_WEIGHTS,
+    assign_folds,
+    choose_context_weight,
+    context_logits,
+    fit_calibration,
+    out_of_fold_report,
+)
 from .metrics import classification_metrics
-from .scoring import (CONTEXT_SELF_WEIGHT, calibrated_probability, idc_logit, mix_neighbours, scoring_function,
-                      sigmoid, with_context)
+from .scoring import (
+    CONTEXT_SELF_WEIGHT,
+    calibrated_probability,
+    idc_logit,
+    mix_neighbours,
+    scoring_function,
+    sigmoid,
+    with_context,
+)
 from .train import STATE_FILE, TrainConfig, fit, latest_checkpoint, prepare
 
 #: int8 is offered only if its validation ROC AUC is within this of the fp32 ONNX model's

@@ -24,14 +24,25 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import ray
-
+from idcmap.jobs.inputs import SlideTask
+from idcmap.jobs.jobdir.schema import (
+    SlideMeta,
+    failure_path,
+    predictions_path,
+    write_failure,
+    write_predictions,
+)
+from idcmap.jobs.progress import Progress
 from idcmap.model import load_bundle, make_backend
 from idcmap.model.scoring import with_context
-from idcmap.slide_tiling import SlideError, SlidePlan, TilingSpec, iter_patches, open_slide, plan_slide
-
-from .inputs import SlideTask
-from .progress import Progress
-from .schema import (SlideMeta, failure_path, predictions_path, write_failure, write_predictions)
+from idcmap.slide_tiling import (
+    SlideError,
+    SlidePlan,
+    TilingSpec,
+    iter_patches,
+    open_slide,
+    plan_slide,
+)
 
 CHUNK_PATCHES = 1024           # grid patches per scoring call (before the tissue filter)
 CALLS_PER_ACTOR = 1            # a call queued behind one that crashes its actor would share its retries

@@ -18,10 +18,14 @@ from pathlib import Path
 
 import cv2
 import pyarrow.parquet as pq
-
-from .maps import maps_dir, write_bytes_atomic
-from .schema import prediction_files, read_failures
-from .summaries import SUMMARIES_FILE, build_summaries, load_meta, min_idc_area_mm2
+from idcmap.jobs.jobdir.schema import prediction_files, read_failures
+from idcmap.jobs.render.maps import maps_dir, write_bytes_atomic
+from idcmap.jobs.render.summaries import (
+    SUMMARIES_FILE,
+    build_summaries,
+    load_meta,
+    min_idc_area_mm2,
+)
 
 OVERLAY_MAX_SIDE = 480
 JPEG_QUALITY = 80

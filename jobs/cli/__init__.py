@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import click
+from idcmap.jobs.cli.model import evaluate, train
+from idcmap.jobs.cli.score import query, report, score, status
+from idcmap.jobs.cli.tiling import build_slide_cmd, info, tile
 
 from idcmap import __version__
-from .model_cli import evaluate, train
-from .score_cli import query, report, score, status
-from .tiling_cli import build_slide_cmd, info, tile
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

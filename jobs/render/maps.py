@@ -8,11 +8,11 @@
 - ``overlay.png``: the coloured patches blended on the slide thumbnail (placed with the level-0
   ``x``, ``y`` and ``level0_patch_size`` of each patch), with the same colour bar.
 - ``idc.geojson``: IDC regions for QuPath: 8-connected patches with ``prob >= threshold`` whose
-  area reaches the minimum IDC area (:func:`idcmap.jobs.summaries.idc_mask`), one ``Polygon`` Feature each
+  area reaches the minimum IDC area (:func:`idcmap.jobs.render.summaries.idc_mask`), one ``Polygon`` Feature each
   (holes as inner rings), in level-0 pixels, clipped to the slide.
 
 A patch stands for its grid cell (``min(stride, patch_size)`` target pixels a side, centred on the
-patch), the same area :mod:`idcmap.jobs.summaries` counts, so a region's polygon area is its patch count
+patch), the same area :mod:`idcmap.jobs.render.summaries` counts, so a region's polygon area is its patch count
 times the patch area. Polygon outlines follow patch edges exactly (no corner cutting).
 """
 from __future__ import annotations
@@ -29,9 +29,14 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from .schema import SlideMeta
-from .summaries import downsample0, idc_mask, load_meta, min_region_patches, patch_area_mm2
+from idcmap.jobs.jobdir.schema import SlideMeta
+from idcmap.jobs.render.summaries import (
+    downsample0,
+    idc_mask,
+    load_meta,
+    min_region_patches,
+    patch_area_mm2,
+)
 
 MAP_FILES = ("prob.npy", "heatmap.png", "overlay.png", "idc.geojson")
 IDC_COLOR_RGB = (220, 30, 30)

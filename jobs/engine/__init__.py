@@ -1,0 +1,1 @@
+"""The scoring engine: scorer actors on Ray, the scheduling of plan and score calls."""

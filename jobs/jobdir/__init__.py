@@ -1,0 +1,1 @@
+"""The job folder: its layout, Parquet schemas, job.json, the writer lock."""

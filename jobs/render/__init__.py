@@ -1,0 +1,1 @@
+"""What people look at, built from a job folder alone: summaries, maps, the report."""
