@@ -16,9 +16,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import idcmap.jobs.engine.run as pipeline
 import ray
 from bench_scoring import MODEL, rebuilt_patients, spread
+
+import idcmap.jobs.engine.run as pipeline
 from idcmap.jobs.inputs import collect_tasks
 from idcmap.jobs.progress import Progress
 from idcmap.slide_tiling import TilingSpec

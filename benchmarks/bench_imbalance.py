@@ -22,13 +22,14 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "idc"
 
 def main():
     import ray
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
     from idcmap.model.architectures import build
     from idcmap.model.calibration import calibrate, prior_offset
     from idcmap.model.data import class_weights
     from idcmap.model.metrics import expected_calibration_error
     from idcmap.model.scoring import calibrated_probability, scoring_function
     from idcmap.model.train import STATE_FILE, TrainConfig, fit, prepare
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-patient", type=int, default=150)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from idcmap.model import load_bundle, make_backend
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "idc" / "sparse"

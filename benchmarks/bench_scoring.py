@@ -29,6 +29,7 @@ import numpy as np
 import psutil
 from bench_inference import rates_in_processes
 from bench_tiling_memory import mosaic
+
 from idcmap.slide_tiling import (
     build_slide,
     iter_patches,
@@ -147,6 +148,7 @@ def backend_alone(npy: Path, model: Path, seconds: float = 2.0) -> float:
 def reference(patient_dirs: list[Path]) -> tuple[int, float]:
     """The reference approach: glob the patch PNGs, cv2.imread each, Keras seed_cnn model.predict."""
     import keras
+
     from idcmap.model import load_bundle
 
     bundle = load_bundle(SEED)

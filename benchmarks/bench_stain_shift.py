@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+
 from idcmap.model import data as datalib
 from idcmap.model.crossval import (
     PER_PATIENT_MIN,
@@ -33,8 +34,8 @@ from idcmap.model.crossval import (
     cross_fitted,
     per_patient_table,
 )
-from idcmap.model.metrics import classification_metrics
 from idcmap.model.make_bundle import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches
+from idcmap.model.metrics import classification_metrics
 from idcmap.model.scoring import idc_logit, scoring_function, sigmoid
 from idcmap.model.stain import (
     StainFitError,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from idcmap.slide_tiling import list_patches, load_patch, write_pyramid
 
 PATIENTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "idc" / "patients"

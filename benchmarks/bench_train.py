@@ -17,6 +17,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "idc"
 
 def main():
     import ray
+
     from idcmap.model.train import STATE_FILE, TrainConfig, fit, prepare
 
     ap = argparse.ArgumentParser()

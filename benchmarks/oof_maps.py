@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from idcmap.jobs.render.summaries import idc_mask
 from idcmap.model import load_bundle
 from idcmap.model.bundle import OOF_FILE

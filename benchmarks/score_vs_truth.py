@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from idcmap.jobs.render.truth import map_agreement
 from idcmap.slide_tiling import build_slide
 

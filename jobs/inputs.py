@@ -18,15 +18,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from idcmap.errors import InputError
 from idcmap.slide_tiling import is_patient_dir, links_back
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif",
                   ".svslide", ".dcm", ".png", ".jpg", ".jpeg"}
 _SAFE_ID = re.compile(r"^[\w-][\w.-]{0,127}$")  # \w: any letter or digit, non-ASCII too
-
-
-class InputError(Exception):
-    """Input that cannot make a job at all (a manifest without its columns, duplicate ids ...)."""
 
 
 @dataclass(frozen=True)

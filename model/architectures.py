@@ -9,6 +9,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from idcmap.errors import InputError
+
 INPUT_SHAPE = (50, 50, 3)
 
 
@@ -68,11 +70,11 @@ ARCHITECTURES = {"seed_cnn": seed_cnn, "idcnet": idcnet}
 def build(name: str, width: int | None = None) -> keras.Model:
     """A fresh network by name; ``width`` (idcnet only) sets its stem channel count."""
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
+        raise InputError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
     if width is None:
         return ARCHITECTURES[name]()
     if name != "idcnet":
-        raise ValueError(f"{name} has a fixed width; --width applies to idcnet only")
+        raise InputError(f"{name} has a fixed width; --width applies to idcnet only")
     return idcnet(width=width)
 
 

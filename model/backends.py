@@ -8,6 +8,8 @@ int8 quantization; offered only when the bundle says it passed its accuracy chec
 from __future__ import annotations
 
 import numpy as np
+
+from idcmap.errors import BundleError, InputError
 from idcmap.slide_tiling import PATCH_SIZE
 
 from .bundle import ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_keras_model
@@ -101,9 +103,9 @@ def make_backend(bundle: ModelBundle, name: str = "onnx", threads: int | None = 
     """An inference backend for a loaded (verified) bundle. ``shared_cores``: other work runs on
     the same cores (a scoring job's tiling), so idle ONNX threads sleep rather than spin."""
     if name not in _CLASSES:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name not in bundle.backends:
         why = bundle.meta["backends"].get(name, {}).get("reason", "not in this bundle")
-        raise ValueError(f"backend {name!r} is not offered by {bundle.path}: {why}")
+        raise BundleError(f"backend {name!r} is not offered by {bundle.path}: {why}")
     return _CLASSES[name](bundle, threads=threads, batch_size=batch_size, shared_cores=shared_cores)
 

@@ -14,16 +14,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from idcmap.errors import BundleError
+
 MANIFEST = "model.json"
 FORMAT = "idcmap-model-bundle/1"
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 OOF_FILE = "oof_predictions.parquet"  # out-of-fold predictions of a cross-validated bundle
-
-
-class BundleError(Exception):
-    """A bundle that is missing, malformed or modified; the message is one line for the user."""
 
 
 def sha256_file(path) -> str:

@@ -16,8 +16,10 @@ import hashlib
 
 import numpy as np
 import pandas as pd
-from idcmap.slide_tiling import PATCH_SIZE
 from sklearn.metrics import roc_auc_score
+
+from idcmap.errors import InputError
+from idcmap.slide_tiling import PATCH_SIZE
 
 from .calibration import choose_threshold, fit_temperature
 from .metrics import classification_metrics, expected_calibration_error
@@ -44,14 +46,14 @@ def assign_folds(patient_ids, sources, labels, k: int = 3) -> dict[str, int]:
     the same number of patients of each folder across the whole range of prevalence.
     """
     if k < 2:
-        raise ValueError(f"cross-validation needs k >= 2 folds, not {k}")
+        raise InputError(f"cross-validation needs k >= 2 folds, not {k}")
     df = pd.DataFrame({"patient_id": np.asarray(patient_ids), "source": np.asarray(sources),
                        "label": np.asarray(labels, np.float64)})
     folds: dict[str, int] = {}
     for source, group in df.groupby("source", sort=True):
         prevalence = group.groupby("patient_id")["label"].mean()
         if len(prevalence) < k:
-            raise ValueError(f"{source}: {len(prevalence)} patients cannot fill {k} folds")
+            raise InputError(f"{source}: {len(prevalence)} patients cannot fill {k} folds")
         ordered = sorted(prevalence.index, key=lambda p: (prevalence[p], _rank(p)))
         for start in range(0, len(ordered), k):
             block = ordered[start:start + k]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from idcmap.errors import InputError
 from idcmap.slide_tiling import PATCH_SIZE, is_patient_dir, list_patches, load_patch
 
 #: share of each data directory's patches (whole patients) held out for validation
@@ -21,7 +23,7 @@ SPLIT_SALT = "idcmap-split-v1"
 CACHE_FORMAT = "patches-v2"  # with xy
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data directory that cannot be used; the message says which and why."""
 
 

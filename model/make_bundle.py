@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from idcmap.errors import InputError
 from idcmap.slide_tiling import KAGGLE_MPP, PATCH_SIZE
 
 from . import data as datalib
@@ -218,7 +220,7 @@ def train_bundle(cfg: TrainConfig, out_dir, run_dir, resume: bool = False, ray_a
     ckpt = fit(cfg, run_dir, resume=resume, ray_address=ray_address)
     state = json.loads((ckpt / STATE_FILE).read_text())
     if (state.get("arch"), state.get("width")) != (cfg.arch, cfg.width):
-        raise ValueError(f"{ckpt}: checkpoint is of {state.get('arch')} width {state.get('width')}, "
+        raise InputError(f"{ckpt}: checkpoint is of {state.get('arch')} width {state.get('width')}, "
                          f"not {cfg.arch} width {cfg.width}")
     model = build(cfg.arch, cfg.width)
     model.load_weights(ckpt / "best.weights.h5")

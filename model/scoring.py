@@ -4,6 +4,7 @@ context step that mixes each patch's score with its neighbours' on the patch gri
 from __future__ import annotations
 
 import numpy as np
+
 from idcmap.slide_tiling import PATCH_SIZE
 
 #: clip for probabilities before taking logits (float32 softmax saturates near 1e-7)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from idcmap.errors import InputError
+
 from . import data as datalib
 from .architectures import TRAINING, build
 
@@ -108,7 +110,7 @@ def train_loop_per_worker(config: dict):
     per_replica = cfg.global_batch_size // world
     steps = len(y_train) // cfg.global_batch_size
     if steps < 1:
-        raise ValueError(f"{len(y_train)} training patches < one global batch of {cfg.global_batch_size}")
+        raise datalib.DataError(f"{len(y_train)} training patches < one global batch of {cfg.global_batch_size}")
 
     with strategy.scope():
         model = build(cfg.arch, cfg.width)
@@ -238,7 +240,7 @@ def fit(cfg: TrainConfig, run_dir, resume: bool = False, ray_address: str | None
     if resume:
         last = latest_checkpoint(run_dir)
         if last is None:
-            raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from (train without --resume)")
+            raise InputError(f"{run_dir}: no checkpoint to resume from (train without --resume)")
         cfg.resume_from = str(last)
     if not ray.is_initialized():
         if ray_address:

@@ -1,8 +1,17 @@
 """Slide readers, resolution choice, tissue detection and the patch grid."""
 from .build_slide import build_slide, write_pyramid
 from .grid import PatchGrid
-from .kaggle import (KAGGLE_MPP, PATCH_SIZE, KaggleFolderReader, KagglePatch, is_patient_dir,
-                     list_patches, load_patch, pad_patch, parse_patch_name)
+from .kaggle import (
+                     KAGGLE_MPP,
+                     PATCH_SIZE,
+                     KaggleFolderReader,
+                     KagglePatch,
+                     is_patient_dir,
+                     list_patches,
+                     load_patch,
+                     pad_patch,
+                     parse_patch_name,
+)
 from .open import links_back, open_slide
 from .reader import SlideError, SlideReader
 from .resolution import DEFAULT_TARGET_MPP, LevelChoice, choose_level, slide_mpp

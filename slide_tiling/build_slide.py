@@ -19,6 +19,8 @@ import imagecodecs
 import numpy as np
 import tifffile
 
+from idcmap.errors import InputError
+
 from .kaggle import KAGGLE_MPP, KaggleFolderReader
 
 TILE = 512
@@ -86,7 +88,7 @@ def build_slide(patient_dir, out_tiff, mask_png=None, scan_mpp: float | None = N
     else:
         upsample = KAGGLE_MPP / scan_mpp
         if abs(upsample - round(upsample)) > 1e-6 or round(upsample) < 1:
-            raise ValueError(f"--scan-mpp must divide {KAGGLE_MPP:g} by a whole number (e.g. 0.25, 0.5, 1)")
+            raise InputError(f"--scan-mpp must divide {KAGGLE_MPP:g} by a whole number (e.g. 0.25, 0.5, 1)")
         upsample, mpp = int(round(upsample)), scan_mpp
     Path(out_tiff).parent.mkdir(parents=True, exist_ok=True)
     sizes = write_pyramid(out_tiff, base, mpp, upsample, quality=quality)

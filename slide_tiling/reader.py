@@ -12,14 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-
-class SlideError(Exception):
-    """A slide that cannot be used. ``str()`` is one line: ``<file>: <what is wrong>``."""
-
-    def __init__(self, path, reason: str):
-        self.path = str(path)
-        self.reason = " ".join(str(reason).split())  # always one line
-        super().__init__(f"{self.path}: {self.reason}")
+from idcmap.errors import SlideError
 
 
 class SlideReader(ABC):

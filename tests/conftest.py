@@ -20,8 +20,8 @@ def shared_path(*parts) -> Path:
 @pytest.fixture(scope="session")
 def bundle():
     """The shipped model bundle, loaded and verified."""
-    from idcmap.models import DEFAULT_MODEL
     from idcmap.model import load_bundle
+    from idcmap.models import DEFAULT_MODEL
     if not (DEFAULT_MODEL / "model.json").exists():
         pytest.skip(f"the shipped model bundle {DEFAULT_MODEL} is absent")
     return load_bundle(DEFAULT_MODEL)

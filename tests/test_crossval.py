@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from idcmap.errors import InputError
 from idcmap.model.crossval import assign_folds, cross_fitted, out_of_fold_report
 from idcmap.model.stain import HED_FROM_RGB, RGB_FROM_HED, macenko, optical_density, restain, transfer
 
@@ -41,7 +42,7 @@ def test_folds_split_patients_not_patches_balanced_by_source_and_prevalence():
 
 
 def test_folds_refuse_too_few_patients():
-    with pytest.raises(ValueError, match="cannot fill 3 folds"):
+    with pytest.raises(InputError, match="cannot fill 3 folds"):
         assign_folds(np.array(["a", "b"]), np.array(["s", "s"]), np.array([0, 1]), k=3)
 
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import psutil
 
-from idcmap.jobs.jobdir.schema import prediction_files
+from idcmap.jobs.jobdir.layout import JobDir
 
 from .conftest import REPO
 from .test_score_job import read_job_table
@@ -58,7 +58,7 @@ def test_killed_actors_do_not_lose_or_duplicate_rows(tmp_path, rebuilt, referenc
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, stderr[-2000:]
-    assert len(prediction_files(job)) == len(prediction_files(reference_job)) == 10
+    assert len(JobDir(job).prediction_files()) == len(JobDir(reference_job).prediction_files()) == 10
     got = read_job_table(job)
     assert got.num_rows == expected.num_rows
     for name in ("patient_id", "slide_id", "x", "y", "col", "row", "tissue_fraction"):

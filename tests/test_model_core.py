@@ -5,15 +5,22 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, f1_score,
-                             precision_score, recall_score, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
+from idcmap.errors import InputError
 from idcmap.model.bundle import BundleError, load_bundle, write_manifest
 from idcmap.model.calibration import calibrate, choose_threshold, fit_temperature, nll
 from idcmap.model.data import PatchSet, apply_split, class_weights, split_patients
 from idcmap.model.metrics import classification_metrics, expected_calibration_error, metrics_report
 from idcmap.model.scoring import calibrated_probability, idc_logit, logit, mix_neighbours, sigmoid, with_context
-
 
 # --- architectures ---------------------------------------------------------------------------
 
@@ -35,7 +42,7 @@ def test_seed_cnn_flops_and_shapes():
 def test_unknown_architecture_is_refused():
     from idcmap.model.architectures import build
 
-    with pytest.raises(ValueError, match="unknown architecture"):
+    with pytest.raises(InputError, match="unknown architecture"):
         build("resnet999")
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from idcmap.errors import BundleError
 from tests.conftest import shared_path
 
 PATCHES_PER_PATIENT = 4  # 147 patients -> ~590 real patches
@@ -123,7 +124,7 @@ def test_backends_agree_on_real_patches(trained, data_dirs):
     if int8["offered"]:
         assert np.abs(make_backend(trained["bundle"], "onnx-int8").predict(patches) - onnx_p).max() < 0.2
     else:
-        with pytest.raises(ValueError, match="not offered"):
+        with pytest.raises(BundleError, match="not offered"):
             make_backend(trained["bundle"], "onnx-int8")
 
 

@@ -14,11 +14,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from idcmap.jobs.render.maps import (LEGEND_HEIGHT, MIN_IMAGE_WIDTH, colorize, component_rings, heatmap_scale,
-                       idc_regions, probability_map)
+from idcmap.jobs.jobdir.layout import JobDir
+from idcmap.jobs.jobdir.schema import SUMMARIES, SlideMeta, write_failure, write_predictions
+from idcmap.jobs.render.maps import (
+    LEGEND_HEIGHT,
+    MIN_IMAGE_WIDTH,
+    colorize,
+    component_rings,
+    heatmap_scale,
+    idc_regions,
+    probability_map,
+)
 from idcmap.jobs.render.outputs import build_outputs
 from idcmap.jobs.render.report import write_report
-from idcmap.jobs.jobdir.schema import SUMMARIES, SlideMeta, write_failure, write_predictions
 from idcmap.jobs.render.summaries import build_summaries, patch_area_mm2
 
 THRESHOLD = 0.5
@@ -93,7 +101,7 @@ def make_slide(job_dir: Path, patient_id: str, slide_id: str, seed: int, blob_rc
         "tissue_fraction": rng.uniform(0.3, 1, n).astype(np.float32),
         "prob_idc": prob, "prob_patch": prob, "model_version": [meta.model_version] * n,
     })
-    write_predictions(job_dir, table, meta)
+    write_predictions(JobDir(job_dir), table, meta)
     return FakeSlide(patient_id, slide_id, col, row, prob, blob, meta)
 
 
@@ -106,8 +114,8 @@ def make_job(job_dir: Path) -> dict[tuple[str, str], FakeSlide]:
         make_slide(job_dir, "P-B", "B1", 3, blob_rc=(8, 10), min_area=5.0),
         make_slide(job_dir, SCRIPT_ID, "C1", 4, blob_rc=(3, 3), edge_blob=True),
     ]
-    write_failure(job_dir, "P-B", "B2", "/slides/B2.svs", "unreadable: not a TIFF file")
-    write_failure(job_dir, "P-D", "D1", "/slides/D1.svs", "no tissue found")
+    write_failure(JobDir(job_dir), "P-B", "B2", "/slides/B2.svs", "unreadable: not a TIFF file")
+    write_failure(JobDir(job_dir), "P-D", "D1", "/slides/D1.svs", "no tissue found")
     return {(s.patient_id, s.slide_id): s for s in slides}
 
 
@@ -197,7 +205,7 @@ def test_failed_slides_and_patients(job):
 
 def test_stale_failure_of_a_done_slide_is_ignored(tmp_path):
     make_slide(tmp_path, "P", "S", 7, blob_rc=(4, 4))
-    write_failure(tmp_path, "P", "S", "/slides/S.svs", "old error")
+    write_failure(JobDir(tmp_path), "P", "S", "/slides/S.svs", "old error")
     rows = build_summaries(tmp_path).to_pylist()
     assert [(r["level"], r["status"], r["error"]) for r in rows] == [("patient", "done", None), ("slide", "done", None)]
 
@@ -390,7 +398,7 @@ def test_a_slide_whose_maps_fail_is_reported_and_the_others_still_built(tmp_path
     make_slide(tmp_path, "P", "good", 5, blob_rc=(4, 4))
     bad = make_slide(tmp_path, "P", "bad", 6)
     table = pq.read_table(tmp_path / "predictions" / "P" / "bad.parquet")
-    path = write_predictions(tmp_path, table, replace(bad.meta, thumbnail_jpeg=base64.b64encode(b"junk").decode()))
+    path = write_predictions(JobDir(tmp_path), table, replace(bad.meta, thumbnail_jpeg=base64.b64encode(b"junk").decode()))
     result = build_outputs(tmp_path)
     assert len(result["errors"]) == 1 and str(path) in result["errors"][0] and "JPEG" in result["errors"][0]
     assert result["maps_built"] == [tmp_path / "maps" / "P" / "good"]
@@ -399,7 +407,7 @@ def test_a_slide_whose_maps_fail_is_reported_and_the_others_still_built(tmp_path
 
 
 def test_a_job_whose_slides_all_failed_still_gets_a_report(tmp_path):
-    write_failure(tmp_path, "P1", "S1", "/slides/S1.svs", "slide has no microns-per-pixel metadata")
+    write_failure(JobDir(tmp_path), "P1", "S1", "/slides/S1.svs", "slide has no microns-per-pixel metadata")
     result = build_outputs(tmp_path)
     assert result["maps_built"] == [] and result["errors"] == []
     rows = patient_table_rows(result["report"].read_text())
@@ -450,7 +458,7 @@ def test_regions_on_a_real_slide_cover_exactly_its_ground_truth_idc_patches(tmp_
                      cols=plan.grid.cols, rows=plan.grid.rows, level=plan.level.level,
                      thumbnail_downsample=thumb_ds, thumbnail_jpeg=base64.b64encode(jpeg.tobytes()).decode())
     n = len(prob)
-    write_predictions(tmp_path, pa.table({
+    write_predictions(JobDir(tmp_path), pa.table({
         "job_id": ["real"] * n, "patient_id": ["8863"] * n, "slide_id": ["patient-8863"] * n,
         "x": x, "y": y, "col": col, "row": row,
         "level0_patch_size": np.full(n, plan.grid.level0_patch_size, np.float32),

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from idcmap.jobs.cli import cli
+from idcmap.jobs.jobdir.layout import JobDir
 from idcmap.jobs.jobdir.lock import job_lock
-from idcmap.jobs.jobdir.schema import META_KEY, PREDICTIONS, SUMMARIES, prediction_files, read_slide_meta
+from idcmap.jobs.jobdir.schema import META_KEY, PREDICTIONS, SUMMARIES, read_slide_meta
 from idcmap.model import make_backend
 from idcmap.model.scoring import with_context
 from idcmap.slide_tiling import TilingSpec, iter_patches, open_slide, plan_slide
@@ -51,7 +52,7 @@ def test_examples_end_to_end_with_a_corrupt_and_a_missing_slide(tmp_path, bundle
     assert result.exit_code == 1, result.output          # some slides failed
     assert "FAILED P3/corrupt" in result.output and "FAILED P4/does-not-exist" in result.output
 
-    files = prediction_files(job)
+    files = JobDir(job).prediction_files()
     assert [f.relative_to(job).as_posix() for f in files] == [
         "predictions/P1/patient-8863.parquet", "predictions/P2/patient-8916.parquet"]
     backend = make_backend(bundle, "onnx")
@@ -135,7 +136,7 @@ def test_a_one_cpu_ray_still_tiles_and_scores(tmp_path, bundle):
 
 def test_second_writer_is_refused(tmp_path, bundle):
     job = tmp_path / "job"
-    with job_lock(job):
+    with job_lock(JobDir(job)):
         result = run("score", EXAMPLES / "patient-8916.tiff", "--out", job)
     assert result.exit_code == 1
     assert f"another idcmap score (pid {os.getpid()}) is writing this job" in result.output
@@ -144,20 +145,20 @@ def test_second_writer_is_refused(tmp_path, bundle):
 def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, rebuilt, reference_job):
     """SIGKILL the command while it writes; the re-run completes the job with no partial file."""
     expected = read_job_table(reference_job)
-    assert len(prediction_files(reference_job)) == 10
+    assert len(JobDir(reference_job).prediction_files()) == 10
 
     job = tmp_path / "killed"
     cmd = [sys.executable, "-m", "idcmap", "score", str(rebuilt / "slides"), "--out", str(job), "--num-cpus", "2"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and len(prediction_files(job)) < 3 and proc.poll() is None:
+    while time.time() < deadline and len(JobDir(job).prediction_files()) < 3 and proc.poll() is None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray, mid-job
     proc.wait()
-    done_at_kill = len(prediction_files(job))
+    done_at_kill = len(JobDir(job).prediction_files())
     assert 0 < done_at_kill < 10, "the kill should land mid-job"
-    for f in prediction_files(job):   # whatever is visible is complete
+    for f in JobDir(job).prediction_files():   # whatever is visible is complete
         assert pq.read_metadata(f).metadata[META_KEY]
 
     assert run("score", rebuilt / "slides", "--out", job).exit_code == 0

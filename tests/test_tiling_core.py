@@ -5,8 +5,17 @@ import cv2
 import numpy as np
 import pytest
 
-from idcmap.slide_tiling import (PatchGrid, SlideError, SlideReader, TilingSpec, choose_level, iter_patches,
-                          pad_patch, plan_slide, read_region_patches)
+from idcmap.slide_tiling import (
+    PatchGrid,
+    SlideError,
+    SlideReader,
+    TilingSpec,
+    choose_level,
+    iter_patches,
+    pad_patch,
+    plan_slide,
+    read_region_patches,
+)
 from idcmap.slide_tiling.reader import compose_from_tiles
 from idcmap.slide_tiling.tissue import GREY_DROP, TissueMask, TissueThreshold, fit_threshold, ink_mask
 

@@ -13,14 +13,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=True)
 
 
-def _user_errors():
-    """The exceptions that mean bad input, shown as one line without a stack trace."""
-    from idcmap.model import BundleError
-    from idcmap.model.data import DataError
-
-    return (BundleError, DataError, FileNotFoundError, ValueError)
-
-
 @click.command()
 @click.option("--data", "data_dirs", type=_DIR, multiple=True, required=True,
               help="Kaggle IDC folder (patient folders, or one patient); repeat for several.")
@@ -77,13 +69,10 @@ def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir,
     run_dir = run_dir or Path("runs") / out_dir.name
     if folds == 1:
         raise click.ClickException("--folds must be 0 (one validation split) or at least 2")
-    try:
-        if folds:  # a run resumes by itself: every fold and the final model keep their checkpoints
-            bundle = train_crossvalidated_bundle(cfg, folds, out_dir, run_dir, ray_address=address)
-        else:
-            bundle = train_bundle(cfg, out_dir, run_dir, resume=resume, ray_address=address)
-    except _user_errors() as e:
-        raise click.ClickException(str(e))
+    if folds:  # a run resumes by itself: every fold and the final model keep their checkpoints
+        bundle = train_crossvalidated_bundle(cfg, folds, out_dir, run_dir, ray_address=address)
+    else:
+        bundle = train_bundle(cfg, out_dir, run_dir, resume=resume, ray_address=address)
     kind, m = bundle.metrics
     click.echo(f"wrote {bundle.path} ({bundle.version}): {kind} ROC AUC {m['roc_auc']:.4f}, "
                f"balanced accuracy {m['balanced_accuracy']:.4f}, ECE {m['ece']:.4f}; threshold "
@@ -111,14 +100,11 @@ def evaluate(bundle_dir, data_dirs, json_out, plots_dir, backend, threads, valid
 
     if out_of_fold == bool(data_dirs):
         raise click.UsageError("give DATA_DIR... to evaluate on, or --out-of-fold without any")
-    try:
-        if out_of_fold:
-            report = evaluate_out_of_fold(bundle_dir, plots_dir=plots_dir)
-        else:
-            report = run_evaluation(bundle_dir, list(data_dirs), backend=backend, threads=threads,
-                                    plots_dir=plots_dir, validation_only=validation_only)
-    except _user_errors() as e:
-        raise click.ClickException(str(e))
+    if out_of_fold:
+        report = evaluate_out_of_fold(bundle_dir, plots_dir=plots_dir)
+    else:
+        report = run_evaluation(bundle_dir, list(data_dirs), backend=backend, threads=threads,
+                                plots_dir=plots_dir, validation_only=validation_only)
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     at = (f"threshold {report['threshold']:.3f}" if report["threshold"] is not None
           else f"out of fold: {report['n_folds']} folds, each calibrated on the others")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+
 from idcmap.slide_tiling import (
     SlideError,
     TilingSpec,
@@ -25,10 +26,6 @@ target_option = click.option("--target-mpp", type=float, default=4.0, show_defau
                              help="Resolution the patches are cut at (4.0 = 2.5x).")
 
 
-def _fail(exc: Exception):
-    raise click.ClickException(str(exc))
-
-
 @click.command()
 @click.argument("slide", type=click.Path(path_type=Path))
 @mpp_option
@@ -36,17 +33,14 @@ def _fail(exc: Exception):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(slide, mpp, target_mpp, as_json):
     """Format, vendor, levels, mpp, objective power and the level chosen for the target."""
-    try:
-        with open_slide(slide) as reader:
-            meta = reader.describe()
-            try:
-                choice = choose_level(reader, target_mpp, mpp)
-                meta["chosen_level"] = {"level": choice.level, "level_mpp": list(choice.level_mpp),
-                                        "resize": round(max(choice.scale), 4), "target_mpp": target_mpp}
-            except SlideError as exc:
-                meta["chosen_level"] = {"error": exc.reason}
-    except SlideError as exc:
-        _fail(exc)
+    with open_slide(slide) as reader:
+        meta = reader.describe()
+        try:
+            choice = choose_level(reader, target_mpp, mpp)
+            meta["chosen_level"] = {"level": choice.level, "level_mpp": list(choice.level_mpp),
+                                    "resize": round(max(choice.scale), 4), "target_mpp": target_mpp}
+        except SlideError as exc:
+            meta["chosen_level"] = {"error": exc.reason}
     if as_json:
         click.echo(json.dumps(meta, indent=2))
         return
@@ -80,15 +74,12 @@ def tile(slide, mpp, target_mpp, patch_size, stride, min_tissue, preview, patche
     """Find the tissue and cut it into patches; print the tissue patch count."""
     spec = TilingSpec(target_mpp=target_mpp, patch_size=patch_size, stride=stride,
                       min_tissue=min_tissue, mpp=mpp)
-    try:
-        with open_slide(slide) as reader:
-            plan = plan_slide(reader, spec)
-            found = {k: [] for k in ("x", "y", "cols", "rows", "tissue_fraction")}
-            for batch in iter_patches(reader, plan):
-                for k, v in found.items():
-                    v.append(getattr(batch, k))
-    except SlideError as exc:
-        _fail(exc)
+    with open_slide(slide) as reader:
+        plan = plan_slide(reader, spec)
+        found = {k: [] for k in ("x", "y", "cols", "rows", "tissue_fraction")}
+        for batch in iter_patches(reader, plan):
+            for k, v in found.items():
+                v.append(getattr(batch, k))
     x, y, cols, rows, frac = (np.concatenate(v) if v else np.zeros(0, np.int64) for v in found.values())
     for out in (preview, patches):
         if out:
@@ -96,8 +87,8 @@ def tile(slide, mpp, target_mpp, patch_size, stride, min_tissue, preview, patche
     if preview:
         write_png(preview, render_preview(plan, cols, rows))
     if not len(cols):
-        _fail(SlideError(slide, f"no tissue found: none of the {plan.grid.cols * plan.grid.rows} patches "
-                                f"reaches {min_tissue:.0%} tissue"))
+        raise SlideError(slide, f"no tissue found: none of the {plan.grid.cols * plan.grid.rows} patches "
+                                f"reaches {min_tissue:.0%} tissue")
     if patches:
         with open(patches, "w", newline="") as f:
             w = csv.writer(f)
@@ -121,10 +112,7 @@ def tile(slide, mpp, target_mpp, patch_size, stride, min_tissue, preview, patche
 @click.option("--quality", type=click.IntRange(50, 100), default=90, show_default=True, help="JPEG quality.")
 def build_slide_cmd(patient_dir, out_tiff, mask, scan_mpp, quality):
     """Rebuild a patient's slide from its Kaggle patch folder as a pyramidal tiled TIFF."""
-    try:
-        result = build_slide(patient_dir, out_tiff, mask, scan_mpp, quality)
-    except (SlideError, ValueError) as exc:
-        _fail(exc)
+    result = build_slide(patient_dir, out_tiff, mask, scan_mpp, quality)
     dims = " / ".join(f"{w}x{h}" for w, h in result["level_dimensions"])
     click.echo(f"{out_tiff}: patient {result['patient_id']}, {result['patches']} patches "
                f"({result['idc_patches']} IDC), levels {dims} at {result['mpp']:g} µm/px")

@@ -18,17 +18,16 @@ import base64
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pyarrow as pa
 import ray
+
 from idcmap.jobs.inputs import SlideTask
+from idcmap.jobs.jobdir.layout import JobDir
 from idcmap.jobs.jobdir.schema import (
     SlideMeta,
-    failure_path,
-    predictions_path,
     write_failure,
     write_predictions,
 )
@@ -176,7 +175,7 @@ def _chunks(plan: SlidePlan) -> list[list]:
     return chunks
 
 
-def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: int,
+def run_scoring(job_dir: JobDir, tasks: list[SlideTask], spec: ScoreSpec, cpus: int,
                 progress: Progress) -> list[SlideResult]:
     """Score ``tasks`` (the slides not done yet) into ``job_dir``. Ray must be initialised."""
     bundle = load_bundle(spec.bundle)
@@ -215,9 +214,9 @@ def run_scoring(job_dir: Path, tasks: list[SlideTask], spec: ScoreSpec, cpus: in
                              level=state.plan.level.level, **state.facts)
             write_predictions(job_dir, rows, meta)
         except OSError as exc:
-            state.failed = f"{predictions_path(job_dir, task.patient_id, task.slide_id)}: cannot write: {exc.strerror or exc}"
+            state.failed = f"{job_dir.predictions(task.patient_id, task.slide_id)}: cannot write: {exc.strerror or exc}"
             return finish(state)
-        failure_path(job_dir, task.patient_id, task.slide_id).unlink(missing_ok=True)
+        job_dir.failure(task.patient_id, task.slide_id).unlink(missing_ok=True)
         results.append(SlideResult(task, True, patches=rows.num_rows, seconds=time.time() - state.started))
         progress.slide_done(task.key, rows.num_rows)
 

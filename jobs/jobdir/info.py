@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+
+from idcmap.errors import JobError
+from idcmap.jobs.jobdir.layout import JobDir, write_bytes_atomic
 
 PACKAGES = ("idcmap", "ray", "onnxruntime", "tensorflow-cpu", "keras", "openslide-python", "openslide-bin",
             "numpy", "pyarrow", "opencv-python-headless")
@@ -21,17 +22,17 @@ def package_versions() -> dict:
     return out
 
 
-def job_json_path(job_dir) -> Path:
-    return Path(job_dir) / "job.json"
+def read_job(job: JobDir) -> dict:
+    """``job.json`` as a dict ({} when there is none yet)."""
+    path = job.job_json
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise JobError(f"{path}: not valid JSON ({' '.join(str(e).split())}); fix or remove it") from None
+    return data if isinstance(data, dict) else {}
 
 
-def read_job(job_dir) -> dict:
-    path = job_json_path(job_dir)
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def write_job(job_dir, data: dict) -> None:
-    path = job_json_path(job_dir)
-    tmp = path.with_name(f".job.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def write_job(job: JobDir, data: dict) -> None:
+    write_bytes_atomic(job.job_json, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())

@@ -1,12 +1,13 @@
 """The Parquet results of a scoring job: one schema per table, defined here and nowhere else.
 
-    JOB_DIR/predictions/<patient_id>/<slide_id>.parquet     one row per tissue patch
-    JOB_DIR/summaries.parquet                               one row per slide and per patient
+    predictions/<patient_id>/<slide_id>.parquet     one row per tissue patch
+    summaries.parquet                               one row per slide and per patient
+
+(paths in the job folder: :class:`~idcmap.jobs.jobdir.layout.JobDir`).
 
 A predictions file carries, in its key-value metadata, everything needed to rebuild the maps and
 the report without the slide: the bundle hash, the job spec, the slide's geometry and a JPEG
-thumbnail. Files are written under a temporary name in the same folder and renamed when complete,
-so a reader (or a resumed job) never sees a partial file.
+thumbnail.
 
 The patient folders are plain ids, not hive-style ``patient_id=P``: patient_id is a column of every
 file, and a hive folder of the same name makes pandas and pyarrow refuse the dataset
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from idcmap.jobs.jobdir.layout import JobDir, atomic_path, write_bytes_atomic
 
 PREDICTIONS = pa.schema([
     pa.field("job_id", pa.string(), nullable=False),
@@ -89,29 +91,17 @@ class SlideMeta:
         return base64.b64decode(self.thumbnail_jpeg) if self.thumbnail_jpeg else b""
 
 
-def predictions_path(job_dir, patient_id: str, slide_id: str) -> Path:
-    return Path(job_dir) / "predictions" / patient_id / f"{slide_id}.parquet"
-
-
-def write_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None) -> None:
-    """Write a Parquet file under a temporary name and rename it into place when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_parquet_atomic(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None) -> None:
+    """Write a Parquet file atomically (zstd, fsynced before the rename)."""
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
-def write_predictions(job_dir, table: pa.Table, meta: SlideMeta) -> Path:
-    table = table.cast(PREDICTIONS)
-    path = predictions_path(job_dir, meta.patient_id, meta.slide_id)
-    write_atomic(table, path, {META_KEY: json.dumps(asdict(meta)).encode()})
+def write_predictions(job: JobDir, table: pa.Table, meta: SlideMeta) -> Path:
+    path = job.predictions(meta.patient_id, meta.slide_id)
+    write_parquet_atomic(table.cast(PREDICTIONS), path, {META_KEY: json.dumps(asdict(meta)).encode()})
     return path
 
 
@@ -122,24 +112,12 @@ def read_slide_meta(path) -> SlideMeta:
     return SlideMeta(**data)
 
 
-def prediction_files(job_dir) -> list[Path]:
-    """Complete predictions files of a job (temporary files are hidden and never listed)."""
-    return sorted(p for p in (Path(job_dir) / "predictions").glob("*/*.parquet") if p.is_file())
-
-
 # --- failed slides: one small JSON per slide, removed when the slide later succeeds -------------
-def failure_path(job_dir, patient_id: str, slide_id: str) -> Path:
-    return Path(job_dir) / "failed" / patient_id / f"{slide_id}.json"
+def write_failure(job: JobDir, patient_id: str, slide_id: str, source: str, error: str) -> None:
+    write_bytes_atomic(job.failure(patient_id, slide_id),
+                       json.dumps({"patient_id": patient_id, "slide_id": slide_id, "source": source,
+                                   "error": error}).encode())
 
 
-def write_failure(job_dir, patient_id: str, slide_id: str, source: str, error: str) -> None:
-    path = failure_path(job_dir, patient_id, slide_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"patient_id": patient_id, "slide_id": slide_id, "source": source,
-                               "error": error}))
-    os.replace(tmp, path)
-
-
-def read_failures(job_dir) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((Path(job_dir) / "failed").glob("*/*.json"))]
+def read_failures(job: JobDir) -> list[dict]:
+    return [json.loads(p.read_text()) for p in job.failure_files()]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,9 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from idcmap.errors import JobError
+from idcmap.jobs.jobdir.layout import JobDir, write_bytes_atomic
 from idcmap.jobs.jobdir.schema import SlideMeta
 from idcmap.jobs.render.summaries import (
     downsample0,
@@ -49,7 +51,7 @@ MAX_CELL_PX = 16
 COLUMNS = ["x", "y", "col", "row", "level0_patch_size", "prob_idc"]
 
 
-class MapError(Exception):
+class MapError(JobError):
     """A predictions file whose maps cannot be built; the message names the file."""
 
 
@@ -340,24 +342,6 @@ def idc_regions(prob: np.ndarray, meta: SlideMeta) -> dict:
 
 
 # --- writing a slide's maps --------------------------------------------------------------------
-def write_bytes_atomic(path: Path, data: bytes) -> bool:
-    """Write ``data`` under a temporary name in the same folder, then rename it into place.
-
-    A file that already holds exactly ``data`` is left alone (its mtime too); returns whether the
-    file was written.
-    """
-    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
-
-
 def _png(image: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", image)
     if not ok:
@@ -369,10 +353,6 @@ def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
-
-
-def maps_dir(job_dir, patient_id: str, slide_id: str) -> Path:
-    return Path(job_dir) / "maps" / patient_id / slide_id
 
 
 def slide_map_files(meta: SlideMeta, table: pa.Table) -> dict[str, bytes]:
@@ -394,7 +374,7 @@ def slide_map_files(meta: SlideMeta, table: pa.Table) -> dict[str, bytes]:
 
 
 def write_slide_maps(job_dir, predictions_file, meta: SlideMeta | None = None) -> Path:
-    """Build one slide's maps from its predictions file into ``JOB_DIR/maps/P/SLIDE/``."""
+    """Build one slide's maps from its predictions file into the job's maps folder for the slide."""
     path = Path(predictions_file)
     meta = meta or load_meta(path)
     try:
@@ -402,7 +382,7 @@ def write_slide_maps(job_dir, predictions_file, meta: SlideMeta | None = None) -
         files = slide_map_files(meta, table)
     except (OSError, KeyError, ValueError, pa.ArrowException) as e:
         raise MapError(f"{path}: cannot build the maps: {e}") from e
-    out = maps_dir(job_dir, meta.patient_id, meta.slide_id)
+    out = JobDir(job_dir).maps(meta.patient_id, meta.slide_id)
     for name, data in files.items():
         write_bytes_atomic(out / name, data)
     return out

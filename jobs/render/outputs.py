@@ -11,14 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from idcmap.jobs.jobdir.schema import prediction_files
-from idcmap.jobs.render.maps import (
-    MAP_FILES,
-    MapError,
-    maps_dir,
-    write_bytes_atomic,
-    write_slide_maps,
-)
+from idcmap.jobs.jobdir.layout import JobDir, write_bytes_atomic
+from idcmap.jobs.render.maps import MAP_FILES, MapError, write_slide_maps
 from idcmap.jobs.render.report import write_report
 from idcmap.jobs.render.summaries import SummaryError, load_meta, write_summaries
 
@@ -54,10 +48,10 @@ def build_outputs(job_dir, force: bool = False) -> dict:
     job_dir = Path(job_dir)
     summaries = write_summaries(job_dir)
     built, skipped, errors = [], [], []
-    for path in prediction_files(job_dir):
+    for path in JobDir(job_dir).prediction_files():
         try:
             meta = load_meta(path)
-            out = maps_dir(job_dir, meta.patient_id, meta.slide_id)
+            out = JobDir(job_dir).maps(meta.patient_id, meta.slide_id)
             stamp = input_stamp(job_dir, path)
             if not force and maps_up_to_date(out, stamp):
                 skipped.append(out)

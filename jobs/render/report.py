@@ -18,14 +18,11 @@ from pathlib import Path
 
 import cv2
 import pyarrow.parquet as pq
-from idcmap.jobs.jobdir.schema import prediction_files, read_failures
-from idcmap.jobs.render.maps import maps_dir, write_bytes_atomic
-from idcmap.jobs.render.summaries import (
-    SUMMARIES_FILE,
-    build_summaries,
-    load_meta,
-    min_idc_area_mm2,
-)
+
+from idcmap.jobs.jobdir.info import read_job
+from idcmap.jobs.jobdir.layout import JobDir, write_bytes_atomic
+from idcmap.jobs.jobdir.schema import read_failures
+from idcmap.jobs.render.summaries import build_summaries, load_meta, min_idc_area_mm2
 
 OVERLAY_MAX_SIDE = 480
 JPEG_QUALITY = 80
@@ -115,19 +112,8 @@ def overlay_data_uri(png_path: Path) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
 
 
-def read_job_json(job_dir) -> dict:
-    path = Path(job_dir) / "job.json"
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); fix or remove it") from e
-    return data if isinstance(data, dict) else {}
-
-
 def load_summary_rows(job_dir) -> list[dict]:
-    path = Path(job_dir) / SUMMARIES_FILE
+    path = JobDir(job_dir).summaries
     table = pq.read_table(path) if path.exists() else build_summaries(job_dir)
     return table.to_pylist()
 
@@ -188,7 +174,7 @@ def _overlay_section(job_dir, patients: list[dict], slides: list[dict]) -> str:
     for patient in patients:
         figures = []
         for s in done_by_patient.get(patient["patient_id"], []):
-            uri = overlay_data_uri(maps_dir(job_dir, s["patient_id"], s["slide_id"]) / "overlay.png")
+            uri = overlay_data_uri(JobDir(job_dir).maps(s["patient_id"], s["slide_id"]) / "overlay.png")
             caption = (f"{esc(s['slide_id'])}: {esc(s['call'])}, IDC fraction "
                        f"{esc(format_value(s['idc_fraction'], 'fraction'))}")
             img = (f'<img src="{uri}" alt="IDC overlay of {esc(s["slide_id"])}">' if uri
@@ -201,15 +187,16 @@ def _overlay_section(job_dir, patients: list[dict], slides: list[dict]) -> str:
 
 def render_report(job_dir) -> str:
     """The report page's HTML for a job folder (summaries from summaries.parquet when present)."""
-    job = read_job_json(job_dir)
-    files = prediction_files(job_dir)
+    jd = JobDir(job_dir)
+    job = read_job(jd)
+    files = jd.prediction_files()
     first_meta = load_meta(files[0]) if files else None
     rows = load_summary_rows(job_dir)
     patients = patient_order([r for r in rows if r["level"] == "patient"])
     slides = [r for r in rows if r["level"] == "slide"]
     failed_keys = {(s["patient_id"], s["slide_id"]) for s in slides if s["status"] == "failed"}
-    failures = [f for f in read_failures(job_dir) if (f["patient_id"], f["slide_id"]) in failed_keys]
-    title = f"idcmap report: {job.get('job_id') or (first_meta.job_id if first_meta else Path(job_dir).name)}"
+    failures = [f for f in read_failures(jd) if (f["patient_id"], f["slide_id"]) in failed_keys]
+    title = f"idcmap report: {job.get('job_id') or (first_meta.job_id if first_meta else jd.root.name)}"
     body = "".join([
         f"<h1>{esc(title)}</h1>",
         _job_section(job, first_meta, patients, slides, failures),
@@ -227,6 +214,6 @@ def render_report(job_dir) -> str:
 
 def write_report(job_dir) -> Path:
     """Write ``JOB_DIR/report/index.html`` atomically and return its path."""
-    path = Path(job_dir) / "report" / "index.html"
+    path = JobDir(job_dir).report
     write_bytes_atomic(path, render_report(job_dir).encode("utf-8"))
     return path

@@ -37,20 +37,21 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from idcmap.errors import JobError
+from idcmap.jobs.jobdir.layout import JobDir
 from idcmap.jobs.jobdir.schema import (
     SUMMARIES,
     SlideMeta,
-    prediction_files,
     read_failures,
     read_slide_meta,
-    write_atomic,
+    write_parquet_atomic,
 )
 
 DEFAULT_MIN_IDC_AREA_MM2 = 0.2  # 5 patches of 200 µm x 200 µm
-SUMMARIES_FILE = "summaries.parquet"
 
 
-class SummaryError(Exception):
+class SummaryError(JobError):
     """A predictions file that cannot be summarised; the message names the file."""
 
 
@@ -191,7 +192,7 @@ def summary_rows(job_dir) -> list[dict]:
     """Slide and patient rows, ordered by patient id, patient row first, then slides by id."""
     patients: dict[str, _Patient] = defaultdict(_Patient)
     slide_rows: dict[tuple[str, str], dict] = {}
-    for path in prediction_files(job_dir):
+    for path in JobDir(job_dir).prediction_files():
         meta = load_meta(path)
         probs, col, grid_row = read_probs(path)
         row = slide_row(meta, probs, col, grid_row)
@@ -203,7 +204,7 @@ def summary_rows(job_dir) -> list[dict]:
         acc.area += row["idc_area_mm2"]
         acc.done += 1
         acc.any_idc |= row["call"] == "IDC"
-    for failure in read_failures(job_dir):
+    for failure in read_failures(JobDir(job_dir)):
         key = (failure["patient_id"], failure["slide_id"])
         if key in slide_rows:  # a stale record of a slide that later succeeded
             continue
@@ -224,7 +225,7 @@ def write_summaries(job_dir) -> Path:
     An existing file with the same rows is left untouched, so re-running a finished job changes
     no file.
     """
-    path = Path(job_dir) / SUMMARIES_FILE
+    path = JobDir(job_dir).summaries
     table = build_summaries(job_dir)
     if path.is_file():
         try:
@@ -232,5 +233,5 @@ def write_summaries(job_dir) -> Path:
                 return path
         except (OSError, pa.ArrowException):
             pass  # unreadable: rewrite it
-    write_atomic(table, path)
+    write_parquet_atomic(table, path)
     return path
