@@ -20,25 +20,27 @@ import ray
 from bench_scoring import MODEL, rebuilt_patients, spread
 
 import idcmap.jobs.engine.run as pipeline
+from idcmap.jobs.engine.scheduler import Scheduler
 from idcmap.jobs.inputs import collect_tasks
+from idcmap.jobs.jobdir.layout import JobDir
 from idcmap.jobs.progress import Progress
 from idcmap.slide_tiling import TilingSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULTS = {"actors": None, "batch_size": pipeline.ScoreSpec.batch_size, "region_size": TilingSpec.region_size,
-            "chunk_patches": pipeline.CHUNK_PATCHES, "calls_per_actor": pipeline.CALLS_PER_ACTOR}
+            "chunk_patches": Scheduler.chunk_patches, "calls_per_actor": Scheduler.calls_per_actor}
 VARIANTS = [{}, {"actors": 3}, {"batch_size": 1}, {"batch_size": 64}, {"region_size": 1024},
             {"chunk_patches": 512}, {"chunk_patches": 2048}, {"calls_per_actor": 2}]
 
 
 def run(job_dir: Path, tasks, settings: dict) -> float:
     s = {**DEFAULTS, **settings}
-    pipeline.CHUNK_PATCHES, pipeline.CALLS_PER_ACTOR = s["chunk_patches"], s["calls_per_actor"]
+    Scheduler.chunk_patches, Scheduler.calls_per_actor = s["chunk_patches"], s["calls_per_actor"]
     pipeline.TilingSpec = lambda **kw: replace(TilingSpec(**kw), region_size=s["region_size"])
     spec = pipeline.ScoreSpec(job_id="bench", bundle=str(MODEL), actors=s["actors"], batch_size=s["batch_size"])
     t = time.perf_counter()
-    results = pipeline.run_scoring(job_dir, tasks, spec, 2, Progress(len(tasks), stream=io.StringIO()))
+    results = pipeline.run_scoring(JobDir(job_dir), tasks, spec, 2, Progress(len(tasks), stream=io.StringIO()))
     return sum(r.patches for r in results) / (time.perf_counter() - t)
 
 

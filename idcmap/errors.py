@@ -16,6 +16,9 @@ class SlideError(IdcmapError):
         self.reason = " ".join(str(reason).split())  # always one line
         super().__init__(f"{self.path}: {self.reason}")
 
+    def __reduce__(self):  # picklable, so it crosses from a Ray worker to the driver as itself
+        return type(self), (self.path, self.reason)
+
 
 class InputError(IdcmapError):
     """Input that cannot make a job or a training run: inputs, manifests, data folders, options."""

@@ -201,3 +201,16 @@ def test_ome_tiff_subifd_pyramid_with_physical_size(tmp_path):
         assert r.format == "tiff" and r.mpp == pytest.approx((0.25, 0.25))
         assert r.level_dimensions == [(768, 512), (192, 128)]
         assert np.array_equal(r.read_region(1, 400, 200, 64, 32), img[::4, ::4][50:82, 100:164])
+
+
+def test_slide_error_crosses_process_boundaries_as_itself():
+    """A scorer actor raises it; the driver must get the same one-line error back, not Ray's
+    'unserializable exception' wrapper."""
+    import pickle
+
+    from idcmap.errors import IdcmapError, SlideError
+
+    err = pickle.loads(pickle.dumps(SlideError("/slides/a b.svs", "not a readable\nTIFF")))
+    assert isinstance(err, SlideError) and isinstance(err, IdcmapError)
+    assert (str(err), err.path, err.reason) == ("/slides/a b.svs: not a readable TIFF", "/slides/a b.svs",
+                                               "not a readable TIFF")
