@@ -122,11 +122,11 @@ def main():
         np.save(npy, patches(args.patches))
         for path in args.bundles:
             bundle = load_bundle(path)
-            flops = bundle.meta["architecture"]["flops_per_patch"]
+            flops = bundle.flops_per_patch
             for name in bundle.backends:
                 limit = peak * (4 if name == "onnx-int8" else 1)
                 for setup, (processes, threads) in setups.items():
-                    row = {"model": bundle.meta["name"], "backend": name, "setup": setup, "limit_gflops": limit,
+                    row = {"model": bundle.name, "backend": name, "setup": setup, "limit_gflops": limit,
                            "runs": rates_in_processes(path, name, npy, processes, threads, batches, args.repeats,
                                                       args.seconds)}
                     best = max(statistics.median(r) for r in row["runs"].values())

@@ -6,16 +6,22 @@ function, so the same network serves Keras and ONNX.
 """
 from __future__ import annotations
 
-import keras
-from keras import layers
+from typing import TYPE_CHECKING
 
 from idcmap.errors import InputError
+from idcmap.slide_tiling import PATCH_SIZE
 
-INPUT_SHAPE = (50, 50, 3)
+if TYPE_CHECKING:  # keras is imported where a network is built: the command line stays quick to start
+    import keras
+
+INPUT_SHAPE = (PATCH_SIZE, PATCH_SIZE, 3)
 
 
 def seed_cnn() -> keras.Model:
     """The reference network, exactly as specified (145.5 MFLOP per patch)."""
+    import keras
+    from keras import layers
+
     conv = dict(kernel_size=3, activation="relu", kernel_initializer="he_uniform", padding="same")
     dense = dict(activation="relu", kernel_initializer="he_uniform")
     return keras.Sequential([
@@ -38,6 +44,8 @@ def seed_cnn() -> keras.Model:
 
 def _sep_block(x, filters: int, name: str):
     """Separable 3x3 conv, batch norm, ReLU."""
+    from keras import layers
+
     x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
@@ -49,6 +57,9 @@ def idcnet(width: int = 32, dropout: float = 0.3) -> keras.Model:
     Stages at 50, 25, 12 and 6 pixels with width, 2x, 4x, 8x channels; the Flatten + wide Dense
     head of seed_cnn is replaced by global average pooling, so the cost is ~1/3 of seed_cnn's.
     """
+    import keras
+    from keras import layers
+
     inp = keras.Input(INPUT_SHAPE)
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(inp)
     x = layers.BatchNormalization(name="stem_bn")(x)
@@ -83,6 +94,8 @@ def flops_per_patch(model: keras.Model) -> int:
 
     Batch norm, activations, pooling and the softmax are left out (they are a few percent at most).
     """
+    from keras import layers
+
     total = 0
     for layer in model.layers:
         if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D, layers.Dense)):

@@ -1,7 +1,7 @@
 """Inference backends behind one interface.
 
-``backend.predict(patches)`` takes uint8 RGB patches (N, 50, 50, 3) and returns float32 (N,):
-the calibrated probability of IDC (the bundle's temperature applied). Backends: ``keras`` (the
+``backend.predict(patches)`` takes uint8 RGB patches (N, S, S, 3), S the bundle's patch size, and
+returns float32 (N,): the calibrated probability of IDC (the bundle's temperature applied). Backends: ``keras`` (the
 scoring ``tf.function``), ``onnx`` (ONNX Runtime fp32) and ``onnx-int8`` (ONNX Runtime, static
 int8 quantization; offered only when the bundle says it passed its accuracy check).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from idcmap.errors import BundleError, InputError
-from idcmap.slide_tiling import PATCH_SIZE
 
 from .bundle import ONNX_FILE, ONNX_INT8_FILE, ModelBundle, load_keras_model
 from .scoring import calibrated_probability
@@ -35,8 +34,9 @@ class Backend:
 
     def predict(self, patches: np.ndarray) -> np.ndarray:
         patches = np.asarray(patches)
-        if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[1:] != (PATCH_SIZE, PATCH_SIZE, 3):
-            raise ValueError(f"expected uint8 RGB patches of shape (N, {PATCH_SIZE}, {PATCH_SIZE}, 3), "
+        size = self.bundle.patch_size
+        if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected uint8 RGB patches of shape (N, {size}, {size}, 3), "
                              f"got {patches.dtype} {patches.shape}")
         if not len(patches):
             return np.zeros(0, np.float32)
@@ -105,7 +105,8 @@ def make_backend(bundle: ModelBundle, name: str = "onnx", threads: int | None = 
     if name not in _CLASSES:
         raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name not in bundle.backends:
-        why = bundle.meta["backends"].get(name, {}).get("reason", "not in this bundle")
+        spec = bundle.backend_specs.get(name)
+        why = spec.reason if spec and spec.reason else "not in this bundle"
         raise BundleError(f"backend {name!r} is not offered by {bundle.path}: {why}")
     return _CLASSES[name](bundle, threads=threads, batch_size=batch_size, shared_cores=shared_cores)
 

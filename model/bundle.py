@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from idcmap.atomic import write_bytes_atomic
 from idcmap.errors import BundleError
 
 MANIFEST = "model.json"
@@ -41,47 +41,65 @@ def _manifest_hash(meta: dict) -> str:
 
 
 @dataclass(frozen=True)
+class BackendSpec:
+    """One inference backend as the manifest describes it."""
+
+    file: str | None
+    offered: bool
+    reason: str = ""                  # why it is not offered
+
+
+@dataclass(frozen=True)
 class ModelBundle:
-    """A verified bundle folder and its manifest."""
+    """A verified bundle folder, its manifest (``meta``) and the fields scoring needs, parsed once
+    by :func:`load_bundle`."""
 
     path: Path
     meta: dict
+    name: str
+    architecture: str
+    flops_per_patch: int | None
+    patch_size: int
+    target_mpp: float
+    normalisation: dict
+    temperature: float
+    logit_offset: float
+    threshold: float
+    context_weight: float             # self weight of the neighbour context step (1.0: none)
+    metrics_kind: str                 # "out-of-fold" or "validation": what the stored figures are
+    metric_values: dict
+    validation_patients: tuple[str, ...]
+    backend_specs: dict[str, BackendSpec]
 
-    @property
-    def architecture(self) -> str:
-        return self.meta["architecture"]["name"]
-
-    @property
-    def temperature(self) -> float:
-        return float(self.meta["calibration"]["temperature"])
-
-    @property
-    def logit_offset(self) -> float:
-        return float(self.meta["calibration"].get("logit_offset", 0.0))
-
-    @property
-    def threshold(self) -> float:
-        return float(self.meta["threshold"]["value"])
-
-    @property
-    def context_weight(self) -> float:
-        """Self weight of the neighbour context step (1.0: none, the patch alone)."""
-        return float(self.meta.get("context", {}).get("self_weight", 1.0))
+    @classmethod
+    def parse(cls, path: Path, meta: dict) -> ModelBundle:
+        """The typed view of a manifest; a missing or malformed field is a :class:`BundleError`."""
+        try:
+            oof = "out_of_fold_metrics" in meta
+            shape = meta["input"]["shape"]
+            if shape[0] != shape[1] or shape[2] != 3:
+                raise ValueError(f"input shape {shape} is not square RGB")
+            return cls(
+                path=path, meta=meta, name=str(meta["name"]), architecture=str(meta["architecture"]["name"]),
+                flops_per_patch=meta["architecture"].get("flops_per_patch"), patch_size=int(shape[0]),
+                target_mpp=float(meta["input"]["target_mpp"]), normalisation=dict(meta["normalisation"]),
+                temperature=float(meta["calibration"]["temperature"]),
+                logit_offset=float(meta["calibration"].get("logit_offset", 0.0)),
+                threshold=float(meta["threshold"]["value"]),
+                context_weight=float(meta.get("context", {}).get("self_weight", 1.0)),
+                metrics_kind="out-of-fold" if oof else "validation",
+                metric_values=meta["out_of_fold_metrics"] if oof else meta.get("validation_metrics", {}),
+                validation_patients=tuple(meta.get("split", {}).get("validation", [])),
+                backend_specs={k: BackendSpec(v.get("file"), bool(v.get("offered", True)), v.get("reason", ""))
+                               for k, v in meta["backends"].items()})
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            what = f"lacks {e}" if isinstance(e, KeyError) else f"has a malformed field ({e})"
+            raise BundleError(f"{path / MANIFEST}: {what}; not a bundle written by `idcmap train`") from None
 
     @property
     def metrics(self) -> tuple[str, dict]:
-        """("out-of-fold" or "validation", the stored figures): what the bundle's figures are."""
-        if "out_of_fold_metrics" in self.meta:
-            return "out-of-fold", self.meta["out_of_fold_metrics"]
-        return "validation", self.meta.get("validation_metrics", {})
-
-    @property
-    def normalisation(self) -> dict:
-        return self.meta["normalisation"]
-
-    @property
-    def target_mpp(self) -> float:
-        return float(self.meta["input"]["target_mpp"])
+        """("out-of-fold" or "validation", the stored figures)."""
+        return self.metrics_kind, self.metric_values
 
     @property
     def sha256(self) -> str:
@@ -90,18 +108,21 @@ class ModelBundle:
 
     @property
     def version(self) -> str:
-        return f"{self.meta['name']}@{self.sha256[:12]}"
+        return f"{self.name}@{self.sha256[:12]}"
 
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def has_file(self, name: str) -> bool:
+        return name in self.meta["files"]
+
     @property
     def backends(self) -> list[str]:
         """Inference backends this bundle offers."""
-        return [name for name, spec in self.meta["backends"].items() if spec.get("offered", True)]
+        return [name for name, spec in self.backend_specs.items() if spec.offered]
 
 
-def write_manifest(folder, meta: dict) -> ModelBundle:
+def write_manifest(folder, meta: dict) -> None:
     """Hash every file in ``folder``, then write ``model.json`` from ``meta`` (atomically)."""
     folder = Path(folder)
     meta = dict(meta, format=FORMAT)
@@ -109,10 +130,7 @@ def write_manifest(folder, meta: dict) -> ModelBundle:
                      if f.is_file() and f.name != MANIFEST}
     meta.pop("manifest_sha256", None)
     meta["manifest_sha256"] = _manifest_hash(meta)
-    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_bytes(_canonical(meta))
-    os.replace(tmp, folder / MANIFEST)
-    return ModelBundle(folder, meta)
+    write_bytes_atomic(folder / MANIFEST, _canonical(meta))
 
 
 def load_bundle(path) -> ModelBundle:
@@ -140,7 +158,7 @@ def load_bundle(path) -> ModelBundle:
     extra = sorted(f.name for f in path.iterdir() if f.is_file() and f.name not in files and f.name != MANIFEST)
     if extra:
         raise BundleError(f"{path}: files not listed in {MANIFEST}: {', '.join(extra)}; the bundle was modified")
-    return ModelBundle(path, meta)
+    return ModelBundle.parse(path, meta)
 
 
 def load_keras_model(bundle: ModelBundle):

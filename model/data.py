@@ -7,13 +7,13 @@ padded with white exactly as they are at scoring time.
 from __future__ import annotations
 
 import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from idcmap.atomic import atomic_path
 from idcmap.errors import InputError
 from idcmap.slide_tiling import PATCH_SIZE, is_patient_dir, list_patches, load_patch
 
@@ -124,10 +124,8 @@ def load_patches_cached(data_dirs, cache_dir=None, **kw) -> PatchSet:
         return PatchSet(z["images"], z["labels"], z["patient_ids"], z["sources"], z["xy"])
     ps = load_patches(data_dirs, **kw)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=ps.images, labels=ps.labels, patient_ids=ps.patient_ids, sources=ps.sources,
-             xy=ps.xy)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=ps.images, labels=ps.labels, patient_ids=ps.patient_ids, sources=ps.sources, xy=ps.xy)
     return ps
 
 

@@ -28,10 +28,10 @@ def evaluate(bundle, data_dirs, backend: str = "onnx", threads: int | None = Non
     """
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle)
-    if validation_only and not bundle.meta["split"]["validation"]:
+    if validation_only and not bundle.validation_patients:
         raise BundleError(f"{bundle.path}: has no validation patients (it was cross-validated and trained on "
                           "every patient); its held-out figures are out-of-fold: use --out-of-fold")
-    patches = load_patches(data_dirs, patients=bundle.meta["split"]["validation"] if validation_only else None)
+    patches = load_patches(data_dirs, patients=bundle.validation_patients if validation_only else None)
     patch_prob = make_backend(bundle, backend, threads=threads).predict(patches.images)
     prob = with_context(patch_prob, *patches.grid, bundle.context_weight)
     report = metrics_report(patches.labels, prob, patches.patient_ids, bundle.threshold)
@@ -50,7 +50,7 @@ def evaluate_out_of_fold(bundle, plots_dir=None) -> dict:
     with values fitted on the other folds."""
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle)
-    if OOF_FILE not in bundle.meta.get("files", {}):
+    if not bundle.has_file(OOF_FILE):
         raise BundleError(f"{bundle.path}: holds no out-of-fold predictions (trained without --folds)")
     oof = pd.read_parquet(bundle.file(OOF_FILE))
     scores = cross_fitted(oof)

@@ -7,7 +7,6 @@ tf2onnx's ``from_keras`` does not handle Keras 3 models; ``from_function`` on th
 """
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
@@ -109,20 +108,3 @@ def quantize_int8(fp32_path, out_path, calibration_patches: np.ndarray) -> Path:
                         # convolutions and dense layers only: normalisation and softmax stay fp32
                         op_types_to_quantize=["Conv", "MatMul", "Gemm"])
     return Path(out_path)
-
-
-def upgrade_bundle(folder) -> list[str]:
-    """Rewrite a bundle's ONNX files with :func:`channels_first_input` and re-hash its manifest."""
-    from .bundle import ONNX_FILE, ONNX_INT8_FILE, load_bundle, write_manifest
-
-    bundle = load_bundle(folder)
-    changed = [name for name in (ONNX_FILE, ONNX_INT8_FILE)
-               if bundle.file(name).is_file() and channels_first_input(bundle.file(name))]
-    if changed:
-        write_manifest(bundle.path, bundle.meta)
-    return changed
-
-
-if __name__ == "__main__":
-    for folder in sys.argv[1:]:
-        print(folder, "rewritten:", ", ".join(upgrade_bundle(folder)) or "nothing (already in the faster layout)")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from idcmap.atomic import atomic_path
 from idcmap.errors import InputError
 from idcmap.slide_tiling import KAGGLE_MPP, PATCH_SIZE
 
@@ -274,9 +274,8 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
     oof = pd.DataFrame({"patient_id": test.patient_ids, "source": [Path(s).name for s in test.sources],
                         "x": test.xy[:, 0], "y": test.xy[:, 1], "label": test.labels.astype(np.int8),
                         "fold": np.full(len(test), fold, np.int8), "logit": logit.astype(np.float32)})
-    tmp = fold_dir / f".{FOLD_OOF}.tmp"
-    oof.to_parquet(tmp, index=False)
-    os.replace(tmp, fold_dir / FOLD_OOF)
+    with atomic_path(fold_dir / FOLD_OOF) as tmp:
+        oof.to_parquet(tmp, index=False)
     return oof
 
 

@@ -12,14 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .defaults import PATCH_SIZE
+
 
 @dataclass(frozen=True)
 class PatchGrid:
     width0: int                       # slide size, level-0 pixels
     height0: int
     downsample0: tuple[float, float]  # level-0 pixels per target pixel (x, y)
-    patch_size: int = 50
-    stride: int = 50
+    patch_size: int = PATCH_SIZE
+    stride: int = PATCH_SIZE
 
     def __post_init__(self):
         if self.patch_size < 1 or self.stride < 1:

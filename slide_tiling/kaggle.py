@@ -16,12 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .defaults import KAGGLE_MPP, PATCH_SIZE
 from .image_reader import png_size
 from .reader import SlideError, SlideReader
 
 #: the resolution of the Kaggle patches (2.5x of a 40x scan at ~0.25 µm/px)
-KAGGLE_MPP = 4.0
-PATCH_SIZE = 50
 _NAME = re.compile(r"^(?P<patient>[^_/]+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<cls>[01])\.png$")
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .defaults import DEFAULT_TARGET_MPP
 from .reader import SlideError, SlideReader
 
-DEFAULT_TARGET_MPP = 4.0  # 2.5x: the resolution of the Kaggle IDC patches
 #: a level up to this much coarser than the target still counts as "at the target" (rounding in
 #: pyramid sizes makes downsamples like 16.004)
 LEVEL_TOLERANCE = 0.01

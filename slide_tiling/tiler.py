@@ -12,19 +12,18 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from .defaults import DEFAULT_MIN_TISSUE, PATCH_SIZE
 from .grid import PatchGrid
 from .reader import SlideError, SlideReader
 from .resolution import DEFAULT_TARGET_MPP, LevelChoice, choose_level
 from .tissue import TissueMask
 
-DEFAULT_MIN_TISSUE = 0.05
-
 
 @dataclass(frozen=True)
 class TilingSpec:
     target_mpp: float = DEFAULT_TARGET_MPP
-    patch_size: int = 50
-    stride: int = 50
+    patch_size: int = PATCH_SIZE
+    stride: int = PATCH_SIZE
     min_tissue: float = DEFAULT_MIN_TISSUE  # minimum tissue fraction of a patch
     mpp: float | None = None                # overrides the slide's own mpp
     thumbnail_size: int = 1024              # long side of the thumbnail tissue is fitted on

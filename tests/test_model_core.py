@@ -209,9 +209,14 @@ def test_class_weights_balance_the_classes():
 
 # --- bundle manifest -------------------------------------------------------------------------
 
-def _fake_bundle(tmp_path):
+FAKE_META = {"name": "fake", "architecture": {"name": "idcnet"},
+             "input": {"shape": [50, 50, 3], "target_mpp": 4.0}, "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+             "calibration": {"temperature": 1.5}, "threshold": {"value": 0.4}, "backends": {}}
+
+
+def _fake_bundle(tmp_path, **changes):
     (tmp_path / "weights.bin").write_bytes(bytes(range(256)))
-    write_manifest(tmp_path, {"name": "fake", "calibration": {"temperature": 1.5}})
+    write_manifest(tmp_path, FAKE_META | changes)
     return tmp_path
 
 
@@ -223,6 +228,17 @@ def test_manifest_roundtrip_and_tamper(tmp_path):
     (tmp_path / "weights.bin").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="weights.bin: sha256 does not match"):
         load_bundle(tmp_path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"threshold": {}}, "lacks 'value'"),
+    ({"input": {"shape": [50, 40, 3], "target_mpp": 4.0}}, "is not square RGB"),
+    ({"calibration": {"temperature": "hot"}}, "malformed field"),
+])
+def test_manifest_without_what_scoring_needs_is_one_line(tmp_path, changes, message):
+    with pytest.raises(BundleError, match=message) as err:
+        load_bundle(_fake_bundle(tmp_path, **changes))
+    assert str(err.value).startswith(str(tmp_path / "model.json")) and "\n" not in str(err.value)
 
 
 def test_manifest_edit_and_extra_file_are_refused(tmp_path):

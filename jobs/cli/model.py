@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from idcmap.model.architectures import ARCHITECTURES
+from idcmap.model.backends import BACKENDS
+
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise for CLI users
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,7 +19,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=Tru
 @click.command()
 @click.option("--data", "data_dirs", type=_DIR, multiple=True, required=True,
               help="Kaggle IDC folder (patient folders, or one patient); repeat for several.")
-@click.option("--arch", type=click.Choice(["idcnet", "seed_cnn"]), default="idcnet", show_default=True)
+@click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="idcnet", show_default=True)
 @click.option("--width", type=click.IntRange(8), default=None,
               help="idcnet channel width [default: 32].")
 @click.option("--epochs", type=click.IntRange(1), default=6, show_default=True,
@@ -86,7 +89,7 @@ def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir,
               help="Write the full report (overall and per patient) here.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write roc.png and reliability.png here.")
-@click.option("--backend", type=click.Choice(["onnx", "keras", "onnx-int8"]), default="onnx", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads.")
 @click.option("--validation-only", is_flag=True,
               help="Only the bundle's validation patients (held out from its training).")

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from idcmap.model.backends import BACKENDS
 from idcmap.models import DEFAULT_MODEL
+from idcmap.slide_tiling import DEFAULT_MIN_TISSUE
 
 
 @click.command()
@@ -17,14 +19,15 @@ from idcmap.models import DEFAULT_MODEL
               type=click.Path(path_type=Path), help="Model bundle folder.")
 @click.option("--address", default=None, help="Ray cluster to join: 'auto' or HOST:PORT (default: RAY_ADDRESS, "
               "else an embedded local Ray).")
-@click.option("--backend", default="onnx", show_default=True, help="onnx, keras or onnx-int8.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True,
+              help="Inference backend (the bundle must offer it).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 65536),
               help="Patches per inference call (8: fastest with one inference thread per actor, "
                    "benchmarks/README.md).")
 @click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides whose file does not say.")
 @click.option("--actors", type=click.IntRange(1, 1024), default=None, help="Scorer actors, each planning, tiling and scoring with one inference thread (default: one per CPU).")
 @click.option("--num-cpus", type=click.IntRange(1, 4096), default=None, help="CPUs of the embedded Ray.")
-@click.option("--min-tissue", type=float, default=0.05, show_default=True)
+@click.option("--min-tissue", type=float, default=DEFAULT_MIN_TISSUE, show_default=True)
 @click.option("--pseudonymize", is_flag=True,
               help="Replace patient and slide ids in all outputs and messages by keyed HMACs.")
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -8,21 +8,13 @@ from pathlib import Path
 import click
 import numpy as np
 
-from idcmap.slide_tiling import (
-    SlideError,
-    TilingSpec,
-    build_slide,
-    choose_level,
-    iter_patches,
-    open_slide,
-    plan_slide,
-)
+from idcmap.slide_tiling import (DEFAULT_MIN_TISSUE, DEFAULT_TARGET_MPP, PATCH_SIZE, SlideError, TilingSpec, build_slide,
+                                  choose_level, iter_patches, open_slide, plan_slide)
 from idcmap.slide_tiling.preview import render_preview, write_png
-from idcmap.slide_tiling.tiler import DEFAULT_MIN_TISSUE
 
 mpp_option = click.option("--mpp", type=float, default=None,
                           help="Level-0 microns per pixel: needed when the file does not say; overrides it when it does.")
-target_option = click.option("--target-mpp", type=float, default=4.0, show_default=True,
+target_option = click.option("--target-mpp", type=float, default=DEFAULT_TARGET_MPP, show_default=True,
                              help="Resolution the patches are cut at (4.0 = 2.5x).")
 
 
@@ -64,8 +56,8 @@ def info(slide, mpp, target_mpp, as_json):
 @click.argument("slide", type=click.Path(path_type=Path))
 @mpp_option
 @target_option
-@click.option("--patch-size", type=int, default=50, show_default=True)
-@click.option("--stride", type=int, default=50, show_default=True)
+@click.option("--patch-size", type=int, default=PATCH_SIZE, show_default=True)
+@click.option("--stride", type=int, default=PATCH_SIZE, show_default=True)
 @click.option("--min-tissue", type=float, default=DEFAULT_MIN_TISSUE, show_default=True,
               help="Minimum tissue fraction of a patch.")
 @click.option("--preview", type=click.Path(path_type=Path), help="Write a PNG of the thumbnail, tissue and grid.")

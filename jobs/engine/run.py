@@ -30,7 +30,15 @@ from idcmap.jobs.jobdir.schema import SlideMeta, write_failure, write_prediction
 from idcmap.jobs.progress import Progress
 from idcmap.model import load_bundle, make_backend
 from idcmap.model.scoring import with_context
-from idcmap.slide_tiling import SlideError, SlidePlan, TilingSpec, iter_patches, open_slide, plan_slide
+from idcmap.slide_tiling import (
+    DEFAULT_MIN_TISSUE,
+    SlideError,
+    SlidePlan,
+    TilingSpec,
+    iter_patches,
+    open_slide,
+    plan_slide,
+)
 
 
 @dataclass
@@ -43,7 +51,7 @@ class ScoreSpec:
     threads_per_actor: int = 1          # inference threads of each actor
     mpp: float | None = None            # level-0 mpp for slides whose file (and manifest) does not say
     stride: int | None = None           # default: the bundle's patch size (no overlap)
-    min_tissue: float = 0.05
+    min_tissue: float = DEFAULT_MIN_TISSUE
     min_idc_area_mm2: float = 0.2
     max_slides_in_flight: int = 2       # slides being planned at once
 
@@ -134,7 +142,7 @@ def run_scoring(job_dir: JobDir, tasks: list[SlideTask], spec: ScoreSpec, cpus: 
                 progress: Progress) -> list[SlideResult]:
     """Score ``tasks`` (the slides not done yet) into ``job_dir``. Ray must be initialised."""
     bundle = load_bundle(spec.bundle)
-    size = bundle.meta["input"]["shape"][0]
+    size = bundle.patch_size
     tiling = TilingSpec(target_mpp=bundle.target_mpp, patch_size=size, stride=spec.stride or size,
                         min_tissue=spec.min_tissue)
     n_actors = spec.actors or cpus

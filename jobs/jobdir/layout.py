@@ -9,44 +9,17 @@
     JOB_DIR/report/index.html                     the report
 
 Every file is written under a hidden temporary name in its own folder and renamed into place when
-complete (:func:`atomic_path`), so a reader, or a resumed job, never sees a partial file.
+complete (:mod:`idcmap.atomic`), so a reader, or a resumed job, never sees a partial file.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-TEMP_SUFFIX = ".tmp"
+from idcmap.atomic import TEMP_SUFFIX, atomic_path, write_bytes_atomic
 
-
-@contextmanager
-def atomic_path(path: Path, fsync: bool = False) -> Iterator[Path]:
-    """Yields a temporary path beside ``path``; when the block succeeds, that file replaces
-    ``path`` (after an fsync if asked); when it fails, the temporary file is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-    try:
-        yield tmp
-        if fsync:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` atomically. A file that already holds exactly ``data`` is left
-    alone (its mtime too); returns whether the file was written."""
-    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
-        return False
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return True
-
+__all__ = ["JobDir", "atomic_path", "write_bytes_atomic"]
 
 @dataclass(frozen=True)
 class JobDir:
