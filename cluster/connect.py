@@ -41,25 +41,27 @@ def package_folder(staging: Path) -> Path:
     return out
 
 
-def runtime_env(staging: Path) -> dict:
+def runtime_env(staging: Path, env_vars: dict | None = None) -> dict:
     """The runtime_env that carries idcmap's code to workers of a remote cluster."""
-    return {"py_modules": [str(package_folder(staging))], "env_vars": dict(ENV_VARS)}
+    return {"py_modules": [str(package_folder(staging))], "env_vars": dict(ENV_VARS if env_vars is None else env_vars)}
 
 
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None):
-    """Start (and stop) an embedded Ray, or join a cluster; yields the CPUs Ray may use."""
+def ray_session(address: str | None = None, num_cpus: int | None = None, env_vars: dict | None = None):
+    """Start (and stop) an embedded Ray, or join a cluster; yields the CPUs Ray may use.
+    ``env_vars``: the workers' environment (default: :data:`ENV_VARS`, scoring's)."""
+    env_vars = ENV_VARS if env_vars is None else env_vars
     address = address or os.environ.get("RAY_ADDRESS")
     started = False
     if not ray.is_initialized():
         if address:
             with tempfile.TemporaryDirectory(prefix="idcmap-code-") as staging:  # uploaded by init
-                ray.init(address=address, runtime_env=runtime_env(Path(staging)),
+                ray.init(address=address, runtime_env=runtime_env(Path(staging), env_vars),
                          logging_level=logging.WARNING, log_to_driver=False)
         else:
             # workers of an embedded Ray inherit the driver's environment (a runtime_env would
             # start them through Ray's runtime-env agent: about a second later)
-            for key, value in ENV_VARS.items():
+            for key, value in env_vars.items():
                 os.environ.setdefault(key, value)
             ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=False)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 import subprocess
 import time
@@ -47,6 +48,8 @@ from .scoring import (
     with_context,
 )
 from .train import STATE_FILE, TrainConfig, fit, latest_checkpoint, prepare
+
+log = logging.getLogger("idcmap")
 
 #: int8 is offered only if its validation ROC AUC is within this of the fp32 ONNX model's
 INT8_MAX_AUC_DROP = 0.005
@@ -141,19 +144,12 @@ def calibrate_on_validation(model, cfg: TrainConfig, train, val) -> Calibrated:
                       cal["threshold_rule"], "validation_metrics", metrics, val)
 
 
-def write_bundle(out_dir, model, cfg: TrainConfig, train, cal: Calibrated, state: dict, fingerprint: str,
-                 extra_files: dict[str, bytes] | None = None) -> ModelBundle:
-    """Export, check the backends and write a verified bundle (``extra_files``: name -> bytes)."""
+def _export_backends(folder: Path, model, cfg: TrainConfig, train, cal: Calibrated) -> dict:
+    """Save the Keras model, export ONNX (and int8 when it passes), each checked on ``cal.check``
+    as scoring uses it; the manifest's ``backends``."""
     from sklearn.metrics import roc_auc_score
 
     from .export import export_onnx
-
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, data in (extra_files or {}).items():
-        (tmp / name).write_bytes(data)
 
     check = cal.check
     score = scoring_function(model, cfg.normalisation)
@@ -163,18 +159,20 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, cal: Calibrated, state
                             cal.context_weight)
 
     prob = final(predict_batches(score, check.images))
-    model.save(tmp / KERAS_FILE)
-    export_onnx(score, tmp / ONNX_FILE)
-    onnx_prob = final(_onnx_probs(tmp / ONNX_FILE, check.images))
-    fp32_diff = float(np.abs(onnx_prob - prob).max())
+    model.save(folder / KERAS_FILE)
+    export_onnx(score, folder / ONNX_FILE)
+    onnx_prob = final(_onnx_probs(folder / ONNX_FILE, check.images))
     fp32_auc = float(roc_auc_score(check.labels, onnx_prob))
-    backends = {"onnx": {"file": ONNX_FILE, "precision": "fp32", "offered": True,
-                         "max_abs_diff_vs_keras_on_check_set": fp32_diff},
-                "keras": {"file": KERAS_FILE, "precision": "fp32", "offered": True},
-                "onnx-int8": _int8_backend(tmp, train, check, final, fp32_auc, cfg.seed)}
+    return {"onnx": {"file": ONNX_FILE, "precision": "fp32", "offered": True,
+                     "max_abs_diff_vs_keras_on_check_set": float(np.abs(onnx_prob - prob).max())},
+            "keras": {"file": KERAS_FILE, "precision": "fp32", "offered": True},
+            "onnx-int8": _int8_backend(folder, train, check, final, fp32_auc, cfg.seed)}
 
-    meta = {
-        "name": out_dir.name,
+
+def _manifest(name: str, model, cfg: TrainConfig, train, cal: Calibrated, state: dict, fingerprint: str,
+              backends: dict) -> dict:
+    return {
+        "name": name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code_version": code_version(),
         "architecture": {"name": cfg.arch, "width": cfg.width, "flops_per_patch": flops_per_patch(model),
@@ -193,7 +191,7 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, cal: Calibrated, state
         cal.metrics_key: cal.metrics,
         "training": {"data_fingerprint": fingerprint, "data_dirs": [str(d) for d in cfg.data_dirs],
                      "n_train_patches": len(train),
-                     "n_validation_patches": len(check) if cfg.split["validation"] else 0,
+                     "n_validation_patches": len(cal.check) if cfg.split["validation"] else 0,
                      "optimizer": {"name": "Adam", **TRAINING[cfg.arch]},
                      "config": {k: v for k, v in asdict(cfg).items()
                                 if k not in ("split", "normalisation", "resume_from", "data_dirs")},
@@ -201,7 +199,20 @@ def write_bundle(out_dir, model, cfg: TrainConfig, train, cal: Calibrated, state
                      "history": state["history"]},
         "backends": backends,
     }
-    write_manifest(tmp, meta)
+
+
+def write_bundle(out_dir, model, cfg: TrainConfig, train, cal: Calibrated, state: dict, fingerprint: str,
+                 extra_files: dict[str, bytes] | None = None) -> ModelBundle:
+    """Export, check the backends and write a verified bundle (``extra_files``: name -> bytes);
+    an existing bundle folder is replaced only once the new one is complete."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, data in (extra_files or {}).items():
+        (tmp / name).write_bytes(data)
+    backends = _export_backends(tmp, model, cfg, train, cal)
+    write_manifest(tmp, _manifest(out_dir.name, model, cfg, train, cal, state, fingerprint, backends))
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -240,9 +251,9 @@ def _fixed_epochs_config(cfg: TrainConfig, train_patients, rule: str, images: np
                                   "formula": "(x - mean) / std per channel", **datalib.channel_stats(images)})
 
 
-def _fit_fixed(cfg: TrainConfig, run_dir: Path, ray_address) -> tuple:
+def _fit_fixed(cfg: TrainConfig, run_dir: Path, ray_address, label: str) -> tuple:
     """Train (or finish) a fixed-epoch run in ``run_dir``; (model, state)."""
-    ckpt = fit(cfg, run_dir, resume=latest_checkpoint(run_dir) is not None, ray_address=ray_address)
+    ckpt = fit(cfg, run_dir, resume=latest_checkpoint(run_dir) is not None, ray_address=ray_address, label=label)
     model = build(cfg.arch, cfg.width)
     model.load_weights(ckpt / "best.weights.h5")
     return model, json.loads((ckpt / STATE_FILE).read_text())
@@ -257,13 +268,14 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
     out-of-fold table. Kept in ``run_dir/fold-N/`` (model, info, scores), so a re-run resumes."""
     fold_dir = Path(run_dir) / f"fold-{fold}"
     if (fold_dir / FOLD_OOF).exists():
+        log.info("[train] fold %d: done in an earlier run (%s)", fold + 1, fold_dir)
         return pd.read_parquet(fold_dir / FOLD_OOF)
     k = max(folds.values()) + 1
     held_out = sorted(p for p, f in folds.items() if f == fold)
     train, test = datalib.apply_split(patches, {"train": sorted(set(folds) - set(held_out)), "validation": held_out})
     fcfg = _fixed_epochs_config(cfg, set(folds) - set(held_out), f"cross-validation fold {fold} of {k}: "
                                 "trained on the other folds' patients", train.images)
-    model, state = _fit_fixed(fcfg, fold_dir / "ray", ray_address)
+    model, state = _fit_fixed(fcfg, fold_dir / "ray", ray_address, f"fold {fold + 1}/{k}")
     offset = _offset(cfg, train.labels)
     logit = idc_logit(predict_batches(scoring_function(model, fcfg.normalisation), test.images)) - offset
     model.save(fold_dir / FOLD_MODEL)
@@ -303,7 +315,7 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
     fcfg = _fixed_epochs_config(cfg, set(folds), "every patient (cross-validated protocol, nothing held out)",
                                 patches.images)
     fcfg.split["folds"] = {p: int(f) for p, f in sorted(folds.items())}
-    model, state = _fit_fixed(fcfg, run_dir / "final", ray_address)
+    model, state = _fit_fixed(fcfg, run_dir / "final", ray_address, "all patients")
     calibration = {"method": "prior correction + temperature scaling",
                    "fitted_on": f"out-of-fold scores of the {k} fold models (all {len(folds)} patients)",
                    "context_self_weight": f"chosen among {list(CONTEXT_WEIGHTS)} by ROC AUC on the same scores",

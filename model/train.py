@@ -10,6 +10,7 @@ early-stopping decision is identical on all of them. Rank 0 writes a checkpoint 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -25,6 +26,10 @@ from . import data as datalib
 from .architectures import TRAINING, build
 
 STATE_FILE = "state.json"
+log = logging.getLogger("idcmap")
+#: environment of the training workers: TensorFlow's C++ start-up messages off (its threads are
+#: set per worker in the loop, so not OMP_NUM_THREADS=1 as for scoring)
+TRAINING_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 @dataclass
@@ -85,61 +90,48 @@ def _save_checkpoint(path: Path, model, optimizer, state: dict, best_weights: by
     return best_weights
 
 
-def train_loop_per_worker(config: dict):
-    """The Ray Train worker loop (``config`` is a TrainConfig as a dict)."""
-    import keras
-    import ray.train
-    import tensorflow as tf
-    from sklearn.metrics import roc_auc_score
-
-    from .augment import augment
-    from .scoring import normalise
-
-    cfg = TrainConfig(**config)
-    threads = max(1, cfg.cpus // max(cfg.num_workers, 1))
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-
+def _training_arrays(cfg: TrainConfig):
+    """(train, validation, int32 labels, per-patch class weights) for a worker."""
     train, val, _ = load_split_data(cfg)
     y_train = train.labels.astype(np.int32)
     cw = datalib.class_weights(y_train) if cfg.imbalance == "weights" else {0: 1.0, 1: 1.0}
-    sample_weight = np.where(y_train == 1, cw[1], cw[0]).astype(np.float32)
-    per_replica = cfg.global_batch_size // world
-    steps = len(y_train) // cfg.global_batch_size
-    if steps < 1:
+    if len(y_train) < cfg.global_batch_size:
         raise datalib.DataError(f"{len(y_train)} training patches < one global batch of {cfg.global_batch_size}")
+    return train, val, y_train, np.where(y_train == 1, cw[1], cw[0]).astype(np.float32)
 
-    with strategy.scope():
-        model = build(cfg.arch, cfg.width)
-        optimizer = keras.optimizers.Adam(learning_rate(cfg, 0))
-        optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+
+def _restore(cfg: TrainConfig, model, optimizer) -> tuple[dict, bytes | None]:
+    """The run state and best weights so far: from Ray Train's checkpoint (a restarted run), or
+    ``cfg.resume_from`` (``--resume``), or a fresh state."""
+    import ray.train
 
     state = {"epoch": -1, "best_auc": -1.0, "best_epoch": -1, "stale": 0, "history": [],
              "arch": cfg.arch, "width": cfg.width}
     ckpt = ray.train.get_checkpoint()
-    resume_dir, best_weights = None, None
-    if ckpt is not None:
-        resume_dir = Path(ckpt.to_directory())
-    elif cfg.resume_from:
-        resume_dir = Path(cfg.resume_from)
-    if resume_dir is not None:
-        state = json.loads((resume_dir / STATE_FILE).read_text())
-        model.load_weights(resume_dir / "last.weights.h5")
-        best_weights = (resume_dir / "best.weights.h5").read_bytes()
-        saved = np.load(resume_dir / "optimizer.npz")
-        for i, v in enumerate(optimizer.variables):
-            v.assign(saved[f"arr_{i}"])
-        if rank == 0:
-            print(f"[train] resumed from {resume_dir} after epoch {state['epoch'] + 1}", flush=True)
+    resume_dir = Path(ckpt.to_directory()) if ckpt is not None else (Path(cfg.resume_from) if cfg.resume_from else None)
+    if resume_dir is None:
+        return state, None
+    state = json.loads((resume_dir / STATE_FILE).read_text())
+    model.load_weights(resume_dir / "last.weights.h5")
+    saved = np.load(resume_dir / "optimizer.npz")
+    for i, v in enumerate(optimizer.variables):
+        v.assign(saved[f"arr_{i}"])
+    return state, (resume_dir / "best.weights.h5").read_bytes()
+
+
+def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
+    """(train_step, predict, average_statistics) as ``tf.function``s."""
+    import keras
+    import tensorflow as tf
+
+    from .augment import augment
+    from .scoring import normalise
+
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
 
     def replica_step(x, y, w):
         x = normalise(augment(tf.cast(x, tf.float32), cfg.colour_strength, cfg.stain_strength,
-                              cfg.artefact_strength),
-                      cfg.normalisation)
+                              cfg.artefact_strength), cfg.normalisation)
         with tf.GradientTape() as tape:
             per_patch = loss_fn(y, model(x, training=True)) * w
             loss = tf.nn.compute_average_loss(per_patch, global_batch_size=cfg.global_batch_size)
@@ -165,26 +157,55 @@ def train_loop_per_worker(config: dict):
         for v, r in zip(stats, reduced):
             v.assign(strategy.experimental_local_results(r)[0])
 
+    return train_step, predict, average_statistics
+
+
+def _validation_auc(predict, val) -> float | None:
+    """ROC AUC on the validation patches (None: nothing held out; nan: one class only)."""
+    from sklearn.metrics import roc_auc_score
+
+    if not len(val):
+        return None
+    scores = np.concatenate([predict(val.images[i:i + 512]).numpy() for i in range(0, len(val), 512)])
+    return float(roc_auc_score(val.labels, scores)) if len(set(val.labels.tolist())) == 2 else float("nan")
+
+
+def train_loop_per_worker(config: dict):
+    """The Ray Train worker loop (``config`` is a TrainConfig as a dict)."""
+    import keras
+    import ray.train
+    import tensorflow as tf
+
+    cfg = TrainConfig(**config)
+    threads = max(1, cfg.cpus // max(cfg.num_workers, 1))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    train, val, y_train, sample_weight = _training_arrays(cfg)
+    per_replica, steps = cfg.global_batch_size // world, len(y_train) // cfg.global_batch_size
+    with strategy.scope():
+        model = build(cfg.arch, cfg.width)
+        optimizer = keras.optimizers.Adam(learning_rate(cfg, 0))
+        optimizer.build(model.trainable_variables)
+    state, best_weights = _restore(cfg, model, optimizer)
+    train_step, predict, average_statistics = _step_functions(cfg, model, optimizer, strategy)
+
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         if state["stale"] >= cfg.patience:
             break
         optimizer.learning_rate.assign(learning_rate(cfg, epoch))
         order = _epoch_indices(y_train, cfg, epoch)[: steps * cfg.global_batch_size]
-        mine = order.reshape(steps, world, per_replica)[:, rank]
         t0, total = time.perf_counter(), 0.0
-        for idx in mine:
+        for idx in order.reshape(steps, world, per_replica)[:, rank]:
             idx = np.sort(idx)
             total += float(train_step(train.images[idx], y_train[idx], sample_weight[idx]))
         if world > 1:
             average_statistics()
         seconds = time.perf_counter() - t0
-        if len(val):
-            scores = np.concatenate([predict(val.images[i:i + 512]).numpy()
-                                     for i in range(0, len(val), 512)])
-            auc = float(roc_auc_score(val.labels, scores)) if len(set(val.labels.tolist())) == 2 else float("nan")
-            improved = auc > state["best_auc"] + 1e-4
-        else:  # a fixed number of epochs, nothing held out: the last epoch is the model
-            auc, improved = None, True
+        auc = _validation_auc(predict, val)
+        improved = auc is None or auc > state["best_auc"] + 1e-4  # nothing held out: the last epoch is the model
         state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
         if improved:
             state.update(best_auc=auc if auc is not None else state["best_auc"], best_epoch=epoch)
@@ -193,17 +214,12 @@ def train_loop_per_worker(config: dict):
                    "lr": learning_rate(cfg, epoch), "best_val_auc": state["best_auc"],
                    "best_epoch": state["best_epoch"] + 1}
         state["history"].append(metrics)
-        if rank == 0:
-            val_text = (f"val_auc {auc:.4f} (best {state['best_auc']:.4f} @ {state['best_epoch'] + 1}) "
-                        if auc is not None else "")
-            print(f"[train] {cfg.arch} epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} "
-                  f"{val_text}{metrics['patches_per_s']:.0f} patches/s ({seconds:.0f} s)", flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                best_weights = _save_checkpoint(Path(tmp), model, optimizer, state,
-                                                None if improved else best_weights)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
+        if rank != 0:
             ray.train.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            best_weights = _save_checkpoint(Path(tmp), model, optimizer, state, None if improved else best_weights)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def latest_checkpoint(run_dir) -> Path | None:
@@ -230,11 +246,52 @@ def prepare(cfg: TrainConfig):
     return train, val
 
 
-def fit(cfg: TrainConfig, run_dir, resume: bool = False, ray_address: str | None = None) -> Path:
-    """Run the Ray Train job; returns the directory of its final checkpoint."""
-    import ray
+class _EpochLog:
+    """Logs each reported epoch on the driver: a Ray Train callback (it runs in the train
+    controller) forwards worker 0's metrics through a Ray queue, which the driver reads."""
+
+    def __init__(self, cfg: TrainConfig, label: str):
+        from ray.train import UserCallback
+        from ray.util.queue import Queue
+
+        queue = self.queue = Queue()
+
+        class Forward(UserCallback):
+            def after_report(self, run_context, metrics, checkpoint):
+                queue.put(metrics[0])
+
+        self.callback, self.cfg, self.label = Forward(), cfg, label
+        self.seconds: list[float] = []
+
+    def drain(self, timeout: float) -> None:
+        """Log the epochs reported so far (waiting up to ``timeout`` s for the first)."""
+        from ray.util.queue import Empty
+
+        try:
+            while True:
+                self._log(self.queue.get(timeout=timeout))
+                timeout = 0.01
+        except Empty:
+            pass
+
+    def _log(self, m: dict) -> None:
+        self.seconds.append(m["epoch_s"])
+        eta = (self.cfg.epochs - m["epoch"]) * sum(self.seconds) / len(self.seconds)
+        val = f"val_auc {m['val_auc']:.4f} (best {m['best_val_auc']:.4f} @ {m['best_epoch']}) " if m["val_auc"] else ""
+        log.info("[train] %s epoch %d/%d loss %.4f %s%.0f patches/s, %.0f s; ETA %d:%02d", self.label, m["epoch"],
+                 self.cfg.epochs, m["loss"], val, m["patches_per_s"], m["epoch_s"], eta // 60, eta % 60)
+
+
+def fit(cfg: TrainConfig, run_dir, resume: bool = False, ray_address: str | None = None, label: str = "") -> Path:
+    """Run the Ray Train job (in the session of :func:`idcmap.cluster.ray_session`, joining a
+    cluster at ``ray_address`` if given); returns the directory of its final checkpoint. Progress:
+    one line per epoch on the ``idcmap`` logger."""
+    import threading
+
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
+
+    from idcmap.cluster import ray_session
 
     run_dir = Path(run_dir).resolve()
     if resume:
@@ -242,21 +299,34 @@ def fit(cfg: TrainConfig, run_dir, resume: bool = False, ray_address: str | None
         if last is None:
             raise InputError(f"{run_dir}: no checkpoint to resume from (train without --resume)")
         cfg.resume_from = str(last)
-    if not ray.is_initialized():
-        if ray_address:
-            ray.init(address=ray_address)
-        else:  # embedded local instance
-            ray.init(num_cpus=max(2, cfg.cpus), include_dashboard=False)
-    trainer = TensorflowTrainer(
-        train_loop_per_worker,
-        train_loop_config=asdict(cfg),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
-                                     resources_per_worker={"CPU": cfg.cpus / cfg.num_workers}),
-        run_config=RunConfig(name=f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-                             storage_path=str(run_dir),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-    result = trainer.fit()
+        log.info("[train] %s resuming after epoch %d (%s)", label or cfg.arch,
+                 json.loads((last / STATE_FILE).read_text())["epoch"] + 1, last)
+    with ray_session(ray_address, num_cpus=max(2, cfg.cpus), env_vars=TRAINING_ENV):
+        epochs = _EpochLog(cfg, label or cfg.arch)
+        trainer = TensorflowTrainer(
+            train_loop_per_worker,
+            train_loop_config=asdict(cfg),
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
+                                         resources_per_worker={"CPU": cfg.cpus / cfg.num_workers}),
+            run_config=RunConfig(name=f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                                 storage_path=str(run_dir), callbacks=[epochs.callback],
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
+        outcome: dict = {}
+
+        def run():
+            try:
+                outcome["result"] = trainer.fit()
+            except BaseException as exc:  # raised again below, in the caller's thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        while thread.is_alive():
+            epochs.drain(timeout=1.0)
+        epochs.drain(timeout=0.01)
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
     if result.checkpoint is None:
         if cfg.resume_from:  # nothing left to do: the resumed run had already finished
             return Path(cfg.resume_from)

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from idcmap.errors import BundleError
+from idcmap.model import load_bundle
 from tests.conftest import shared_path
 
 PATCHES_PER_PATIENT = 4  # 147 patients -> ~590 real patches
@@ -181,16 +182,23 @@ def test_tampered_bundle_is_refused(trained, tmp_path, victim):
     assert len(res.output.strip().splitlines()) == 1
 
 
-def test_resume_continues_from_last_checkpoint(trained):
-    from dataclasses import replace
-
-    from idcmap.model.train import fit
+def test_train_resume_from_the_cli_continues_from_the_last_checkpoint(trained, data_dirs):
+    """`idcmap train --resume` on the fixture's run: one more epoch, one progress line for it."""
+    from idcmap.jobs.cli import cli
 
     first = json.loads((next((trained["root"] / "runs").rglob("state.json"))).read_text())
-    ckpt = fit(replace(trained["cfg"], epochs=2), trained["root"] / "runs", resume=True)
-    state = json.loads((ckpt / "state.json").read_text())
-    assert state["epoch"] == 1 and len(state["history"]) == 2
-    assert state["history"][0] == first["history"][0]
+    out = trained["root"] / "resumed"
+    result = CliRunner().invoke(cli, [
+        "train", *[a for d in data_dirs for a in ("--data", d)], "--epochs", "2", "--folds", "0", "--resume",
+        "--run-dir", str(trained["root"] / "runs"), "--out", str(out), "--num-workers", "2", "--batch-size", "32",
+        "--limit-per-patient", str(PATCHES_PER_PATIENT), "--stain-strength", "0"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("[train] idcnet resuming after epoch 1 (")
+    assert [line.split(" loss")[0] for line in lines if " loss " in line] == ["[train] idcnet epoch 2/2"]
+    assert "ETA 0:00" in lines[1] and lines[-1].startswith(f"wrote {out} (")
+    history = load_bundle(out).meta["training"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and history[0] == first["history"][0]
 
 
 def test_shipped_bundle_reproduces_its_out_of_fold_figures_and_meets_the_floors(bundle):
