@@ -2,8 +2,10 @@
 
 - a slide file: its own patient; patient and slide id are the file name without extension;
 - a Kaggle patient folder (PATIENT/{0,1}/*.png): one virtual slide of that patient;
-- another folder: every sub-folder is a patient (its slide files, or itself if it is a Kaggle
-  patient folder); slide files directly inside are each their own patient;
+- a folder of DICOM instances (one series: levels, label, overview): one slide;
+- another folder: every sub-folder is a patient (its slide files and DICOM series folders, or
+  itself if it is a Kaggle patient folder or holds DICOM instances); slide files directly inside
+  are each their own patient;
 - a manifest CSV with columns ``patient_id,slide_path[,mpp][,slide_id]``; relative slide paths are
   relative to the manifest's folder; several slides per patient are allowed.
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from idcmap.errors import InputError
 from idcmap.slide_tiling import is_patient_dir, links_back
+from idcmap.slide_tiling.dicom_reader import is_dicom
 
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif",
                   ".svslide", ".dcm", ".png", ".jpg", ".jpeg"}
@@ -94,11 +97,32 @@ def _read_manifest(path: Path) -> list[SlideTask]:
     return tasks
 
 
+def _holds_dicom(folder: Path) -> bool:
+    return any(f.is_file() and is_dicom(f) for f in folder.iterdir())
+
+
+def _slide_files(patient: str, folder: Path) -> list[SlideTask]:
+    """A patient folder's slides: its slide files (DICOM instances directly in it: one slide, the
+    folder's) and each sub-folder of DICOM instances (one slide, named after the sub-folder)."""
+    tasks = [SlideTask(patient, check_id(folder.name, "slide id", folder), str(folder))] if _holds_dicom(folder) else []
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith("."):
+            continue
+        if f.is_dir() and links_back(f) is None and _holds_dicom(f):
+            tasks.append(SlideTask(patient, check_id(f.name, "slide id", f), str(f)))
+        elif f.is_file() and f.suffix.lower() in SLIDE_SUFFIXES and not is_dicom(f):
+            tasks.append(SlideTask(patient, check_id(slide_id_of(f), "slide id", f), str(f)))
+    return tasks
+
+
 def _folder_tasks(folder: Path) -> list[SlideTask]:
     if is_patient_dir(folder):
         return [SlideTask(check_id(folder.name, "patient id", folder), check_id(folder.name, "slide id", folder),
                           str(folder))]
     tasks = []
+    if _holds_dicom(folder):  # a DICOM series folder given as INPUT: its own patient
+        name = check_id(folder.name, "patient id", folder)
+        tasks.append(SlideTask(name, name, str(folder)))
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
@@ -107,10 +131,8 @@ def _folder_tasks(folder: Path) -> list[SlideTask]:
             if links_back(entry) is not None or is_patient_dir(entry):  # a loop fails as its own slide
                 tasks.append(SlideTask(patient, patient, str(entry)))
                 continue
-            for f in sorted(entry.iterdir()):
-                if f.suffix.lower() in SLIDE_SUFFIXES and f.is_file():
-                    tasks.append(SlideTask(patient, check_id(slide_id_of(f), "slide id", f), str(f)))
-        elif entry.suffix.lower() in SLIDE_SUFFIXES:
+            tasks += _slide_files(patient, entry)
+        elif entry.suffix.lower() in SLIDE_SUFFIXES and not (entry.is_file() and is_dicom(entry)):
             sid = check_id(slide_id_of(entry), "slide id", entry)
             tasks.append(SlideTask(sid, sid, str(entry)))
     return tasks

@@ -1,7 +1,7 @@
 """DICOM VL Whole Slide Microscopy (one instance per pyramid level, tiled, JPEG/JPEG 2000 frames).
 
-``path`` is one instance file or a folder of instances. The instances of the same series whose
-ImageType says VOLUME form the pyramid. Only the frame headers are indexed at open; a region decodes
+``path`` is a folder holding one series' instances, or one level file of a series. The instances of
+that series that are levels (not LABEL, OVERVIEW or THUMBNAIL) form the pyramid. Only the frame headers are indexed at open; a region decodes
 only the frames it overlaps.
 """
 from __future__ import annotations
@@ -136,30 +136,63 @@ class _Instance:
         self.fh.close()
 
 
+#: ImageType values of instances that are not pyramid levels (value 3 is VOLUME for levels)
+NOT_LEVELS = ("LABEL", "OVERVIEW", "THUMBNAIL")
+
+
+def _header(path: Path):
+    """The few tags that place an instance: series, SOP class, image type (None: not readable)."""
+    try:
+        return _dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "ImageType", "SOPClassUID"])
+    except Exception:
+        return None
+
+
+def _image_type(ds) -> str:
+    """LABEL, OVERVIEW, THUMBNAIL or VOLUME (instances without an ImageType are taken as levels)."""
+    kinds = [str(v).upper() for v in ds.get("ImageType") or []]
+    return next((k for k in NOT_LEVELS if k in kinds), "VOLUME")
+
+
+def volume_series(folder: Path) -> dict[str, list[Path]]:
+    """The pyramid-level instances (whole-slide SOP class, not label, overview or thumbnail) of
+    the DICOM files in ``folder``, by SeriesInstanceUID."""
+    series: dict[str, list[Path]] = {}
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and is_dicom(f) and (ds := _header(f)) is not None:
+            if ds.get("SOPClassUID") == WSI_SOP_CLASS and _image_type(ds) == "VOLUME":
+                series.setdefault(str(ds.get("SeriesInstanceUID")), []).append(f)
+    return series
+
+
 class DicomReader(SlideReader):
+    """One series: a folder of its instances (one slide per folder), or one of its level files
+    (its series' other levels are found beside it). Label, overview and thumbnail images are
+    never levels."""
+
     format = "dicom-wsi"
 
     def __init__(self, path):
         super().__init__(path)
         path = Path(path)
-        first = path if path.is_file() else next(iter(sorted(f for f in path.iterdir() if is_dicom(f))), None)
-        if first is None:
-            raise SlideError(path, "folder holds no DICOM files")
-        base = _Instance(first)
-        series = base.ds.get("SeriesInstanceUID")
-        instances = [base]
-        for f in sorted(first.parent.iterdir()):
-            if f == first or not is_dicom(f):
-                continue
-            try:
-                other = _dcmread(f, stop_before_pixels=True,
-                                        specific_tags=["SeriesInstanceUID", "ImageType", "SOPClassUID"])
-            except Exception:
-                continue
-            if other.get("SeriesInstanceUID") == series and other.get("SOPClassUID") == WSI_SOP_CLASS \
-                    and "VOLUME" in [str(v) for v in other.get("ImageType", [])]:
-                instances.append(_Instance(f))
-        self._levels = sorted(instances, key=lambda i: -i.width)
+        uid = None
+        if path.is_file():
+            ds = _header(path)
+            if ds is None or ds.get("SOPClassUID") != WSI_SOP_CLASS:
+                _Instance(path)  # raises the one-line reason
+            if (kind := _image_type(ds)) != "VOLUME":
+                raise SlideError(path, f"a DICOM {kind} image, not a slide level; give a level file or the "
+                                       "series folder")
+            uid = str(ds.get("SeriesInstanceUID"))
+        series = volume_series(path.parent if path.is_file() else path)
+        if uid is None:
+            if not series:
+                raise SlideError(path, "folder holds no DICOM whole-slide images")
+            if len(series) > 1:
+                raise SlideError(path, f"folder holds {len(series)} DICOM whole-slide series; put each slide's "
+                                       "instances in a folder of its own")
+            uid = next(iter(series))
+        self._levels = sorted((_Instance(f) for f in series[uid]), key=lambda i: -i.width)
 
     @property
     def level_dimensions(self):

@@ -12,7 +12,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from .defaults import DEFAULT_MIN_TISSUE, PATCH_SIZE
+from .defaults import DEFAULT_MIN_TISSUE, MAX_INK_FRACTION, PATCH_SIZE
 from .grid import PatchGrid
 from .reader import SlideError, SlideReader
 from .resolution import DEFAULT_TARGET_MPP, LevelChoice, choose_level
@@ -107,9 +107,10 @@ def read_region_patches(reader: SlideReader, plan: SlidePlan,
     # the candidate patch windows, then the tissue fraction of each (one mask pass over all of them)
     windows = np.lib.stride_tricks.sliding_window_view(pixels, (ps, ps, 3))[::st, ::st, 0]
     stack = windows[rr, cc]
-    tissue = plan.tissue.threshold.mask(stack.reshape(-1, ps, 3)).reshape(len(stack), -1)
+    tissue, ink = (m.reshape(len(stack), -1) for m in plan.tissue.threshold.masks(stack.reshape(-1, ps, 3)))
     fraction = (np.count_nonzero(tissue, axis=1) / float(ps * ps)).astype(np.float32)
-    keep = fraction >= spec.min_tissue
+    # pen marks over tissue: what is under them cannot be scored
+    keep = (fraction >= spec.min_tissue) & (np.count_nonzero(ink, axis=1) <= MAX_INK_FRACTION * ps * ps)
     cols, rows = (cc[keep] + c0).astype(np.int32), (rr[keep] + r0).astype(np.int32)
     x, y = grid.level0_xy(cols, rows)
     return PatchBatch(cols, rows, x, y, fraction[keep], stack[keep])

@@ -37,14 +37,20 @@ class TissueThreshold:
         The same pixels as thresholding OpenCV's HSV saturation and value (tested), without computing
         hue: saturation reaches the threshold exactly where max - min of R, G, B reaches a value that
         depends only on the max (a look-up table)."""
+        return self.masks(rgb)[0]
+
+    def masks(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tissue, ink): boolean masks of an RGB uint8 image; ink is never tissue."""
         r, g, b = cv2.split(rgb)
         value = cv2.max(cv2.max(r, g), b)
         spread = cv2.subtract(value, cv2.min(cv2.min(r, g), b))
         saturated = cv2.compare(spread, cv2.LUT(value, _min_spread(self.saturation)), cv2.CMP_GE)
         grey = _above(value, self.background_value - GREY_DROP, inverse=True)  # clearly darker than glass
         kept = cv2.bitwise_and(cv2.bitwise_or(saturated, grey), _above(value, self.dark_value - 1))
-        tissue = cv2.bitwise_and(kept, cv2.bitwise_not(_ink(r, g, b)))
-        return cv2.threshold(tissue, 0, 1, cv2.THRESH_BINARY)[1].view(bool)
+        ink = _ink(r, g, b)
+        tissue = cv2.bitwise_and(kept, cv2.bitwise_not(ink))
+        return (cv2.threshold(tissue, 0, 1, cv2.THRESH_BINARY)[1].view(bool),
+                cv2.threshold(ink, 0, 1, cv2.THRESH_BINARY)[1].view(bool))
 
 
 def _above(plane: np.ndarray, t: float, inverse: bool = False) -> np.ndarray:

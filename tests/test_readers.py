@@ -179,15 +179,26 @@ def test_dicom_frames_are_placed_where_they_join_up():
     assert step_at_border < 2 * step_elsewhere + 5
 
 
-def test_pen_ink_is_not_tissue_on_the_marked_dicom():
+def test_pen_ink_on_the_marked_dicom_yields_no_scored_patch():
+    """The slide carries green and blue pen marks; no patch cut from it may be mostly ink (the
+    tissue fraction alone would keep a patch whose ink leaves 5 % tissue showing)."""
+    from idcmap.slide_tiling.tissue import ink_mask
+
     path = shared_path("wsi", "small_dicom.dcm")
     with open_slide(path) as r:
-        plan = plan_slide(r, TilingSpec(mpp=0.5))
-        thumb = plan.thumbnail
-    from idcmap.slide_tiling.tissue import ink_mask
-    ink = ink_mask(thumb)
-    assert ink.mean() > 0.03                       # the slide really carries green and blue ink
-    assert not (plan.tissue.mask & ink).any()      # and none of it counts as tissue
+        plan = plan_slide(r, TilingSpec(mpp=0.5, target_mpp=0.5))  # patches of 50 level-0 px: ink fills some
+        batches = list(iter_patches(r, plan))
+    ink, ds, size0 = ink_mask(plan.thumbnail), plan.tissue.downsample, plan.grid.level0_patch_size
+
+    def ink_share(x, y):
+        x0, y0 = int(x / ds), int(y / ds)
+        box = ink[y0:max(y0 + 1, int((y + size0) / ds)), x0:max(x0 + 1, int((x + size0) / ds))]
+        return box.mean() if box.size else 0.0
+
+    grid = [ink_share(c * size0, r * size0) for r in range(plan.grid.rows) for c in range(plan.grid.cols)]
+    assert sum(share > 0.5 for share in grid) >= 10        # the ink covers many patches' worth of the slide
+    cut = [ink_share(x, y) for b in batches for x, y in zip(b.x, b.y)]
+    assert len(cut) > 0 and max(cut) <= 0.5                 # and none of them is cut and scored
 
 
 def test_ome_tiff_subifd_pyramid_with_physical_size(tmp_path):
@@ -214,3 +225,90 @@ def test_slide_error_crosses_process_boundaries_as_itself():
     assert isinstance(err, SlideError) and isinstance(err, IdcmapError)
     assert (str(err), err.path, err.reason) == ("/slides/a b.svs: not a readable TIFF", "/slides/a b.svs",
                                                "not a readable TIFF")
+
+
+# --- DICOM series written by the test ------------------------------------------------------------
+def write_dicom_series(folder, image: np.ndarray, downsamples=(1, 4), tile: int = 64, mpp: float = 1.0,
+                       others=("LABEL", "OVERVIEW"), series_uid: str | None = None) -> dict[str, str]:
+    """One DICOM whole-slide series in ``folder``: a level file per downsample (tiled, JPEG frames,
+    TILED_FULL) and single-frame label/overview images; file names do not say which is which."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    from idcmap.slide_tiling.dicom_reader import WSI_SOP_CLASS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    files = {}
+    kinds = [("VOLUME", ds) for ds in downsamples] + [(k, None) for k in others]
+    for n, (kind, ds) in enumerate(kinds):
+        img = image[::ds, ::ds] if ds else cv2.resize(image, (96, 64))
+        size = tile if ds else max(img.shape[:2])
+        h, w = img.shape[:2]
+        rows, cols = -(-h // size), -(-w // size)
+        padded = np.full((rows * size, cols * size, 3), 255, np.uint8)
+        padded[:h, :w] = img
+        frames = [cv2.imencode(".jpg", cv2.cvtColor(padded[r * size:(r + 1) * size, c * size:(c + 1) * size],
+                                                    cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+                  for r in range(rows) for c in range(cols)]
+        d = Dataset()
+        d.file_meta = FileMetaDataset()
+        d.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        d.file_meta.MediaStorageSOPClassUID = WSI_SOP_CLASS
+        d.file_meta.MediaStorageSOPInstanceUID = d.SOPInstanceUID = generate_uid()
+        d.SOPClassUID, d.SeriesInstanceUID, d.Modality = WSI_SOP_CLASS, series_uid, "SM"
+        d.ImageType = ["ORIGINAL", "PRIMARY", kind, "NONE"]
+        d.TotalPixelMatrixColumns, d.TotalPixelMatrixRows, d.Columns, d.Rows = w, h, size, size
+        d.NumberOfFrames, d.SamplesPerPixel, d.PhotometricInterpretation = len(frames), 3, "YBR_FULL_422"
+        d.BitsAllocated, d.BitsStored, d.HighBit, d.PixelRepresentation, d.PlanarConfiguration = 8, 8, 7, 0, 0
+        d.DimensionOrganizationType = "TILED_FULL"
+        measures = Dataset()
+        measures.PixelSpacing = [mpp * (ds or 1) / 1000.0] * 2
+        group = Dataset()
+        group.PixelMeasuresSequence = [measures]
+        d.SharedFunctionalGroupsSequence = [group]
+        d.PixelData = encapsulate(frames)
+        d["PixelData"].VR = "OB"
+        d["PixelData"].is_undefined_length = True
+        name = f"instance-{n:02d}.dcm"
+        d.save_as(folder / name, enforce_file_format=True)
+        files[name] = kind
+    return files
+
+
+def test_a_dicom_series_folder_is_one_slide_of_its_levels(tmp_path):
+    img = tissue_image(300, 400)
+    files = write_dicom_series(tmp_path / "S1", img)
+    with open_slide(tmp_path / "S1") as r:
+        assert r.format == "dicom-wsi" and r.level_dimensions == [(400, 300), (100, 75)]  # label, overview left out
+        assert r.mpp == pytest.approx((1.0, 1.0))
+        region = r.read_region(0, 0, 0, 400, 300)
+    assert np.abs(region.astype(int) - img).mean() < 6  # JPEG q95
+    level_file = next(n for n, k in files.items() if k == "VOLUME")
+    with open_slide(tmp_path / "S1" / level_file) as r:  # one level file: the same series
+        assert r.level_dimensions == [(400, 300), (100, 75)]
+    label = next(n for n, k in files.items() if k == "LABEL")
+    with pytest.raises(SlideError, match="a DICOM LABEL image, not a slide level"):
+        open_slide(tmp_path / "S1" / label)
+
+
+def test_a_folder_with_two_dicom_series_is_refused_in_one_line(tmp_path):
+    write_dicom_series(tmp_path / "mixed", tissue_image(128, 128), downsamples=(1,), others=())
+    for f in (tmp_path / "mixed").iterdir():
+        f.rename(f.with_name("a-" + f.name))
+    write_dicom_series(tmp_path / "mixed", tissue_image(128, 128, seed=1), downsamples=(1,), others=())
+    with pytest.raises(SlideError, match="holds 2 DICOM whole-slide series; put each slide's instances"):
+        open_slide(tmp_path / "mixed")
+
+
+def test_dicom_instances_in_an_input_folder_make_one_slide_per_series_folder(tmp_path):
+    from idcmap.jobs.inputs import collect_tasks
+
+    img = tissue_image(200, 200)
+    write_dicom_series(tmp_path / "in" / "P1" / "S1", img)        # a patient's series folder
+    write_dicom_series(tmp_path / "in" / "P2", img)               # a patient folder of instances
+    tasks = collect_tasks([tmp_path / "in"])
+    assert [(t.patient_id, t.slide_id, t.source) for t in tasks] == [
+        ("P1", "S1", str(tmp_path / "in" / "P1" / "S1")), ("P2", "P2", str(tmp_path / "in" / "P2"))]
+    assert [(t.patient_id, t.slide_id) for t in collect_tasks([tmp_path / "in" / "P1" / "S1"])] == [("S1", "S1")]
