@@ -6,6 +6,7 @@ Runs the job's own ``run_scoring`` in this process on a warm local Ray (2 CPUs) 
 patients of ``bench_scoring.py``, every variant once per round, rounds repeated (the first round is
 a warm-up and not counted): medians and spreads of tissue patches/s, side by side.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,23 @@ from idcmap.slide_tiling import TilingSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DEFAULTS = {"actors": None, "batch_size": pipeline.ScoreSpec.batch_size, "region_size": TilingSpec.region_size,
-            "chunk_patches": Scheduler.chunk_patches, "calls_per_actor": Scheduler.calls_per_actor}
-VARIANTS = [{}, {"actors": 3}, {"batch_size": 1}, {"batch_size": 64}, {"region_size": 1024},
-            {"chunk_patches": 512}, {"chunk_patches": 2048}, {"calls_per_actor": 2}]
+DEFAULTS = {
+    "actors": None,
+    "batch_size": pipeline.ScoreSpec.batch_size,
+    "region_size": TilingSpec.region_size,
+    "chunk_patches": Scheduler.chunk_patches,
+    "calls_per_actor": Scheduler.calls_per_actor,
+}
+VARIANTS = [
+    {},
+    {"actors": 3},
+    {"batch_size": 1},
+    {"batch_size": 64},
+    {"region_size": 1024},
+    {"chunk_patches": 512},
+    {"chunk_patches": 2048},
+    {"calls_per_actor": 2},
+]
 
 
 def run(job_dir: Path, tasks, settings: dict) -> float:
@@ -61,8 +75,12 @@ def main():
     base = statistics.median(rates[0])
     print("\n| setting | patches/s | vs the defaults |\n|---|---|---|")
     for settings, r in zip(VARIANTS, rates):
-        label = ", ".join(f"{k} {v}" for k, v in settings.items()) or "the defaults (" + ", ".join(
-            f"{k} {'one per CPU' if v is None else v}" for k, v in DEFAULTS.items()) + ")"
+        label = (
+            ", ".join(f"{k} {v}" for k, v in settings.items())
+            or "the defaults ("
+            + ", ".join(f"{k} {'one per CPU' if v is None else v}" for k, v in DEFAULTS.items())
+            + ")"
+        )
         print(f"| {label} | {spread(r)} | {statistics.median(r) / base - 1:+.0%} |")
 
 

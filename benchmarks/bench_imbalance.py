@@ -8,6 +8,7 @@ rule. The split is the split rule applied to the subset, not the shipped bundles
 epoch, temperature and threshold are chosen on the validation patients it reports on: in-sample
 figures, for comparing the three modes with each other only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,14 @@ def main():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows = []
     for mode in ("weights", "sampling", "none"):
-        cfg = TrainConfig(data_dirs=[str(DATA / "patients"), str(DATA / "sparse")], arch="idcnet",
-                          epochs=args.epochs, patience=args.epochs, imbalance=mode,
-                          limit_per_patient=args.per_patient)
+        cfg = TrainConfig(
+            data_dirs=[str(DATA / "patients"), str(DATA / "sparse")],
+            arch="idcnet",
+            epochs=args.epochs,
+            patience=args.epochs,
+            imbalance=mode,
+            limit_per_patient=args.per_patient,
+        )
         train, val = prepare(cfg)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = fit(cfg, tmp)
@@ -49,14 +55,21 @@ def main():
             model = build(cfg.arch)
             model.load_weights(ckpt / "best.weights.h5")
         score = scoring_function(model, cfg.normalisation)
-        probs = np.concatenate([score(val.images[i:i + 512]).numpy() for i in range(0, len(val), 512)])
+        probs = np.concatenate([score(val.images[i : i + 512]).numpy() for i in range(0, len(val), 512)])
         offset = prior_offset(class_weights(train.labels)) if mode != "none" else 0.0
         cal = calibrate(probs, val.labels, offset)
         p = calibrated_probability(probs, cal["temperature"], offset)
-        rows.append({"imbalance": mode, "train_patches": len(train), "val_patches": len(val),
-                     "best_epoch": state["best_epoch"] + 1, "val_roc_auc": round(roc_auc_score(val.labels, p), 4),
-                     "balanced_accuracy": round(balanced_accuracy_score(val.labels, p >= cal["threshold"]), 4),
-                     "ece": round(expected_calibration_error(p, val.labels), 4)})
+        rows.append(
+            {
+                "imbalance": mode,
+                "train_patches": len(train),
+                "val_patches": len(val),
+                "best_epoch": state["best_epoch"] + 1,
+                "val_roc_auc": round(roc_auc_score(val.labels, p), 4),
+                "balanced_accuracy": round(balanced_accuracy_score(val.labels, p >= cal["threshold"]), 4),
+                "ece": round(expected_calibration_error(p, val.labels), 4),
+            }
+        )
         print(rows[-1], flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -12,6 +12,7 @@ all cores), the best of several. Share = FLOPs/patch x patches/s / peak. int8 co
 limit, 4x the fp32 peak (AVX-512 VNNI: four int8 multiply-adds per fp32 lane). Each figure is the
 median of ``--repeats`` runs of ``--seconds`` each, with the spread (min..max).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,7 @@ def measured_peak_gflops(n: int = 2048, tries: int = 5) -> float:
     for _ in range(tries):
         t = time.perf_counter()
         a @ b
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
 
 
@@ -71,16 +72,32 @@ def _rate_worker(bundle_dir, name, patches_npy, share, threads, batches, repeats
             out.put((batch, rate(backend, x, batch, seconds)))
 
 
-def rates_in_processes(bundle_dir, name, patches_npy, processes: int, threads: int, batches, repeats: int,
-                       seconds: float) -> dict[int, list[float]]:
+def rates_in_processes(
+    bundle_dir, name, patches_npy, processes: int, threads: int, batches, repeats: int, seconds: float
+) -> dict[int, list[float]]:
     """Patches/s per batch size (``repeats`` runs each) of ``processes`` fresh processes, each with its
     own backend of ``threads`` threads predicting its share of the patches (an .npy file) over and
     over, all at once: the sum of their rates."""
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Barrier(processes + 1), ctx.Queue()
-    procs = [ctx.Process(target=_rate_worker, args=(str(bundle_dir), name, str(patches_npy), slice(i, None, processes),
-                                                    threads, list(batches), repeats, seconds, start, out))
-             for i in range(processes)]
+    procs = [
+        ctx.Process(
+            target=_rate_worker,
+            args=(
+                str(bundle_dir),
+                name,
+                str(patches_npy),
+                slice(i, None, processes),
+                threads,
+                list(batches),
+                repeats,
+                seconds,
+                start,
+                out,
+            ),
+        )
+        for i in range(processes)
+    ]
     for p in procs:
         p.start()
     runs: dict[int, list[float]] = {b: [] for b in batches}
@@ -126,20 +143,29 @@ def main():
             for name in bundle.backends:
                 limit = peak * (4 if name == "onnx-int8" else 1)
                 for setup, (processes, threads) in setups.items():
-                    row = {"model": bundle.name, "backend": name, "setup": setup, "limit_gflops": limit,
-                           "runs": rates_in_processes(path, name, npy, processes, threads, batches, args.repeats,
-                                                      args.seconds)}
+                    row = {
+                        "model": bundle.name,
+                        "backend": name,
+                        "setup": setup,
+                        "limit_gflops": limit,
+                        "runs": rates_in_processes(
+                            path, name, npy, processes, threads, batches, args.repeats, args.seconds
+                        ),
+                    }
                     best = max(statistics.median(r) for r in row["runs"].values())
                     row["share"] = flops * best / 1e9 / limit
                     rows.append(row)
                     print(".", end="", flush=True)
-    print("\n| model | backend | set-up | " + " | ".join(f"batch {b}" for b in batches)
-          + " | best share of its limit |")
+    print(
+        "\n| model | backend | set-up | " + " | ".join(f"batch {b}" for b in batches) + " | best share of its limit |"
+    )
     print("|---|---|---|" + "---|" * len(batches) + "---|")
     for r in rows:
-        print(f"| {r['model']} | {r['backend']} | {r['setup']} | "
-              + " | ".join(spread(r["runs"][b]) for b in batches)
-              + f" | {100 * r['share']:.0f} % of {r['limit_gflops']:.0f} GFLOP/s |")
+        print(
+            f"| {r['model']} | {r['backend']} | {r['setup']} | "
+            + " | ".join(spread(r["runs"][b]) for b in batches)
+            + f" | {100 * r['share']:.0f} % of {r['limit_gflops']:.0f} GFLOP/s |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"peak_gflops": peak, "rows": rows}, indent=1))
 

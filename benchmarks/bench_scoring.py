@@ -12,6 +12,7 @@ it starts (Ray's GCS, raylet, workers), of the proportional set size (PSS: share
 Ray's object store, counted once), sampled every 0.2 s. Comparisons run side by side, repeated;
 tables give the median and the spread (min..max).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -120,8 +121,12 @@ def score(inputs: Path, work: Path, cpus: int | None = None, model: Path = MODEL
     if proc.returncode:
         raise SystemExit(f"idcmap score {inputs} failed:\n{err[-2000:]}")
     run = json.loads((job / "job.json").read_text())["runs"][-1]
-    return {"patches": run["patches"], "rate": run["patches"] / run["scoring_seconds"],
-            "wall_rate": run["patches"] / wall, "peak_mib": peak / 2**20}
+    return {
+        "patches": run["patches"],
+        "rate": run["patches"] / run["scoring_seconds"],
+        "wall_rate": run["patches"] / wall,
+        "peak_mib": peak / 2**20,
+    }
 
 
 def save_slide_patches(inputs: Path, npy: Path) -> None:
@@ -141,8 +146,10 @@ def backend_alone(npy: Path, model: Path, seconds: float = 2.0) -> float:
 
     cores = len(os.sched_getaffinity(0))
     batch = ScoreSpec.batch_size
-    return max(rates_in_processes(model, "onnx", npy, cores, 1, [batch], 1, seconds)[batch][0],
-               rates_in_processes(model, "onnx", npy, 1, cores, [64], 1, seconds)[64][0])
+    return max(
+        rates_in_processes(model, "onnx", npy, cores, 1, [batch], 1, seconds)[batch][0],
+        rates_in_processes(model, "onnx", npy, 1, cores, [64], 1, seconds)[64][0],
+    )
 
 
 def reference(patient_dirs: list[Path]) -> tuple[int, float]:
@@ -161,8 +168,9 @@ def reference(patient_dirs: list[Path]) -> tuple[int, float]:
     for f in files:
         img = cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)
         if img.shape[:2] != (50, 50):  # the dataset's edge patches: pad like the pipeline does
-            img = cv2.copyMakeBorder(img, 0, 50 - img.shape[0], 0, 50 - img.shape[1], cv2.BORDER_CONSTANT,
-                                     value=(255, 255, 255))
+            img = cv2.copyMakeBorder(
+                img, 0, 50 - img.shape[0], 0, 50 - img.shape[1], cv2.BORDER_CONSTANT, value=(255, 255, 255)
+            )
         images.append(img)
     model.predict((np.stack(images).astype(np.float32) - mean) / std, verbose=0)
     return len(files), len(files) / (time.perf_counter() - t)
@@ -181,10 +189,12 @@ def throughput(args, repeats, patients, bigs, sizes, n_patients, many):
     big = bigs[sizes[-1]]
     # (label, slides, model, slides whose patches the backend alone scores: a batch of links to the
     # patients' slides has the patients' patches)
-    cases = [(f"{n_patients} rebuilt patients", patients, MODEL, patients),
-             (f"{n_patients} rebuilt patients", patients, SEED, patients),
-             (f"1 slide {sizes[-1] * 16:,}² px, 40x-style", big, MODEL, big),
-             (f"{len(list(many.iterdir()))} slides (links to the {n_patients} patients)", many, MODEL, patients)]
+    cases = [
+        (f"{n_patients} rebuilt patients", patients, MODEL, patients),
+        (f"{n_patients} rebuilt patients", patients, SEED, patients),
+        (f"1 slide {sizes[-1] * 16:,}² px, 40x-style", big, MODEL, big),
+        (f"{len(list(many.iterdir()))} slides (links to the {n_patients} patients)", many, MODEL, patients),
+    ]
     pngs = [PATIENTS / p.name for p in sorted(patients.iterdir())]
     ref = [reference(pngs)[1] for _ in range(repeats)]  # the same patches as the rebuilt patients'
     rows, npy = [], args.work / "alone.npy"
@@ -198,15 +208,36 @@ def throughput(args, repeats, patients, bigs, sizes, n_patients, many):
             wall.append(job["wall_rate"])
             alone.append(backend_alone(npy, model))
         med = statistics.median(e2e)
-        rows.append([label, model.name, n, spread(e2e), spread(wall), spread(alone),
-                     f"{100 * med / statistics.median(alone):.0f} %",
-                     f"{med / statistics.median(ref):.2f}x" if inputs is patients else "n/a"])
+        rows.append(
+            [
+                label,
+                model.name,
+                n,
+                spread(e2e),
+                spread(wall),
+                spread(alone),
+                f"{100 * med / statistics.median(alone):.0f} %",
+                f"{med / statistics.median(ref):.2f}x" if inputs is patients else "n/a",
+            ]
+        )
     npy.unlink()
-    table(["slides", "model", "tissue patches", "idcmap score", "idcmap score incl. Ray start",
-           "backend alone (ONNX fp32, best set-up)", "e2e / alone", "e2e / reference"], rows)
-    print(f"\nreference on the {n_patients} patients' {len([f for d in pngs for f in d.glob('*/*.png')]):,} patch "
-          f"PNGs (glob, cv2.imread each, Keras seed_cnn model.predict): {spread(ref)} patches/s")
-
+    table(
+        [
+            "slides",
+            "model",
+            "tissue patches",
+            "idcmap score",
+            "idcmap score incl. Ray start",
+            "backend alone (ONNX fp32, best set-up)",
+            "e2e / alone",
+            "e2e / reference",
+        ],
+        rows,
+    )
+    print(
+        f"\nreference on the {n_patients} patients' {len([f for d in pngs for f in d.glob('*/*.png')]):,} patch "
+        f"PNGs (glob, cv2.imread each, Keras seed_cnn model.predict): {spread(ref)} patches/s"
+    )
 
 
 def memory(args, bigs, sizes, counts, patients):
@@ -222,18 +253,21 @@ def memory(args, bigs, sizes, counts, patients):
     table(["input", "tissue patches", "peak MiB", "patches/s"], rows)
 
 
-
 def scaling(args, repeats, inputs: Path):
     """4. scaling: the same job pinned to 1 and to 2 cores"""
     n = len(list(inputs.iterdir()))
-    print(f"\n## 4. Scaling, {n} slides, patches/s median (min..max) of {repeats}; the command pinned "
-          "to 1 or 2 cores (taskset) and Ray given as many CPUs")
+    print(
+        f"\n## 4. Scaling, {n} slides, patches/s median (min..max) of {repeats}; the command pinned "
+        "to 1 or 2 cores (taskset) and Ray given as many CPUs"
+    )
     rates = {1: [], 2: []}
     for _ in range(repeats):
         for cpus in (1, 2):
             rates[cpus].append(score(inputs, args.work, cpus=cpus)["rate"])
-    table(["cores", "patches/s", "speed-up"],
-          [[c, spread(rates[c]), f"{statistics.median(rates[c]) / statistics.median(rates[1]):.2f}x"] for c in (1, 2)])
+    table(
+        ["cores", "patches/s", "speed-up"],
+        [[c, spread(rates[c]), f"{statistics.median(rates[c]) / statistics.median(rates[1]):.2f}x"] for c in (1, 2)],
+    )
 
 
 def main():

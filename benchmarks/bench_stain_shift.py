@@ -17,6 +17,7 @@ It also plots each out-of-fold patient's ROC AUC and sensitivity against its mea
 (shifted) patches are re-drawn by Macenko with the median stain vectors of its fold model's
 training patients before they are scored.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,12 @@ def _vectors_of(images, patient_ids):
 def _reference(vectors, patients) -> StainVectors:
     """The median stains of ``patients`` (those with vectors)."""
     vs = [vectors[p] for p in patients if vectors.get(p) is not None]
-    return StainVectors(tuple(np.median([v.h for v in vs], 0)), tuple(np.median([v.e for v in vs], 0)),
-                        float(np.median([v.max_h for v in vs])), float(np.median([v.max_e for v in vs])))
+    return StainVectors(
+        tuple(np.median([v.h for v in vs], 0)),
+        tuple(np.median([v.e for v in vs], 0)),
+        float(np.median([v.max_h for v in vs])),
+        float(np.median([v.max_e for v in vs])),
+    )
 
 
 def _normalised(images, patient_ids, reference):
@@ -112,14 +117,19 @@ def _transferred(images, patient_ids, vectors):
 
 SHIFTS = {
     "none": lambda x: x,
-    "H x0.5": lambda x: restain(x, h_scale=0.5), "H x0.6": lambda x: restain(x, h_scale=0.6),
-    "H x0.8": lambda x: restain(x, h_scale=0.8), "H x1.2": lambda x: restain(x, h_scale=1.2),
+    "H x0.5": lambda x: restain(x, h_scale=0.5),
+    "H x0.6": lambda x: restain(x, h_scale=0.6),
+    "H x0.8": lambda x: restain(x, h_scale=0.8),
+    "H x1.2": lambda x: restain(x, h_scale=1.2),
     "H x1.5": lambda x: restain(x, h_scale=1.5),
-    "E x0.5": lambda x: restain(x, e_scale=0.5), "E x0.6": lambda x: restain(x, e_scale=0.6),
+    "E x0.5": lambda x: restain(x, e_scale=0.5),
+    "E x0.6": lambda x: restain(x, e_scale=0.6),
     "E x1.5": lambda x: restain(x, e_scale=1.5),
     "H x0.6, E x1.4": lambda x: restain(x, h_scale=0.6, e_scale=1.4),
     "H x1.5, E x0.5": lambda x: restain(x, h_scale=1.5, e_scale=0.5),
-    "faded 30 %": lambda x: _fade(x, 0.3), "hue +15°": lambda x: _hue(x, 15), "hue -15°": lambda x: _hue(x, -15),
+    "faded 30 %": lambda x: _fade(x, 0.3),
+    "hue +15°": lambda x: _hue(x, 15),
+    "hue -15°": lambda x: _hue(x, -15),
     "JPEG q50": lambda x: _jpeg(x, 50),
 }
 QUICK = ["none", "H x0.6", "E x0.6", "other patients' stains", "JPEG q50"]
@@ -151,10 +161,26 @@ def plot_by_density(table: pd.DataFrame, path: Path):
         cv2.putText(img, f"{v:.1f}", (m - 35, px(lo, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     for od in np.linspace(lo, hi, 5):
         cv2.putText(img, f"{od:.2f}", (px(od, 0)[0] - 12, h - m + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    cv2.putText(img, f"{len(table)} out-of-fold patients: ROC AUC (blue), sensitivity (red)", (m, 30),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "patient's mean optical density (paler: left)", (w // 2 - 150, h - 15),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        img,
+        f"{len(table)} out-of-fold patients: ROC AUC (blue), sensitivity (red)",
+        (m, 30),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.5,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
+    cv2.putText(
+        img,
+        "patient's mean optical density (paler: left)",
+        (w // 2 - 150, h - 15),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.45,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
     for r in table.itertuples():
         if r.roc_auc is not None and not np.isnan(r.roc_auc):
             cv2.circle(img, px(r.mean_od, r.roc_auc), 4, (200, 90, 20), -1, cv2.LINE_AA)
@@ -170,8 +196,11 @@ def main():
     ap.add_argument("--plot", type=Path)
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--cache-dir", default=None, help="decoded-patch cache, as for idcmap train")
-    ap.add_argument("--normalise", action="store_true",
-                    help="Macenko-normalise each patient to its fold's training patients before scoring")
+    ap.add_argument(
+        "--normalise",
+        action="store_true",
+        help="Macenko-normalise each patient to its fold's training patients before scoring",
+    )
     args = ap.parse_args()
 
     folds = _load_folds(args.run_dir)
@@ -217,14 +246,25 @@ def main():
     print("\n| shift | ROC AUC | sensitivity | specificity | balanced acc. | ECE | AUC change | sensitivity change |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['roc_auc']:.4f} | {r['sensitivity']:.4f} | {r['specificity']:.4f} | "
-              f"{r['balanced_accuracy']:.4f} | {r['ece']:.4f} | {r['auc_change']:+.4f} | "
-              f"{r['sensitivity_change']:+.4f} |")
+        print(
+            f"| {name} | {r['roc_auc']:.4f} | {r['sensitivity']:.4f} | {r['specificity']:.4f} | "
+            f"{r['balanced_accuracy']:.4f} | {r['ece']:.4f} | {r['auc_change']:+.4f} | "
+            f"{r['sensitivity_change']:+.4f} |"
+        )
     if args.plot:
         plot_by_density(table, args.plot)
     if args.json:
-        args.json.write_text(json.dumps({"run_dir": str(args.run_dir), "normalised": args.normalise, "shifts": results,
-                                         "per_patient": table.to_dict(orient="records")}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "run_dir": str(args.run_dir),
+                    "normalised": args.normalise,
+                    "shifts": results,
+                    "per_patient": table.to_dict(orient="records"),
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

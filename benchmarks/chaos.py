@@ -11,6 +11,7 @@ process are touched (never `ray stop`). A run that exits non-zero is re-run once
 says to (re-running resumes). Each run must end with every slide scored exactly once and exactly
 the reference's rows. Prints a markdown table; exit code 1 if any run fails a check.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 KINDS = {"ray::Scorer.plan": "plan", "ray::Scorer.score": "score", "ray::Scorer": "idle"}  # first match
 KEY = ["patient_id", "slide_id", "row", "col"]
-RUN_TIMEOUT = 900    # seconds a single job may take before it counts as hung
+RUN_TIMEOUT = 900  # seconds a single job may take before it counts as hung
 
 
 def job_workers(root: psutil.Process) -> list[tuple[str, psutil.Process]]:
@@ -56,12 +57,11 @@ def score(slides: Path, job: Path, log: Path, rng: random.Random | None, interva
     """Run `python -m idcmap score`; with ``rng``, SIGKILL a random worker every few seconds."""
     kills: Counter = Counter()
     cmd = [sys.executable, "-m", "idcmap", "score", str(slides), "--out", str(job)]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}   # always an embedded Ray
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # always an embedded Ray
     with open(log, "a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         root, deadline = psutil.Process(proc.pid), time.time() + RUN_TIMEOUT
         try:
             while proc.poll() is None and time.time() < deadline:
@@ -71,7 +71,7 @@ def score(slides: Path, job: Path, log: Path, rng: random.Random | None, interva
                 next_kill = time.time() + rng.uniform(*interval)
                 while proc.poll() is None and time.time() < next_kill:
                     time.sleep(0.05)
-                while proc.poll() is None:     # wait for a worker to be alive, then kill one
+                while proc.poll() is None:  # wait for a worker to be alive, then kill one
                     workers = job_workers(root)
                     if workers:
                         kind = rng.choice(sorted({k for k, _ in workers}))
@@ -86,7 +86,7 @@ def score(slides: Path, job: Path, log: Path, rng: random.Random | None, interva
                         break
                     time.sleep(0.05)
         finally:
-            if proc.poll() is None:       # hung: end the job's own process group only
+            if proc.poll() is None:  # hung: end the job's own process group only
                 os.killpg(proc.pid, signal.SIGKILL)
                 out.write("chaos: job hung, killed\n")
             proc.wait()
@@ -94,22 +94,32 @@ def score(slides: Path, job: Path, log: Path, rng: random.Random | None, interva
 
 
 def check(job: Path, patients: list[str], reference: pd.DataFrame | None) -> dict:
-    files = sorted(p.relative_to(job / "predictions").as_posix()
-                   for p in (job / "predictions").glob("*/*") if p.is_file())
+    files = sorted(
+        p.relative_to(job / "predictions").as_posix() for p in (job / "predictions").glob("*/*") if p.is_file()
+    )
     expected = [f"{p}/{p}.parquet" for p in patients]
     got = pd.read_parquet(job / "predictions").sort_values(KEY, ignore_index=True)
-    res = {"slides": sum(f in expected for f in files), "rows": len(got),
-           "dups": int(got.duplicated(KEY).sum()),
-           "failed": len(list((job / "failed").glob("*/*.json"))),
-           "tmp": len(list(job.rglob("*.tmp"))), "files_ok": files == expected, "table": got}
+    res = {
+        "slides": sum(f in expected for f in files),
+        "rows": len(got),
+        "dups": int(got.duplicated(KEY).sum()),
+        "failed": len(list((job / "failed").glob("*/*.json"))),
+        "tmp": len(list(job.rglob("*.tmp"))),
+        "files_ok": files == expected,
+        "table": got,
+    }
     if reference is not None:
-        res["equal"] = (len(got) == len(reference)
-                        and all((got[c].to_numpy() == reference[c].to_numpy()).all()
-                                for c in ("patient_id", "slide_id", "x", "y", "row", "col"))
-                        and all(np.abs(got[c].to_numpy() - reference[c].to_numpy()).max() <= 1e-6
-                                for c in ("prob_idc", "prob_patch")))
-    res["ok"] = (res["files_ok"] and res["dups"] == 0 and not res["failed"] and not res["tmp"]
-                 and res.get("equal", True))
+        res["equal"] = (
+            len(got) == len(reference)
+            and all(
+                (got[c].to_numpy() == reference[c].to_numpy()).all()
+                for c in ("patient_id", "slide_id", "x", "y", "row", "col")
+            )
+            and all(
+                np.abs(got[c].to_numpy() - reference[c].to_numpy()).max() <= 1e-6 for c in ("prob_idc", "prob_patch")
+            )
+        )
+    res["ok"] = res["files_ok"] and res["dups"] == 0 and not res["failed"] and not res["tmp"] and res.get("equal", True)
     return res
 
 
@@ -137,7 +147,7 @@ def main():
         t0 = time.time()
         rc, kills = score(slides, job, log, rng, args.interval)
         reruns = 0
-        if rc != 0 and run > 0:            # the documented recovery: the same command again
+        if rc != 0 and run > 0:  # the documented recovery: the same command again
             reruns = 1
             rc, _ = score(slides, job, log, None, args.interval)
         seconds = time.time() - t0
@@ -147,18 +157,25 @@ def main():
         if run == 0:
             reference = res["table"]
         kill_text = ", ".join(f"{kills[k]} {k}" for k in ("plan", "score", "idle") if kills[k]) or "0"
-        rows.append(f"| {name} | {seconds:.0f} | {sum(kills.values())}{f' ({kill_text})' if kills else ''} | {reruns} | "
-                    f"{res['slides']}/{len(patients)} | {res['rows']:,} | "
-                    f"{ {True: 'yes', False: 'NO', None: '-'}[res.get('equal')] } | {res['dups']} | "
-                    f"{'ok' if ok else 'FAILED'} |")
+        rows.append(
+            f"| {name} | {seconds:.0f} | {sum(kills.values())}{f' ({kill_text})' if kills else ''} | {reruns} | "
+            f"{res['slides']}/{len(patients)} | {res['rows']:,} | "
+            f"{ {True: 'yes', False: 'NO', None: '-'}[res.get('equal')] } | {res['dups']} | "
+            f"{'ok' if ok else 'FAILED'} |"
+        )
         print(rows[-1], file=sys.stderr)
         if not ok:
-            print(f"{name}: exit {rc}, failed records {res['failed']}, tmp files {res['tmp']}, "
-                  f"files as expected {res['files_ok']}; log {log}", file=sys.stderr)
+            print(
+                f"{name}: exit {rc}, failed records {res['failed']}, tmp files {res['tmp']}, "
+                f"files as expected {res['files_ok']}; log {log}",
+                file=sys.stderr,
+            )
         if run == 0 and not ok:
             break
-    print("| run | seconds | kills (by kind) | re-runs needed | slides scored | rows | "
-          "rows equal to reference | duplicates | checks |")
+    print(
+        "| run | seconds | kills (by kind) | re-runs needed | slides scored | rows | "
+        "rows equal to reference | duplicates | checks |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     sys.exit(0 if all_ok else 1)

@@ -10,6 +10,7 @@ IDC calls under each minimum region area (:func:`idcmap.jobs.render.summaries.id
 above the threshold) and scores them against the labels: Dice per patient, mean and median, and
 the mean over the patients with the least IDC (where isolated false positives weigh most).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,11 @@ def main():
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     folds = sorted(args.source.glob("fold-*/oof.parquet"))
-    oof = (pd.concat([pd.read_parquet(f) for f in folds], ignore_index=True) if folds
-           else pd.read_parquet(load_bundle(args.source).file(OOF_FILE)))
+    oof = (
+        pd.concat([pd.read_parquet(f) for f in folds], ignore_index=True)
+        if folds
+        else pd.read_parquet(load_bundle(args.source).file(OOF_FILE))
+    )
     prob, thr, _ = cross_fitted(oof)
     whole = oof[oof.source == "patients"]
     idc_share = whole.groupby("patient_id").label.mean().sort_values()
@@ -65,15 +69,20 @@ def main():
     for area in args.min_areas:
         d = map_dice(oof, prob, thr, area)
         v = np.array(list(d.values()))
-        results[area] = {"per_patient": d, "mean": float(v.mean()), "median": float(np.median(v)),
-                         "least_idc_mean": float(np.mean([d[p] for p in least]))}
-    print(f"{len(idc_share)} whole patients; least IDC: "
-          + ", ".join(f"{p} ({idc_share[p]:.1%})" for p in least))
+        results[area] = {
+            "per_patient": d,
+            "mean": float(v.mean()),
+            "median": float(np.median(v)),
+            "least_idc_mean": float(np.mean([d[p] for p in least])),
+        }
+    print(f"{len(idc_share)} whole patients; least IDC: " + ", ".join(f"{p} ({idc_share[p]:.1%})" for p in least))
     print("\n| minimum region area | patches | mean Dice | median Dice | mean Dice, least-IDC patients |")
     print("|---|---|---|---|---|")
     for area, r in results.items():
-        print(f"| {area:g} mm² | {max(1, math.ceil(area / PATCH_MM2 - 1e-9))} | {r['mean']:.3f} | "
-              f"{r['median']:.3f} | {r['least_idc_mean']:.3f} |")
+        print(
+            f"| {area:g} mm² | {max(1, math.ceil(area / PATCH_MM2 - 1e-9))} | {r['mean']:.3f} | "
+            f"{r['median']:.3f} | {r['least_idc_mean']:.3f} |"
+        )
     print("\n| patient | IDC share | " + " | ".join(f"Dice, {a:g} mm²" for a in results) + " |")
     print("|---|---|" + "---|" * len(results))
     for p in idc_share.index:

@@ -1,7 +1,8 @@
 """Per-patient table: build-slide then tile, against the dataset's own patches (2.5x and 40x).
 
-    python benchmarks/rebuild_check.py [--work DIR]
+python benchmarks/rebuild_check.py [--work DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="idcmap-rebuild-")))
     args = ap.parse_args()
-    print("| patient | dataset patches | recall 2.5x | recall 40x | extra | mean abs diff | worst patch | 40x build s |")
+    print(
+        "| patient | dataset patches | recall 2.5x | recall 40x | extra | mean abs diff | worst patch | 40x build s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     totals = [0, 0, 0]
     for patient in sorted(PATIENTS.iterdir()):
@@ -33,9 +36,12 @@ def main():
             slide.unlink()
         a, b = checks
         totals = [totals[0] + a.dataset_patches, totals[1] + a.recovered, totals[2] + b.recovered]
-        print(f"| {patient.name} | {a.dataset_patches} | {a.recall:.2%} | {b.recall:.2%} | "
-              f"{a.extra + b.extra} | {max(a.mean_abs_diff, b.mean_abs_diff):.2f} | "
-              f"{max(a.worst_patch_diff, b.worst_patch_diff):.2f} | {build_s:.1f} |", flush=True)
+        print(
+            f"| {patient.name} | {a.dataset_patches} | {a.recall:.2%} | {b.recall:.2%} | "
+            f"{a.extra + b.extra} | {max(a.mean_abs_diff, b.mean_abs_diff):.2f} | "
+            f"{max(a.worst_patch_diff, b.worst_patch_diff):.2f} | {build_s:.1f} |",
+            flush=True,
+        )
     print(f"| all | {totals[0]} | {totals[1] / totals[0]:.2%} | {totals[2] / totals[0]:.2%} | | | | |")
 
 

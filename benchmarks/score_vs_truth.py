@@ -7,6 +7,7 @@ Rebuilds patients of ../shared/data/idc/patients with ``build-slide`` (2.5x, wit
 the bundle's split: patients the model was trained on flatter it; "validation" rows are the honest
 ones.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,11 @@ def main():
         (slides / p.name).mkdir(parents=True, exist_ok=True)
         build_slide(p, slides / p.name / f"{p.name}.tiff", args.work / f"{p.name}-mask.png")
     job = args.work / "job"
-    subprocess.run([sys.executable, "-m", "idcmap", "score", str(slides), "--out", str(job),
-                    "--model", str(args.model)], check=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-m", "idcmap", "score", str(slides), "--out", str(job), "--model", str(args.model)],
+        check=True,
+        cwd=ROOT,
+    )
     threshold = float(meta["threshold"]["value"])
     print(f"model {meta['name']}, threshold {threshold:.3f}")
     print("| patient | split | patches | IDC patches | scored | Dice | AUC |")
@@ -53,13 +57,17 @@ def main():
         a = map_agreement(prob, mask, threshold)
         split = "validation" if p.name in validation else "train"
         rows.append((split, a))
-        print(f"| {p.name} | {split} | {a['patches']} | {a['idc_patches']} | {a['scored']} | "
-              f"{a['dice']:.3f} | {a['auc']:.3f} |")
+        print(
+            f"| {p.name} | {split} | {a['patches']} | {a['idc_patches']} | {a['scored']} | "
+            f"{a['dice']:.3f} | {a['auc']:.3f} |"
+        )
     for split in ("validation", "train"):
         sel = [a for s, a in rows if s == split]
         if sel:
-            print(f"| median ({split}, {len(sel)}) | | | | | {np.median([a['dice'] for a in sel]):.3f} | "
-                  f"{np.nanmedian([a['auc'] for a in sel]):.3f} |")
+            print(
+                f"| median ({split}, {len(sel)}) | | | | | {np.median([a['dice'] for a in sel]):.3f} | "
+                f"{np.nanmedian([a['auc'] for a in sel]):.3f} |"
+            )
 
 
 if __name__ == "__main__":

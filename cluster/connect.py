@@ -5,6 +5,7 @@ that cluster and ships idcmap's own code to the workers through ``runtime_env`` 
 folder named ``idcmap``, so workers import the same names as the driver), so the workers need only
 the dependencies installed (``ray_cluster.yaml`` does that).
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,9 +35,10 @@ def package_folder(staging: Path) -> Path:
 
     out = staging / "idcmap"
     out.mkdir(parents=True)
-    shutil.copy2(root / "__init__.py", out / "__init__.py")
+    for module in root.glob("*.py"):  # idcmap's own modules: errors, atomic, ...
+        shutil.copy2(module, out / module.name)
     for p in PACKAGES:
-        src = Path(importlib.import_module(f"idcmap.{p}").__file__).parent
+        src = Path(str(importlib.import_module(f"idcmap.{p}").__file__)).parent
         shutil.copytree(src, out / p, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return out
 
@@ -56,15 +58,18 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, env_var
     if not ray.is_initialized():
         if address:
             with tempfile.TemporaryDirectory(prefix="idcmap-code-") as staging:  # uploaded by init
-                ray.init(address=address, runtime_env=runtime_env(Path(staging), env_vars),
-                         logging_level=logging.WARNING, log_to_driver=False)
+                ray.init(
+                    address=address,
+                    runtime_env=runtime_env(Path(staging), env_vars),
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                )
         else:
             # workers of an embedded Ray inherit the driver's environment (a runtime_env would
             # start them through Ray's runtime-env agent: about a second later)
             for key, value in env_vars.items():
                 os.environ.setdefault(key, value)
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=False)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         started = True
     try:
         yield int(ray.cluster_resources().get("CPU", 1))

@@ -5,6 +5,7 @@ The repository's top-level folders install as this package's sub-packages:
 inference), ``idcmap.jobs`` (the scoring job, its outputs and the CLI), ``idcmap.cluster`` (Ray)
 and ``idcmap.models`` (the shipped default bundle).
 """
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

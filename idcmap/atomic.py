@@ -1,5 +1,6 @@
 """Files written whole or not at all: under a hidden temporary name in the same folder, renamed
 into place when complete, so a reader (or a resumed run) never sees a partial file."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """One error hierarchy: an :class:`IdcmapError` is bad input or an unusable file, and its message
 is one line naming the file and the problem. The command line prints it as ``Error: <message>``
 and exits 1; any other exception is a bug and keeps its traceback."""
+
 from __future__ import annotations
 
 

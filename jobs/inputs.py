@@ -12,6 +12,7 @@
 Ids become folder and file names in the job's output, so they are checked: letters, digits, ``.``,
 ``_`` and ``-`` only, not starting with a dot (so ``../../etc`` can never write outside the job).
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,22 @@ from idcmap.errors import InputError
 from idcmap.slide_tiling import is_patient_dir, links_back
 from idcmap.slide_tiling.dicom_reader import is_dicom
 
-SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif",
-                  ".svslide", ".dcm", ".png", ".jpg", ".jpeg"}
+SLIDE_SUFFIXES = {
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".vms",
+    ".vmu",
+    ".bif",
+    ".svslide",
+    ".dcm",
+    ".png",
+    ".jpg",
+    ".jpeg",
+}
 _SAFE_ID = re.compile(r"^[\w-][\w.-]{0,127}$")  # \w: any letter or digit, non-ASCII too
 
 
@@ -56,8 +71,9 @@ class SlideTask:
 def check_id(value: str, what: str, where) -> str:
     value = value.strip()
     if not _SAFE_ID.match(value):
-        raise InputError(f"{where}: {what} {value!r} is not a safe id "
-                         "(letters, digits, '.', '_', '-'; not starting with '.')")
+        raise InputError(
+            f"{where}: {what} {value!r} is not a safe id (letters, digits, '.', '_', '-'; not starting with '.')"
+        )
     return value
 
 
@@ -75,8 +91,10 @@ def _read_manifest(path: Path) -> list[SlideTask]:
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in ("patient_id", "slide_path") if c not in columns]
         if missing:
-            raise InputError(f"{path}: manifest lacks column(s) {', '.join(missing)} "
-                             f"(has: {', '.join(columns) or 'nothing'}); need patient_id,slide_path[,mpp]")
+            raise InputError(
+                f"{path}: manifest lacks column(s) {', '.join(missing)} "
+                f"(has: {', '.join(columns) or 'nothing'}); need patient_id,slide_path[,mpp]"
+            )
         tasks = []
         for line, row in enumerate(reader, start=2):
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
@@ -91,9 +109,14 @@ def _read_manifest(path: Path) -> list[SlideTask]:
                     mpp = float(row["mpp"])
                 except ValueError:
                     raise InputError(f"{where}: mpp {row['mpp']!r} is not a number") from None
-            tasks.append(SlideTask(check_id(row["patient_id"], "patient_id", where),
-                                   check_id(row.get("slide_id") or slide_id_of(slide), "slide id", where),
-                                   str(slide), mpp))
+            tasks.append(
+                SlideTask(
+                    check_id(row["patient_id"], "patient_id", where),
+                    check_id(row.get("slide_id") or slide_id_of(slide), "slide id", where),
+                    str(slide),
+                    mpp,
+                )
+            )
     return tasks
 
 
@@ -117,8 +140,11 @@ def _slide_files(patient: str, folder: Path) -> list[SlideTask]:
 
 def _folder_tasks(folder: Path) -> list[SlideTask]:
     if is_patient_dir(folder):
-        return [SlideTask(check_id(folder.name, "patient id", folder), check_id(folder.name, "slide id", folder),
-                          str(folder))]
+        return [
+            SlideTask(
+                check_id(folder.name, "patient id", folder), check_id(folder.name, "slide id", folder), str(folder)
+            )
+        ]
     tasks = []
     if _holds_dicom(folder):  # a DICOM series folder given as INPUT: its own patient
         name = check_id(folder.name, "patient id", folder)
@@ -161,6 +187,8 @@ def collect_tasks(inputs) -> list[SlideTask]:
         if other is not t:
             if Path(other.source).resolve() == Path(t.source).resolve():
                 continue
-            raise InputError(f"duplicate slide id {t.slide_id!r} for patient {t.patient_id!r}: "
-                             f"{other.source} and {t.source}; give one a slide_id column in the manifest")
+            raise InputError(
+                f"duplicate slide id {t.slide_id!r} for patient {t.patient_id!r}: "
+                f"{other.source} and {t.source}; give one a slide_id column in the manifest"
+            )
     return list(seen.values())

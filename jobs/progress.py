@@ -1,4 +1,5 @@
 """Progress of a scoring job on stderr: slides done/total, patches/s, ETA, and each failure."""
+
 from __future__ import annotations
 
 import sys
@@ -25,8 +26,10 @@ class Progress:
         remaining = self.total - self.done_before - finished
         rate = self.patches / elapsed if elapsed > 0 else 0.0
         eta = _clock(elapsed / finished * remaining) if finished else "?"
-        return (f"slides {self.done_before + self.done}/{self.total} done, {self.failed} failed | "
-                f"{self.patches:,} patches, {rate:,.0f} patches/s | elapsed {_clock(elapsed)}, ETA {eta}")
+        return (
+            f"slides {self.done_before + self.done}/{self.total} done, {self.failed} failed | "
+            f"{self.patches:,} patches, {rate:,.0f} patches/s | elapsed {_clock(elapsed)}, ETA {eta}"
+        )
 
     def _print(self, text: str, newline: bool):
         if self.tty:

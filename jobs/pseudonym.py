@@ -9,6 +9,7 @@ of a known id with the key.
 The slide's path, real ids and file name are kept only in the driver's memory, for reading the
 slide and for removing them from error messages (:meth:`idcmap.jobs.inputs.SlideTask.redact`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,11 +36,15 @@ def load_key(key_file: Path | None) -> bytes:
     elif os.environ.get(KEY_ENV):
         key, where = os.environ[KEY_ENV].strip().encode(), KEY_ENV
     else:
-        raise InputError(f"--pseudonymize needs a key: --key-file FILE or the {KEY_ENV} environment "
-                         "variable (never on the command line)")
+        raise InputError(
+            f"--pseudonymize needs a key: --key-file FILE or the {KEY_ENV} environment "
+            "variable (never on the command line)"
+        )
     if len(key) < MIN_KEY_BYTES:
-        raise InputError(f"{where}: the pseudonym key is {len(key)} bytes; use at least {MIN_KEY_BYTES} "
-                         "(e.g. `head -c 32 /dev/urandom | base64 > key`)")
+        raise InputError(
+            f"{where}: the pseudonym key is {len(key)} bytes; use at least {MIN_KEY_BYTES} "
+            "(e.g. `head -c 32 /dev/urandom | base64 > key`)"
+        )
     return key
 
 
@@ -65,7 +70,12 @@ def pseudonymize(tasks: list[SlideTask], key: bytes) -> list[SlideTask]:
     out = []
     for t in tasks:
         hidden = {t.source, Path(t.source).name, t.patient_id, t.slide_id}
-        out.append(replace(t, patient_id=patient_pseudonym(key, t.patient_id),
-                           slide_id=slide_pseudonym(key, t.patient_id, t.slide_id),
-                           hidden=tuple(sorted(hidden, key=len, reverse=True))))
+        out.append(
+            replace(
+                t,
+                patient_id=patient_pseudonym(key, t.patient_id),
+                slide_id=slide_pseudonym(key, t.patient_id, t.slide_id),
+                hidden=tuple(sorted(hidden, key=len, reverse=True)),
+            )
+        )
     return out

@@ -13,6 +13,7 @@ scheduler can call them directly::
 Bad input raises an :class:`idcmap.errors.IdcmapError` subclass whose message is one line;
 messages for people go to the ``idcmap`` logger, progress to stderr.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,15 +41,15 @@ class ScoreOptions:
     """How to score (the options of ``idcmap score``)."""
 
     model: Path = DEFAULT_MODEL
-    address: str | None = None          # Ray cluster ("auto", HOST:PORT); None: RAY_ADDRESS, else embedded
+    address: str | None = None  # Ray cluster ("auto", HOST:PORT); None: RAY_ADDRESS, else embedded
     backend: str = "onnx"
     batch_size: int = 8
-    mpp: float | None = None            # level-0 µm/px for slides whose file does not say
+    mpp: float | None = None  # level-0 µm/px for slides whose file does not say
     actors: int | None = None
-    num_cpus: int | None = None         # CPUs of an embedded Ray
+    num_cpus: int | None = None  # CPUs of an embedded Ray
     min_tissue: float = DEFAULT_MIN_TISSUE
     pseudonymize: bool = False
-    key_file: Path | None = None        # else IDCMAP_PSEUDONYM_KEY
+    key_file: Path | None = None  # else IDCMAP_PSEUDONYM_KEY
 
 
 @dataclass
@@ -56,7 +57,7 @@ class JobResult:
     """What one ``score_job`` call did."""
 
     job: JobDir
-    slides: int                                        # slides the inputs hold
+    slides: int  # slides the inputs hold
     results: list[SlideResult] = field(default_factory=list)  # the slides scored or failed in this call
     map_errors: list[str] = field(default_factory=list)
 
@@ -89,28 +90,50 @@ def _tasks(inputs, options: ScoreOptions) -> tuple[list[SlideTask], dict]:
 def _check_same_job(job: JobDir, record: dict, bundle, privacy: dict) -> None:
     """A job folder keeps one model and one privacy setting."""
     if record and record.get("bundle", {}).get("sha256") != bundle.sha256:
-        raise JobError(f"{job}: was scored with model {record['bundle'].get('version')}, not {bundle.version}; "
-                       "use a new --out for another model")
+        raise JobError(
+            f"{job}: was scored with model {record['bundle'].get('version')}, not {bundle.version}; "
+            "use a new --out for another model"
+        )
     if record and record.get("privacy", {"pseudonymized": False}) != privacy:
         was = record.get("privacy", {})
-        raise JobError(f"{job}: was scored " + (f"with --pseudonymize (key {was.get('key_id')})"
-                                                if was.get("pseudonymized") else "without --pseudonymize")
-                       + "; re-run it the same way, or use a new --out")
+        raise JobError(
+            f"{job}: was scored "
+            + (
+                f"with --pseudonymize (key {was.get('key_id')})"
+                if was.get("pseudonymized")
+                else "without --pseudonymize"
+            )
+            + "; re-run it the same way, or use a new --out"
+        )
 
 
 def _job_record(record: dict, spec: ScoreSpec, bundle, privacy: dict, tasks, run: dict) -> dict:
     """``job.json`` updated for a new run: spec, versions, model, every slide known, the run."""
     known = {(s["patient_id"], s["slide_id"]): s for s in record.get("slides", [])}
-    known.update({(t.patient_id, t.slide_id): {"patient_id": t.patient_id, "slide_id": t.slide_id,
-                                              "source": t.name} for t in tasks})
+    known.update(
+        {
+            (t.patient_id, t.slide_id): {"patient_id": t.patient_id, "slide_id": t.slide_id, "source": t.name}
+            for t in tasks
+        }
+    )
     kind, metrics = bundle.metrics
     return record | {
-        "job_id": spec.job_id, "spec": spec.to_dict(), "versions": package_versions(), "privacy": privacy,
-        "bundle": {"path": spec.bundle, "sha256": bundle.sha256, "version": bundle.version,
-                   "threshold": bundle.threshold, "architecture": bundle.architecture, "metrics_kind": kind,
-                   "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}},
+        "job_id": spec.job_id,
+        "spec": spec.to_dict(),
+        "versions": package_versions(),
+        "privacy": privacy,
+        "bundle": {
+            "path": spec.bundle,
+            "sha256": bundle.sha256,
+            "version": bundle.version,
+            "threshold": bundle.threshold,
+            "architecture": bundle.architecture,
+            "metrics_kind": kind,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+        },
         "slides": sorted(known.values(), key=lambda s: (s["patient_id"], s["slide_id"])),
-        "runs": record.get("runs", []) + [run]}
+        "runs": record.get("runs", []) + [run],
+    }
 
 
 def build_job_outputs(job: JobDir) -> list[str]:
@@ -128,9 +151,6 @@ def score_job(inputs, job_dir, options: ScoreOptions | None = None) -> JobResult
 
     One writer per job folder (a second raises :class:`~idcmap.jobs.jobdir.lock.JobLocked`).
     Slides that fail are in ``result.failed`` with their reason; the others are written."""
-    from idcmap.cluster import ray_session
-    from idcmap.jobs.engine.run import run_scoring
-    from idcmap.jobs.progress import Progress
     from idcmap.model import load_bundle
 
     options = options or ScoreOptions()
@@ -142,40 +162,63 @@ def score_job(inputs, job_dir, options: ScoreOptions | None = None) -> JobResult
         return [t for t in tasks if not job.predictions(t.patient_id, t.slide_id).is_file()]
 
     result = JobResult(job, len(tasks))
-    if not pending() and job.summaries.exists():   # finished: touch nothing, not even the lock
+    if not pending() and job.summaries.exists():  # finished: touch nothing, not even the lock
         log.info("%s: all %d slides are done; nothing to score", job, len(tasks))
         return result
     os.umask(0o027)  # results hold patient data: readable by owner and group only
     with job_lock(job):
-        for stale in job.temporary_files():   # left by a killed run; we hold the lock
+        for stale in job.temporary_files():  # left by a killed run; we hold the lock
             stale.unlink()
         record = read_job(job)
         _check_same_job(job, record, bundle, privacy)
         todo = pending()
-        if not todo:   # done, but killed before its summaries and report were written
-            result.map_errors = build_job_outputs(job)
-            return result
-        spec = ScoreSpec(job_id=job.name, bundle=str(Path(options.model).resolve()), backend=options.backend,
-                         batch_size=options.batch_size, actors=options.actors, mpp=options.mpp,
-                         min_tissue=options.min_tissue)
-        run = {"started": _now(), "slides_to_score": len(todo)}
-        record = _job_record(record, spec, bundle, privacy, tasks, run)
-        write_job(job, record)
-        progress = Progress(total=len(tasks), already_done=len(tasks) - len(todo))
-        log.info("%s: scoring %d of %d slides with %s (%s)", job, len(todo), len(tasks), bundle.version,
-                 options.backend)
-        t0 = time.time()
-        with ray_session(options.address, options.num_cpus) as cpus:
-            t1 = time.time()
-            result.results = run_scoring(job, todo, spec, cpus, progress)
-            run["scoring_seconds"] = round(time.time() - t1, 2)  # without starting Ray
-        progress.close()
-        run.update({"finished": _now(), "seconds": round(time.time() - t0, 1), "scored": result.scored,
-                    "failed": len(result.failed), "patches": sum(r.patches for r in result.results)})
-        write_job(job, record)
+        if todo:  # else done, but killed before its summaries and report were written
+            spec = ScoreSpec(
+                job_id=job.name,
+                bundle=str(Path(options.model).resolve()),
+                backend=options.backend,
+                batch_size=options.batch_size,
+                actors=options.actors,
+                mpp=options.mpp,
+                min_tissue=options.min_tissue,
+            )
+            record = _job_record(
+                record, spec, bundle, privacy, tasks, {"started": _now(), "slides_to_score": len(todo)}
+            )
+            result.results = _run(job, record, todo, len(tasks), spec, bundle, options)
         result.map_errors = build_job_outputs(job)
-    log.info("%s: %d slides scored, %d failed; report: %s", job, result.scored, len(result.failed), job.report)
+    if todo:
+        log.info("%s: %d slides scored, %d failed; report: %s", job, result.scored, len(result.failed), job.report)
     return result
+
+
+def _run(job: JobDir, record: dict, todo, total: int, spec: ScoreSpec, bundle, options: ScoreOptions):
+    """Score ``todo`` on Ray; ``job.json`` (``record``) written before and after, with this run's
+    times and counts."""
+    from idcmap.cluster import ray_session
+    from idcmap.jobs.engine.run import run_scoring
+    from idcmap.jobs.progress import Progress
+
+    run = record["runs"][-1]
+    write_job(job, record)
+    progress = Progress(total=total, already_done=total - len(todo))
+    log.info("%s: scoring %d of %d slides with %s (%s)", job, len(todo), total, bundle.version, options.backend)
+    t0 = time.time()
+    with ray_session(options.address, options.num_cpus) as cpus:
+        t1 = time.time()
+        results = run_scoring(job, todo, spec, cpus, progress)
+        run["scoring_seconds"] = round(time.time() - t1, 2)  # without starting Ray
+    progress.close()
+    failed = sum(not r.ok for r in results)
+    run.update(
+        finished=_now(),
+        seconds=round(time.time() - t0, 1),
+        scored=len(results) - failed,
+        failed=failed,
+        patches=sum(r.patches for r in results),
+    )
+    write_job(job, record)
+    return results
 
 
 @dataclass
@@ -185,13 +228,13 @@ class JobStatus:
     job: JobDir
     running: bool
     done: int
-    failed: list[dict]                  # failure records of slides not done since
+    failed: list[dict]  # failure records of slides not done since
     pending: int
     slides: int
     patches: int
     last_run: dict | None
-    rate: float | None = None           # patches/s of the current run, while running
-    eta_minutes: float | None = None    # for the pending slides, while running
+    rate: float | None = None  # patches/s of the current run, while running
+    eta_minutes: float | None = None  # for the pending slides, while running
 
 
 def existing_job(job_dir) -> JobDir:
@@ -214,8 +257,16 @@ def job_status(job_dir) -> JobStatus:
     slides = {(s["patient_id"], s["slide_id"]) for s in record.get("slides", [])} | done
     pending = len(slides - done - {(f["patient_id"], f["slide_id"]) for f in failures})
     runs = record.get("runs", [])
-    status = JobStatus(job, is_locked(job), len(done), failures, pending, len(slides),
-                       sum(pq.read_metadata(f).num_rows for f in files), runs[-1] if runs else None)
+    status = JobStatus(
+        job,
+        is_locked(job),
+        len(done),
+        failures,
+        pending,
+        len(slides),
+        sum(pq.read_metadata(f).num_rows for f in files),
+        runs[-1] if runs else None,
+    )
     if status.running and status.last_run:
         started = datetime.fromisoformat(status.last_run["started"]).timestamp()
         recent = [f for f in files if f.stat().st_mtime >= started]

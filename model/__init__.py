@@ -3,6 +3,7 @@
 ``idcmap.model.evaluate.evaluate`` is not imported here: it pulls in scikit-learn, which scoring workers
 (every Ray worker imports this package) do not need.
 """
+
 from .backends import BACKENDS, Backend, make_backend
 from .bundle import BundleError, ModelBundle, load_bundle
 

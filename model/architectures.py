@@ -4,6 +4,7 @@ Every network takes normalised float32 input (N, 50, 50, 3) and outputs softmax 
 (N, 2) of (no IDC, IDC). Normalisation and uint8 handling live outside, in the bundle's scoring
 function, so the same network serves Keras and ONNX.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -24,22 +25,34 @@ def seed_cnn() -> keras.Model:
 
     conv = dict(kernel_size=3, activation="relu", kernel_initializer="he_uniform", padding="same")
     dense = dict(activation="relu", kernel_initializer="he_uniform")
-    return keras.Sequential([
-        keras.Input(INPUT_SHAPE),
-        layers.Conv2D(32, **conv), layers.BatchNormalization(),
-        layers.Conv2D(32, **conv), layers.MaxPooling2D(2),
-        layers.BatchNormalization(), layers.Dropout(0.3),
-        layers.Conv2D(64, **conv), layers.BatchNormalization(),
-        layers.Conv2D(64, **conv), layers.BatchNormalization(),
-        layers.MaxPooling2D(2), layers.Dropout(0.3),
-        layers.Conv2D(128, **conv),
-        layers.Flatten(),
-        layers.Dense(128, **dense), layers.BatchNormalization(),
-        layers.Dense(64, **dense), layers.BatchNormalization(),
-        layers.Dense(64, **dense), layers.Dropout(0.3),
-        layers.Dense(24, **dense),
-        layers.Dense(2, activation="softmax"),
-    ], name="seed_cnn")
+    return keras.Sequential(
+        [
+            keras.Input(INPUT_SHAPE),
+            layers.Conv2D(32, **conv),
+            layers.BatchNormalization(),
+            layers.Conv2D(32, **conv),
+            layers.MaxPooling2D(2),
+            layers.BatchNormalization(),
+            layers.Dropout(0.3),
+            layers.Conv2D(64, **conv),
+            layers.BatchNormalization(),
+            layers.Conv2D(64, **conv),
+            layers.BatchNormalization(),
+            layers.MaxPooling2D(2),
+            layers.Dropout(0.3),
+            layers.Conv2D(128, **conv),
+            layers.Flatten(),
+            layers.Dense(128, **dense),
+            layers.BatchNormalization(),
+            layers.Dense(64, **dense),
+            layers.BatchNormalization(),
+            layers.Dense(64, **dense),
+            layers.Dropout(0.3),
+            layers.Dense(24, **dense),
+            layers.Dense(2, activation="softmax"),
+        ],
+        name="seed_cnn",
+    )
 
 
 def _sep_block(x, filters: int, name: str):
@@ -119,6 +132,9 @@ def flops_per_patch(model: keras.Model) -> int:
             total += 2 * macs
     return int(total)
 
+
 #: optimiser settings (Adam); seed_cnn's constant 1e-4 is part of its specification
-TRAINING = {"seed_cnn": {"lr": 1e-4, "schedule": "constant"},
-            "idcnet": {"lr": 2e-3, "schedule": "cosine"}}
+TRAINING: dict[str, dict] = {
+    "seed_cnn": {"lr": 1e-4, "schedule": "constant"},
+    "idcnet": {"lr": 2e-3, "schedule": "cosine"},
+}

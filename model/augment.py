@@ -7,6 +7,7 @@ augmentation of Tellez et al. 2019), a gamma, and a random brightness, contrast,
 per-channel gain. Scanning and storage add their own artefacts: a little defocus blur and JPEG
 compression (at 4 µm/px an 8x8 JPEG block is a third of a patch).
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -38,8 +39,7 @@ def dihedral(x: tf.Tensor) -> tf.Tensor:
     return maybe(lambda y: tf.transpose(y, [0, 2, 1, 3]), x)
 
 
-def colour_jitter(x: tf.Tensor, brightness=12.0, contrast=0.15, saturation=0.15,
-                  stain=0.06) -> tf.Tensor:
+def colour_jitter(x: tf.Tensor, brightness=12.0, contrast=0.15, saturation=0.15, stain=0.06) -> tf.Tensor:
     """Per-image brightness shift, contrast and saturation scale and per-channel gain."""
     n = tf.shape(x)[0]
     u = lambda shape, a: tf.random.uniform(shape, -a, a)  # noqa: E731
@@ -86,13 +86,15 @@ def jpeg(x: tf.Tensor, p: float = JPEG_P, min_quality: int = JPEG_MIN_QUALITY) -
     """Per image, with probability ``p``, JPEG-compressed at a quality of U(min_quality, 95)."""
     n = tf.shape(x)[0]
     quality = tf.random.uniform([n], min_quality, 96, dtype=tf.int32)
-    squeezed = tf.map_fn(lambda a: tf.image.adjust_jpeg_quality(a[0] / 255.0, a[1]) * 255.0,
-                         (x, quality), fn_output_signature=tf.float32)
+    squeezed = tf.map_fn(
+        lambda a: tf.image.adjust_jpeg_quality(a[0] / 255.0, a[1]) * 255.0, (x, quality), fn_output_signature=tf.float32
+    )
     return tf.where(tf.random.uniform([n, 1, 1, 1]) < p, tf.reshape(squeezed, tf.shape(x)), x)
 
 
-def augment(x: tf.Tensor, colour_strength: float = 1.0, stain_strength: float = 0.0,
-            artefact_strength: float = 0.0) -> tf.Tensor:
+def augment(
+    x: tf.Tensor, colour_strength: float = 1.0, stain_strength: float = 0.0, artefact_strength: float = 0.0
+) -> tf.Tensor:
     """The training augmentation: symmetries, stain-space jitter and gamma, colour jitter, then
     scanning artefacts (float32 pixels in [0, 255]).
 
@@ -102,8 +104,7 @@ def augment(x: tf.Tensor, colour_strength: float = 1.0, stain_strength: float = 
     """
     x = dihedral(x)
     if stain_strength > 0:
-        x = random_gamma(hed_jitter(x, HED_SCALE * stain_strength, HED_SHIFT * stain_strength),
-                         GAMMA * stain_strength)
+        x = random_gamma(hed_jitter(x, HED_SCALE * stain_strength, HED_SHIFT * stain_strength), GAMMA * stain_strength)
     s = colour_strength
     x = colour_jitter(x, brightness=12.0 * s, contrast=0.15 * s, saturation=0.15 * s, stain=0.06 * s)
     if artefact_strength > 0:

@@ -5,6 +5,7 @@ returns float32 (N,): the calibrated probability of IDC (the bundle's temperatur
 scoring ``tf.function``), ``onnx`` (ONNX Runtime fp32) and ``onnx-int8`` (ONNX Runtime, static
 int8 quantization; offered only when the bundle says it passed its accuracy check).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,20 +37,30 @@ class Backend:
         patches = np.asarray(patches)
         size = self.bundle.patch_size
         if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[1:] != (size, size, 3):
-            raise ValueError(f"expected uint8 RGB patches of shape (N, {size}, {size}, 3), "
-                             f"got {patches.dtype} {patches.shape}")
+            raise ValueError(
+                f"expected uint8 RGB patches of shape (N, {size}, {size}, 3), got {patches.dtype} {patches.shape}"
+            )
         if not len(patches):
             return np.zeros(0, np.float32)
-        probs = np.concatenate([self._raw(np.ascontiguousarray(patches[i:i + self.batch_size]))
-                                for i in range(0, len(patches), self.batch_size)])
+        probs = np.concatenate(
+            [
+                self._raw(np.ascontiguousarray(patches[i : i + self.batch_size]))
+                for i in range(0, len(patches), self.batch_size)
+            ]
+        )
         return calibrated_probability(probs, self.temperature, self.offset)
 
 
 class KerasBackend(Backend):
     name = "keras"
 
-    def __init__(self, bundle: ModelBundle, threads: int | None = None, batch_size: int = DEFAULT_BATCH,
-                 shared_cores: bool = False):
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        threads: int | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        shared_cores: bool = False,
+    ):
         super().__init__(bundle, batch_size)
         import tensorflow as tf
 
@@ -71,8 +82,13 @@ class OnnxBackend(Backend):
     name = "onnx"
     file = ONNX_FILE
 
-    def __init__(self, bundle: ModelBundle, threads: int | None = None, batch_size: int = DEFAULT_BATCH,
-                 shared_cores: bool = False):
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        threads: int | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        shared_cores: bool = False,
+    ):
         super().__init__(bundle, batch_size)
         import onnxruntime as ort
 
@@ -82,8 +98,7 @@ class OnnxBackend(Backend):
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(bundle.file(self.file)), opts,
-                                             providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(str(bundle.file(self.file)), opts, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
 
     def _raw(self, batch):
@@ -98,8 +113,13 @@ class OnnxInt8Backend(OnnxBackend):
 _CLASSES = {"keras": KerasBackend, "onnx": OnnxBackend, "onnx-int8": OnnxInt8Backend}
 
 
-def make_backend(bundle: ModelBundle, name: str = "onnx", threads: int | None = None,
-                 batch_size: int = DEFAULT_BATCH, shared_cores: bool = False) -> Backend:
+def make_backend(
+    bundle: ModelBundle,
+    name: str = "onnx",
+    threads: int | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    shared_cores: bool = False,
+) -> Backend:
     """An inference backend for a loaded (verified) bundle. ``shared_cores``: other work runs on
     the same cores (a scoring job's tiling), so idle ONNX threads sleep rather than spin."""
     if name not in _CLASSES:
@@ -109,4 +129,3 @@ def make_backend(bundle: ModelBundle, name: str = "onnx", threads: int | None = 
         why = spec.reason if spec and spec.reason else "not in this bundle"
         raise BundleError(f"backend {name!r} is not offered by {bundle.path}: {why}")
     return _CLASSES[name](bundle, threads=threads, batch_size=batch_size, shared_cores=shared_cores)
-

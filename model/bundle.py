@@ -6,6 +6,7 @@ byte. :func:`load_bundle` checks all of this before anything is loaded, so any m
 refused with a :class:`BundleError`. Nothing in a bundle is unpickled: weights are read by Keras
 with ``safe_mode=True`` or by ONNX Runtime.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,7 +47,7 @@ class BackendSpec:
 
     file: str | None
     offered: bool
-    reason: str = ""                  # why it is not offered
+    reason: str = ""  # why it is not offered
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,8 @@ class ModelBundle:
     temperature: float
     logit_offset: float
     threshold: float
-    context_weight: float             # self weight of the neighbour context step (1.0: none)
-    metrics_kind: str                 # "out-of-fold" or "validation": what the stored figures are
+    context_weight: float  # self weight of the neighbour context step (1.0: none)
+    metrics_kind: str  # "out-of-fold" or "validation": what the stored figures are
     metric_values: dict
     validation_patients: tuple[str, ...]
     backend_specs: dict[str, BackendSpec]
@@ -80,9 +81,14 @@ class ModelBundle:
             if shape[0] != shape[1] or shape[2] != 3:
                 raise ValueError(f"input shape {shape} is not square RGB")
             return cls(
-                path=path, meta=meta, name=str(meta["name"]), architecture=str(meta["architecture"]["name"]),
-                flops_per_patch=meta["architecture"].get("flops_per_patch"), patch_size=int(shape[0]),
-                target_mpp=float(meta["input"]["target_mpp"]), normalisation=dict(meta["normalisation"]),
+                path=path,
+                meta=meta,
+                name=str(meta["name"]),
+                architecture=str(meta["architecture"]["name"]),
+                flops_per_patch=meta["architecture"].get("flops_per_patch"),
+                patch_size=int(shape[0]),
+                target_mpp=float(meta["input"]["target_mpp"]),
+                normalisation=dict(meta["normalisation"]),
                 temperature=float(meta["calibration"]["temperature"]),
                 logit_offset=float(meta["calibration"].get("logit_offset", 0.0)),
                 threshold=float(meta["threshold"]["value"]),
@@ -90,8 +96,11 @@ class ModelBundle:
                 metrics_kind="out-of-fold" if oof else "validation",
                 metric_values=meta["out_of_fold_metrics"] if oof else meta.get("validation_metrics", {}),
                 validation_patients=tuple(meta.get("split", {}).get("validation", [])),
-                backend_specs={k: BackendSpec(v.get("file"), bool(v.get("offered", True)), v.get("reason", ""))
-                               for k, v in meta["backends"].items()})
+                backend_specs={
+                    k: BackendSpec(v.get("file"), bool(v.get("offered", True)), v.get("reason", ""))
+                    for k, v in meta["backends"].items()
+                },
+            )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             what = f"lacks {e}" if isinstance(e, KeyError) else f"has a malformed field ({e})"
             raise BundleError(f"{path / MANIFEST}: {what}; not a bundle written by `idcmap train`") from None
@@ -126,8 +135,7 @@ def write_manifest(folder, meta: dict) -> None:
     """Hash every file in ``folder``, then write ``model.json`` from ``meta`` (atomically)."""
     folder = Path(folder)
     meta = dict(meta, format=FORMAT)
-    meta["files"] = {f.name: sha256_file(f) for f in sorted(folder.iterdir())
-                     if f.is_file() and f.name != MANIFEST}
+    meta["files"] = {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.is_file() and f.name != MANIFEST}
     meta.pop("manifest_sha256", None)
     meta["manifest_sha256"] = _manifest_hash(meta)
     write_bytes_atomic(folder / MANIFEST, _canonical(meta))
@@ -143,7 +151,9 @@ def load_bundle(path) -> ModelBundle:
     try:
         meta = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise BundleError(f"{manifest}: not valid JSON ({e.__class__.__name__}); the bundle is damaged or modified")
+        raise BundleError(
+            f"{manifest}: not valid JSON ({e.__class__.__name__}); the bundle is damaged or modified"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{manifest}: not an {FORMAT} manifest")
     if meta.get("manifest_sha256") != _manifest_hash(meta) or raw != _canonical(meta):

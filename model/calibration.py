@@ -7,6 +7,7 @@ Threshold rule: the calibrated probability that maximises balanced accuracy on t
 patients (equivalently Youden's J = sensitivity + specificity - 1), placed midway between the
 lowest score called IDC and the next lower score, so it does not sit exactly on a patch's value.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,10 @@ def prior_offset(class_weights: dict) -> float:
     return float(np.log(class_weights[1] / class_weights[0]))
 
 
-THRESHOLD_RULE = ("maximise balanced accuracy (Youden's J) of the calibrated IDC probability on the "
-                  "validation patients; midway to the next lower score")
+THRESHOLD_RULE = (
+    "maximise balanced accuracy (Youden's J) of the calibrated IDC probability on the "
+    "validation patients; midway to the next lower score"
+)
 
 
 def nll(prob: np.ndarray, labels: np.ndarray) -> float:
@@ -67,6 +70,12 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, offset: float = 0.0, contex
         z = context(z)
     t = fit_temperature(z - offset, labels)
     cal = sigmoid((z - offset) / t)
-    return {"method": "prior correction + temperature scaling", "temperature": t, "logit_offset": offset,
-            "nll_before": nll(sigmoid(z), labels), "nll_after": nll(cal, labels),
-            "threshold": choose_threshold(cal, labels), "threshold_rule": THRESHOLD_RULE}
+    return {
+        "method": "prior correction + temperature scaling",
+        "temperature": t,
+        "logit_offset": offset,
+        "nll_before": nll(sigmoid(z), labels),
+        "nll_after": nll(cal, labels),
+        "threshold": choose_threshold(cal, labels),
+        "threshold_rule": THRESHOLD_RULE,
+    }

@@ -10,6 +10,7 @@ and threshold are chosen on the out-of-fold scores of the *other* folds (patient
 model trained on, scored by models that did not), so nothing about fold k's patients is chosen on
 them. The shipped bundle's are chosen the same way on all folds' out-of-fold scores together.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,9 @@ def assign_folds(patient_ids, sources, labels, k: int = 3) -> dict[str, int]:
     """
     if k < 2:
         raise InputError(f"cross-validation needs k >= 2 folds, not {k}")
-    df = pd.DataFrame({"patient_id": np.asarray(patient_ids), "source": np.asarray(sources),
-                       "label": np.asarray(labels, np.float64)})
+    df = pd.DataFrame(
+        {"patient_id": np.asarray(patient_ids), "source": np.asarray(sources), "label": np.asarray(labels, np.float64)}
+    )
     folds: dict[str, int] = {}
     for source, group in df.groupby("source", sort=True):
         prevalence = group.groupby("patient_id")["label"].mean()
@@ -56,7 +58,7 @@ def assign_folds(patient_ids, sources, labels, k: int = 3) -> dict[str, int]:
             raise InputError(f"{source}: {len(prevalence)} patients cannot fill {k} folds")
         ordered = sorted(prevalence.index, key=lambda p: (prevalence[p], _rank(p)))
         for start in range(0, len(ordered), k):
-            block = ordered[start:start + k]
+            block = ordered[start : start + k]
             order = sorted(range(k), key=lambda f: _rank(f"{source}:{start}:{f}"))
             for patient, fold in zip(block, order):
                 folds[patient] = fold
@@ -65,8 +67,13 @@ def assign_folds(patient_ids, sources, labels, k: int = 3) -> dict[str, int]:
 
 def context_logits(oof: pd.DataFrame, self_weight: float = CONTEXT_SELF_WEIGHT) -> np.ndarray:
     """Each patch's logit mixed with its scored neighbours' on its patient's 50-px grid."""
-    return mix_neighbours(oof["logit"].to_numpy(), oof["y"].to_numpy() // PATCH_SIZE,
-                          oof["x"].to_numpy() // PATCH_SIZE, oof["patient_id"].to_numpy(), self_weight)
+    return mix_neighbours(
+        oof["logit"].to_numpy(),
+        oof["y"].to_numpy() // PATCH_SIZE,
+        oof["x"].to_numpy() // PATCH_SIZE,
+        oof["patient_id"].to_numpy(),
+        self_weight,
+    )
 
 
 def choose_context_weight(oof: pd.DataFrame, weights=CONTEXT_WEIGHTS) -> float:
@@ -93,25 +100,43 @@ def cross_fitted(oof: pd.DataFrame, weights=CONTEXT_WEIGHTS) -> tuple[np.ndarray
         z = context_logits(oof, w)  # neighbours never cross patients, so never folds
         t, threshold = fit_calibration(z[~mine], y[~mine])
         prob[mine], thr[mine] = sigmoid(z[mine] / t), threshold
-        per_fold[int(f)] = {"context_self_weight": w, "temperature": t, "threshold": threshold,
-                            "n_patches": int(mine.sum()), "n_patients": int(oof.loc[mine, "patient_id"].nunique())}
+        per_fold[int(f)] = {
+            "context_self_weight": w,
+            "temperature": t,
+            "threshold": threshold,
+            "n_patches": int(mine.sum()),
+            "n_patients": int(oof.loc[mine, "patient_id"].nunique()),
+        }
     return prob, thr, per_fold
 
 
 def per_patient_table(labels, prob, thr, patient_ids) -> pd.DataFrame:
     """One row per patient: patches, IDC patches, ROC AUC, sensitivity, specificity, balanced
     accuracy (None where a class is missing)."""
-    df = pd.DataFrame({"p": np.asarray(patient_ids), "y": np.asarray(labels).astype(int),
-                       "prob": prob, "call": np.asarray(prob) >= thr})
+    df = pd.DataFrame(
+        {
+            "p": np.asarray(patient_ids),
+            "y": np.asarray(labels).astype(int),
+            "prob": prob,
+            "call": np.asarray(prob) >= thr,
+        }
+    )
     rows = []
     for p, g in df.groupby("p", sort=True):
         n1, n0 = int(g.y.sum()), int((1 - g.y).sum())
         sens = float(g.call[g.y == 1].mean()) if n1 else None
         spec = float(1 - g.call[g.y == 0].mean()) if n0 else None
-        rows.append({"patient_id": p, "patches": len(g), "idc_patches": n1,
-                     "roc_auc": float(roc_auc_score(g.y, g.prob)) if n1 and n0 else None,
-                     "sensitivity": sens, "specificity": spec,
-                     "balanced_accuracy": (sens + spec) / 2 if n1 and n0 else None})
+        rows.append(
+            {
+                "patient_id": p,
+                "patches": len(g),
+                "idc_patches": n1,
+                "roc_auc": float(roc_auc_score(g.y, g.prob)) if n1 and n0 else None,
+                "sensitivity": sens,
+                "specificity": spec,
+                "balanced_accuracy": (sens + spec) / 2 if sens is not None and spec is not None else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -122,8 +147,11 @@ def spread(table: pd.DataFrame, min_per_class: int = PER_PATIENT_MIN) -> dict:
     out = {"n_patients": int(len(big)), "rule": f">= {min_per_class} patches of each class"}
     for key in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity"):
         v = big[key].astype(float).to_numpy()
-        out[key] = {"median": float(np.median(v)), "worst_tenth": float(np.percentile(v, 10)),
-                    "min": float(v.min())} if len(v) else None
+        out[key] = (
+            {"median": float(np.median(v)), "worst_tenth": float(np.percentile(v, 10)), "min": float(v.min())}
+            if len(v)
+            else None
+        )
     return out
 
 
@@ -133,7 +161,9 @@ def bootstrap_intervals(labels, prob, thr, patient_ids, n: int = BOOTSTRAP, seed
     _, inverse = np.unique(np.asarray(patient_ids), return_inverse=True)
     members = [np.flatnonzero(inverse == i) for i in range(inverse.max() + 1)]
     rng = np.random.default_rng(seed)
-    samples = {k: [] for k in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")}
+    samples: dict[str, list[float]] = {
+        k: [] for k in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
+    }
     for _ in range(n):
         idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
         y, p, call = labels[idx], prob[idx], prob[idx] >= thr[idx]
@@ -148,8 +178,7 @@ def bootstrap_intervals(labels, prob, thr, patient_ids, n: int = BOOTSTRAP, seed
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in samples.items()}
 
 
-def out_of_fold_report(oof: pd.DataFrame, bootstrap: int = BOOTSTRAP, per_patient: bool = False,
-                       scores=None) -> dict:
+def out_of_fold_report(oof: pd.DataFrame, bootstrap: int = BOOTSTRAP, per_patient: bool = False, scores=None) -> dict:
     """Everything the bundle stores about its out-of-fold figures (JSON-ready); ``per_patient``
     adds every patient's metrics (as ``idcmap evaluate`` reports them). ``scores``: the result of
     :func:`cross_fitted` on ``oof`` when the caller already has it."""
@@ -158,8 +187,11 @@ def out_of_fold_report(oof: pd.DataFrame, bootstrap: int = BOOTSTRAP, per_patien
     report = classification_metrics(y, prob, thr)
     table = per_patient_table(y, prob, thr, patients)
     if per_patient:
-        report["per_patient"] = {str(p): classification_metrics(y[m], prob[m], thr[m])
-                                 for p in sorted(set(patients.tolist())) for m in [patients == p]}
+        report["per_patient"] = {
+            str(p): classification_metrics(y[m], prob[m], thr[m])
+            for p in sorted(set(patients.tolist()))
+            for m in [patients == p]
+        }
     report.update(
         kind="out-of-fold",
         n_patients=int(len(table)),
@@ -168,7 +200,10 @@ def out_of_fold_report(oof: pd.DataFrame, bootstrap: int = BOOTSTRAP, per_patien
         patch_only_roc_auc=float(roc_auc_score(y, oof["logit"])),
         per_patient_spread=spread(table),
         intervals_95=bootstrap_intervals(y, prob, thr, patients, bootstrap),
-        by_source={str(s): classification_metrics(y[m], prob[m], thr[m])
-                   for s in sorted(oof["source"].unique()) for m in [oof["source"].to_numpy() == s]},
+        by_source={
+            str(s): classification_metrics(y[m], prob[m], thr[m])
+            for s in sorted(oof["source"].unique())
+            for m in [oof["source"].to_numpy() == s]
+        },
     )
     return report

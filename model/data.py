@@ -4,6 +4,7 @@ A *data directory* is either one patient folder (PATIENT/{0,1}/*.png) or a folde
 folders. Every patch is read with :func:`idcmap.slide_tiling.load_patch`, so partial edge patches are
 padded with white exactly as they are at scoring time.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,10 +41,14 @@ class PatchSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, mask_or_index) -> "PatchSet":
-        return PatchSet(self.images[mask_or_index], self.labels[mask_or_index],
-                        self.patient_ids[mask_or_index], self.sources[mask_or_index],
-                        self.xy[mask_or_index])
+    def subset(self, mask_or_index) -> PatchSet:
+        return PatchSet(
+            self.images[mask_or_index],
+            self.labels[mask_or_index],
+            self.patient_ids[mask_or_index],
+            self.sources[mask_or_index],
+            self.xy[mask_or_index],
+        )
 
     @property
     def grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,8 +79,11 @@ def _index(data_dirs, patients=None) -> list[tuple[str, str, int, Path, int, int
     for d in data_dirs:
         source = str(Path(d))
         for pdir in patient_dirs(d):
-            rows += [(source, p.patient_id, p.label, p.path, p.x, p.y) for p in list_patches(pdir)
-                     if patients is None or p.patient_id in patients]
+            rows += [
+                (source, p.patient_id, p.label, p.path, p.x, p.y)
+                for p in list_patches(pdir)
+                if patients is None or p.patient_id in patients
+            ]
     return rows
 
 
@@ -87,13 +95,13 @@ def fingerprint(data_dirs) -> str:
     return h.hexdigest()
 
 
-def load_patches(data_dirs, limit_per_patient: int | None = None, threads: int = 4,
-                 patients=None) -> PatchSet:
+def load_patches(data_dirs, limit_per_patient: int | None = None, threads: int = 4, patients=None) -> PatchSet:
     """Read every patch of the given data directories (optionally at most N per patient, or only
     the patients in ``patients``)."""
     rows = _index(data_dirs, set(patients) if patients is not None else None)
     if limit_per_patient:
-        kept, seen = [], {}
+        kept: list = []
+        seen: dict[str, int] = {}
         for r in rows:
             if seen.get(r[1], 0) < limit_per_patient:
                 kept.append(r)
@@ -108,9 +116,13 @@ def load_patches(data_dirs, limit_per_patient: int | None = None, threads: int =
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(read, range(len(rows))))
-    return PatchSet(images, np.array([r[2] for r in rows], np.int8),
-                    np.array([r[1] for r in rows]), np.array([r[0] for r in rows]),
-                    np.array([(r[4], r[5]) for r in rows], np.int64).reshape(-1, 2))
+    return PatchSet(
+        images,
+        np.array([r[2] for r in rows], np.int8),
+        np.array([r[1] for r in rows]),
+        np.array([r[0] for r in rows]),
+        np.array([(r[4], r[5]) for r in rows], np.int64).reshape(-1, 2),
+    )
 
 
 def load_patches_cached(data_dirs, cache_dir=None, **kw) -> PatchSet:
@@ -133,7 +145,7 @@ def _patient_rank(patient_id: str) -> str:
     return hashlib.sha256(f"{SPLIT_SALT}:{patient_id}".encode()).hexdigest()
 
 
-def split_patients(ps: PatchSet, fraction: float = VALIDATION_FRACTION) -> dict[str, list[str]]:
+def split_patients(ps: PatchSet, fraction: float = VALIDATION_FRACTION) -> dict:
     """Deterministic split by patient, never by patch.
 
     Rule: within each data directory, order its patients by sha256("idcmap-split-v1:" + id) and
@@ -151,16 +163,18 @@ def split_patients(ps: PatchSet, fraction: float = VALIDATION_FRACTION) -> dict[
             val.append(p)
             taken += counts[p]
     train = sorted(set(ps.patients) - set(val))
-    return {"rule": f"per data dir, patients by sha256('{SPLIT_SALT}:'+id) until >= {fraction:.0%} "
-                    "of its patches are in validation",
-            "train": train, "validation": sorted(val)}
+    return {
+        "rule": f"per data dir, patients by sha256('{SPLIT_SALT}:'+id) until >= {fraction:.0%} "
+        "of its patches are in validation",
+        "train": train,
+        "validation": sorted(val),
+    }
 
 
 def apply_split(ps: PatchSet, split: dict) -> tuple[PatchSet, PatchSet]:
     """(train, validation) patch sets for a split made by :func:`split_patients` (or by
     cross-validation: patients in neither list are left out)."""
-    return (ps.subset(np.isin(ps.patient_ids, split["train"])),
-            ps.subset(np.isin(ps.patient_ids, split["validation"])))
+    return (ps.subset(np.isin(ps.patient_ids, split["train"])), ps.subset(np.isin(ps.patient_ids, split["validation"])))
 
 
 def class_weights(labels: np.ndarray) -> dict[int, float]:
@@ -176,5 +190,4 @@ def channel_stats(images: np.ndarray, sample: int = 4000, seed: int = 0) -> dict
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(images), min(sample, len(images)), replace=False)
     px = images[np.sort(idx)].reshape(-1, 3).astype(np.float64)
-    return {"mean": [round(float(v), 3) for v in px.mean(0)],
-            "std": [round(float(v), 3) for v in px.std(0)]}
+    return {"mean": [round(float(v), 3) for v in px.mean(0)], "std": [round(float(v), 3) for v in px.std(0)]}

@@ -1,5 +1,6 @@
 """Evaluate a bundle on Kaggle-layout folders at its threshold, or report its stored out-of-fold
 figures; ROC and reliability plots as PNG."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,9 @@ _SIZE, _MARGIN = 480, 60
 _BLACK, _GREY, _BLUE, _RED = (0, 0, 0), (170, 170, 170), (200, 90, 20), (40, 40, 220)
 
 
-def evaluate(bundle, data_dirs, backend: str = "onnx", threads: int | None = None,
-             plots_dir=None, validation_only: bool = False) -> dict:
+def evaluate(
+    bundle, data_dirs, backend: str = "onnx", threads: int | None = None, plots_dir=None, validation_only: bool = False
+) -> dict:
     """Score every patch of ``data_dirs`` with ``bundle`` and report the metrics (JSON-ready).
 
     ``validation_only`` keeps only the bundle's validation patients (held out from training).
@@ -29,16 +31,22 @@ def evaluate(bundle, data_dirs, backend: str = "onnx", threads: int | None = Non
     if not isinstance(bundle, ModelBundle):
         bundle = load_bundle(bundle)
     if validation_only and not bundle.validation_patients:
-        raise BundleError(f"{bundle.path}: has no validation patients (it was cross-validated and trained on "
-                          "every patient); its held-out figures are out-of-fold: use --out-of-fold")
+        raise BundleError(
+            f"{bundle.path}: has no validation patients (it was cross-validated and trained on "
+            "every patient); its held-out figures are out-of-fold: use --out-of-fold"
+        )
     patches = load_patches(data_dirs, patients=bundle.validation_patients if validation_only else None)
     patch_prob = make_backend(bundle, backend, threads=threads).predict(patches.images)
     prob = with_context(patch_prob, *patches.grid, bundle.context_weight)
     report = metrics_report(patches.labels, prob, patches.patient_ids, bundle.threshold)
     if len(np.unique(patches.labels)) == 2:
         report["patch_only_roc_auc"] = float(roc_auc_score(patches.labels, patch_prob))
-    report.update(model=bundle.version, backend=backend, data_dirs=[str(d) for d in data_dirs],
-                  reliability=reliability_bins(prob, patches.labels))
+    report.update(
+        model=bundle.version,
+        backend=backend,
+        data_dirs=[str(d) for d in data_dirs],
+        reliability=reliability_bins(prob, patches.labels),
+    )
     if plots_dir is not None:
         report["plots"] = write_plots(patches.labels, prob, plots_dir, bundle.threshold)
     return report
@@ -56,8 +64,11 @@ def evaluate_out_of_fold(bundle, plots_dir=None) -> dict:
     scores = cross_fitted(oof)
     report = out_of_fold_report(oof, per_patient=True, scores=scores)
     prob, thr, _ = scores
-    report.update(model=bundle.version, backend="stored out-of-fold predictions",
-                  reliability=reliability_bins(prob, oof["label"].to_numpy()))
+    report.update(
+        model=bundle.version,
+        backend="stored out-of-fold predictions",
+        reliability=reliability_bins(prob, oof["label"].to_numpy()),
+    )
     if plots_dir is not None:
         report["plots"] = write_plots(oof["label"].to_numpy(), prob, plots_dir, thr)
     return report
@@ -72,10 +83,19 @@ def _axes(title: str, xlabel: str, ylabel: str) -> np.ndarray:
     img = np.full((_SIZE, _SIZE, 3), 255, np.uint8)
     cv2.rectangle(img, _to_px(0, 0), _to_px(1, 1), _BLACK, 1)
     for t in np.linspace(0, 1, 6):
-        cv2.putText(img, f"{t:.1f}", (_to_px(t, 0)[0] - 10, _SIZE - _MARGIN + 18),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, _BLACK, 1, cv2.LINE_AA)
-        cv2.putText(img, f"{t:.1f}", (_MARGIN - 30, _to_px(0, t)[1] + 4),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, _BLACK, 1, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            f"{t:.1f}",
+            (_to_px(t, 0)[0] - 10, _SIZE - _MARGIN + 18),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            _BLACK,
+            1,
+            cv2.LINE_AA,
+        )
+        cv2.putText(
+            img, f"{t:.1f}", (_MARGIN - 30, _to_px(0, t)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, _BLACK, 1, cv2.LINE_AA
+        )
     cv2.putText(img, title, (_MARGIN, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.55, _BLACK, 1, cv2.LINE_AA)
     cv2.putText(img, xlabel, (_SIZE // 2 - 60, _SIZE - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _BLACK, 1, cv2.LINE_AA)
     cv2.putText(img, ylabel, (5, _MARGIN - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _BLACK, 1, cv2.LINE_AA)
@@ -94,16 +114,20 @@ def roc_plot(labels, prob, threshold) -> np.ndarray:
     op = (float((pred & ~y).sum() / max((~y).sum(), 1)), float((pred & y).sum() / max(y.sum(), 1)))
     cv2.circle(img, _to_px(*op), 6, _RED, -1, cv2.LINE_AA)
     label = f"threshold {threshold:.3f}" if np.ndim(threshold) == 0 else "thresholds of each fold"
-    cv2.putText(img, label, (_to_px(*op)[0] + 10, _to_px(*op)[1] + 18),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.45, _RED, 1, cv2.LINE_AA)
+    cv2.putText(
+        img, label, (_to_px(*op)[0] + 10, _to_px(*op)[1] + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _RED, 1, cv2.LINE_AA
+    )
     return img
 
 
 def reliability_plot(labels, prob) -> np.ndarray:
     """Reliability diagram (BGR image): observed IDC rate per probability bin, bar width = bin."""
     bins = reliability_bins(prob, labels)
-    img = _axes(f"Reliability, ECE {expected_calibration_error(prob, labels):.4f}",
-                "predicted IDC probability", "observed IDC rate")
+    img = _axes(
+        f"Reliability, ECE {expected_calibration_error(prob, labels):.4f}",
+        "predicted IDC probability",
+        "observed IDC rate",
+    )
     for b in bins:
         if b["n"]:
             cv2.rectangle(img, _to_px(b["lo"], 0), _to_px(b["hi"], b["idc_rate"]), _BLUE, -1)

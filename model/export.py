@@ -5,6 +5,7 @@ tf2onnx's ``from_keras`` does not handle Keras 3 models; ``from_function`` on th
 
     python -m model.export BUNDLE   # bring an existing bundle's ONNX files to the faster input layout
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -21,8 +22,9 @@ def export_onnx(score_fn, path) -> Path:
     import tf2onnx
 
     path = Path(path)
-    tf2onnx.convert.from_function(score_fn, input_signature=score_fn.input_signature,
-                                  opset=ONNX_OPSET, output_path=str(path))
+    tf2onnx.convert.from_function(
+        score_fn, input_signature=score_fn.input_signature, opset=ONNX_OPSET, output_path=str(path)
+    )
     channels_first_input(path)
     return path
 
@@ -41,7 +43,7 @@ def channels_first_input(path) -> bool:
 
     model = onnx.load(str(path))
     graph = model.graph
-    consumers = {}
+    consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
@@ -56,8 +58,11 @@ def channels_first_input(path) -> bool:
     sub = cast and only_consumer(cast.output[0], "Sub")
     mul = sub and only_consumer(sub.output[0], "Mul")
     transpose = mul and only_consumer(mul.output[0], "Transpose")
-    if not transpose or [a.ints for a in transpose.attribute if a.name == "perm"] != [[0, 3, 1, 2]] \
-            or any(n.input[1] not in consts or len(consts[n.input[1]].dims) != 1 for n in (sub, mul)):
+    if (
+        not transpose
+        or [a.ints for a in transpose.attribute if a.name == "perm"] != [[0, 3, 1, 2]]
+        or any(n.input[1] not in consts or len(consts[n.input[1]].dims) != 1 for n in (sub, mul))
+    ):
         return False
     for node in (sub, mul):
         value = numpy_helper.to_array(consts[node.input[1]])
@@ -87,7 +92,7 @@ class _PatchReader:
     """Feeds calibration batches of uint8 patches to the quantizer."""
 
     def __init__(self, patches: np.ndarray, batch: int = 64):
-        self._batches = iter([patches[i:i + batch] for i in range(0, len(patches), batch)])
+        self._batches = iter([patches[i : i + batch] for i in range(0, len(patches), batch)])
 
     def get_next(self):
         b = next(self._batches, None)
@@ -102,9 +107,15 @@ def quantize_int8(fp32_path, out_path, calibration_patches: np.ndarray) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out_path), _PatchReader(calibration_patches),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        # convolutions and dense layers only: normalisation and softmax stay fp32
-                        op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+        quantize_static(
+            str(pre),
+            str(out_path),
+            _PatchReader(calibration_patches),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            # convolutions and dense layers only: normalisation and softmax stay fp32
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        )
     return Path(out_path)

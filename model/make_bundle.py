@@ -1,4 +1,5 @@
 """From data folders to a verified bundle: train (Ray Train), calibrate, evaluate, export, hash."""
+
 from __future__ import annotations
 
 import io
@@ -65,8 +66,13 @@ def code_version() -> str:
     except PackageNotFoundError:
         v = "0.0.0+source"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except OSError:
         commit = ""
     return f"{v} ({commit})" if commit else v
@@ -74,7 +80,7 @@ def code_version() -> str:
 
 def predict_batches(score_fn, images: np.ndarray, batch: int = 512) -> np.ndarray:
     """``score_fn`` (a scoring ``tf.function``) over ``images`` in batches, as numpy."""
-    return np.concatenate([score_fn(images[i:i + batch]).numpy() for i in range(0, len(images), batch)])
+    return np.concatenate([score_fn(images[i : i + batch]).numpy() for i in range(0, len(images), batch)])
 
 
 def _onnx_probs(path, images: np.ndarray, batch: int = 512) -> np.ndarray:
@@ -82,7 +88,7 @@ def _onnx_probs(path, images: np.ndarray, batch: int = 512) -> np.ndarray:
 
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
-    return np.concatenate([s.run(None, {name: images[i:i + batch]})[0] for i in range(0, len(images), batch)])
+    return np.concatenate([s.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)])
 
 
 def _int8_backend(folder: Path, train, val, final, fp32_auc: float, seed: int) -> dict:
@@ -95,13 +101,20 @@ def _int8_backend(folder: Path, train, val, final, fp32_auc: float, seed: int) -
     calib = train.images[np.sort(rng.choice(len(train), min(INT8_CALIBRATION_PATCHES, len(train)), replace=False))]
     path = quantize_int8(folder / ONNX_FILE, folder / ONNX_INT8_FILE, calib)
     auc = float(roc_auc_score(val.labels, final(_onnx_probs(path, val.images))))
-    spec = {"file": ONNX_INT8_FILE, "quantization": "static int8 (QDQ, per-channel weights), "
-            f"calibrated on {len(calib)} training patches", "val_roc_auc": auc,
-            "fp32_val_roc_auc": fp32_auc, "max_auc_drop": INT8_MAX_AUC_DROP}
+    spec = {
+        "file": ONNX_INT8_FILE,
+        "quantization": f"static int8 (QDQ, per-channel weights), calibrated on {len(calib)} training patches",
+        "val_roc_auc": auc,
+        "fp32_val_roc_auc": fp32_auc,
+        "max_auc_drop": INT8_MAX_AUC_DROP,
+    }
     if fp32_auc - auc > INT8_MAX_AUC_DROP:
         path.unlink()
-        spec.update(offered=False, file=None,
-                    reason=f"int8 validation ROC AUC {auc:.4f} is more than {INT8_MAX_AUC_DROP} below fp32 {fp32_auc:.4f}")
+        spec.update(
+            offered=False,
+            file=None,
+            reason=f"int8 validation ROC AUC {auc:.4f} is more than {INT8_MAX_AUC_DROP} below fp32 {fp32_auc:.4f}",
+        )
     else:
         spec["offered"] = True
     return spec
@@ -129,19 +142,30 @@ def calibrate_on_validation(model, cfg: TrainConfig, train, val) -> Calibrated:
 
     val_probs = predict_batches(scoring_function(model, cfg.normalisation), val.images)
     offset = prior_offset(datalib.class_weights(train.labels)) if cfg.imbalance != "none" else 0.0
-    cal = calibrate(val_probs, val.labels, offset,
-                    context=lambda z: mix_neighbours(z, *val.grid, CONTEXT_SELF_WEIGHT))
-    prob = with_context(calibrated_probability(val_probs, cal["temperature"], offset), *val.grid,
-                        CONTEXT_SELF_WEIGHT)
+    rows, cols, groups = val.grid
+    cal = calibrate(
+        val_probs, val.labels, offset, context=lambda z: mix_neighbours(z, rows, cols, groups, CONTEXT_SELF_WEIGHT)
+    )
+    prob = with_context(
+        calibrated_probability(val_probs, cal["temperature"], offset), rows, cols, groups, CONTEXT_SELF_WEIGHT
+    )
     metrics = classification_metrics(val.labels, prob, cal["threshold"])
     metrics["n_patients"] = len(cfg.split["validation"])
     patch_only = calibrated_probability(val_probs, cal["temperature"], offset)
-    metrics["patch_only"] = {"roc_auc": float(roc_auc_score(val.labels, patch_only)),
-                             "pr_auc": float(average_precision_score(val.labels, patch_only))}
-    return Calibrated(cal["temperature"], offset, cal["threshold"],
-                      {k: cal[k] for k in ("method", "nll_before", "nll_after")}
-                      | {"fitted_on": "validation patients"},
-                      cal["threshold_rule"], "validation_metrics", metrics, val)
+    metrics["patch_only"] = {
+        "roc_auc": float(roc_auc_score(val.labels, patch_only)),
+        "pr_auc": float(average_precision_score(val.labels, patch_only)),
+    }
+    return Calibrated(
+        cal["temperature"],
+        offset,
+        cal["threshold"],
+        {k: cal[k] for k in ("method", "nll_before", "nll_after")} | {"fitted_on": "validation patients"},
+        cal["threshold_rule"],
+        "validation_metrics",
+        metrics,
+        val,
+    )
 
 
 def _export_backends(folder: Path, model, cfg: TrainConfig, train, cal: Calibrated) -> dict:
@@ -155,54 +179,84 @@ def _export_backends(folder: Path, model, cfg: TrainConfig, train, cal: Calibrat
     score = scoring_function(model, cfg.normalisation)
 
     def final(probs):  # what scoring does: calibrate each patch, then mix in its neighbours
-        return with_context(calibrated_probability(probs, cal.temperature, cal.offset), *check.grid,
-                            cal.context_weight)
+        return with_context(calibrated_probability(probs, cal.temperature, cal.offset), *check.grid, cal.context_weight)
 
     prob = final(predict_batches(score, check.images))
     model.save(folder / KERAS_FILE)
     export_onnx(score, folder / ONNX_FILE)
     onnx_prob = final(_onnx_probs(folder / ONNX_FILE, check.images))
     fp32_auc = float(roc_auc_score(check.labels, onnx_prob))
-    return {"onnx": {"file": ONNX_FILE, "precision": "fp32", "offered": True,
-                     "max_abs_diff_vs_keras_on_check_set": float(np.abs(onnx_prob - prob).max())},
-            "keras": {"file": KERAS_FILE, "precision": "fp32", "offered": True},
-            "onnx-int8": _int8_backend(folder, train, check, final, fp32_auc, cfg.seed)}
+    return {
+        "onnx": {
+            "file": ONNX_FILE,
+            "precision": "fp32",
+            "offered": True,
+            "max_abs_diff_vs_keras_on_check_set": float(np.abs(onnx_prob - prob).max()),
+        },
+        "keras": {"file": KERAS_FILE, "precision": "fp32", "offered": True},
+        "onnx-int8": _int8_backend(folder, train, check, final, fp32_auc, cfg.seed),
+    }
 
 
-def _manifest(name: str, model, cfg: TrainConfig, train, cal: Calibrated, state: dict, fingerprint: str,
-              backends: dict) -> dict:
+def _manifest(
+    name: str, model, cfg: TrainConfig, train, cal: Calibrated, state: dict, fingerprint: str, backends: dict
+) -> dict:
     return {
         "name": name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code_version": code_version(),
-        "architecture": {"name": cfg.arch, "width": cfg.width, "flops_per_patch": flops_per_patch(model),
-                         "params": int(model.count_params()), "output": "softmax (no IDC, IDC)"},
-        "input": {"shape": [PATCH_SIZE, PATCH_SIZE, 3], "dtype": "uint8", "channels": "RGB",
-                  "target_mpp": KAGGLE_MPP,
-                  "partial_patches": "padded with white (255) at right/bottom to 50x50"},
+        "architecture": {
+            "name": cfg.arch,
+            "width": cfg.width,
+            "flops_per_patch": flops_per_patch(model),
+            "params": int(model.count_params()),
+            "output": "softmax (no IDC, IDC)",
+        },
+        "input": {
+            "shape": [PATCH_SIZE, PATCH_SIZE, 3],
+            "dtype": "uint8",
+            "channels": "RGB",
+            "target_mpp": KAGGLE_MPP,
+            "partial_patches": "padded with white (255) at right/bottom to 50x50",
+        },
         "normalisation": cfg.normalisation,
         "calibration": cal.calibration | {"temperature": cal.temperature, "logit_offset": cal.offset},
-        "context": {"self_weight": cal.context_weight,
-                    "rule": "final logit = self_weight x the patch's calibrated logit + (1 - self_weight) x "
-                            "the mean calibrated logit of its scored 8-connected grid neighbours (same "
-                            "slide); unchanged without neighbours"},
+        "context": {
+            "self_weight": cal.context_weight,
+            "rule": "final logit = self_weight x the patch's calibrated logit + (1 - self_weight) x "
+            "the mean calibrated logit of its scored 8-connected grid neighbours (same "
+            "slide); unchanged without neighbours",
+        },
         "threshold": {"value": cal.threshold, "rule": cal.threshold_rule},
         "split": cfg.split,
         cal.metrics_key: cal.metrics,
-        "training": {"data_fingerprint": fingerprint, "data_dirs": [str(d) for d in cfg.data_dirs],
-                     "n_train_patches": len(train),
-                     "n_validation_patches": len(cal.check) if cfg.split["validation"] else 0,
-                     "optimizer": {"name": "Adam", **TRAINING[cfg.arch]},
-                     "config": {k: v for k, v in asdict(cfg).items()
-                                if k not in ("split", "normalisation", "resume_from", "data_dirs")},
-                     "best_epoch": state["best_epoch"] + 1, "epochs_run": state["epoch"] + 1,
-                     "history": state["history"]},
+        "training": {
+            "data_fingerprint": fingerprint,
+            "data_dirs": [str(d) for d in cfg.data_dirs],
+            "n_train_patches": len(train),
+            "n_validation_patches": len(cal.check) if cfg.split["validation"] else 0,
+            "optimizer": {"name": "Adam", **TRAINING[cfg.arch]},
+            "config": {
+                k: v for k, v in asdict(cfg).items() if k not in ("split", "normalisation", "resume_from", "data_dirs")
+            },
+            "best_epoch": state["best_epoch"] + 1,
+            "epochs_run": state["epoch"] + 1,
+            "history": state["history"],
+        },
         "backends": backends,
     }
 
 
-def write_bundle(out_dir, model, cfg: TrainConfig, train, cal: Calibrated, state: dict, fingerprint: str,
-                 extra_files: dict[str, bytes] | None = None) -> ModelBundle:
+def write_bundle(
+    out_dir,
+    model,
+    cfg: TrainConfig,
+    train,
+    cal: Calibrated,
+    state: dict,
+    fingerprint: str,
+    extra_files: dict[str, bytes] | None = None,
+) -> ModelBundle:
     """Export, check the backends and write a verified bundle (``extra_files``: name -> bytes);
     an existing bundle folder is replaced only once the new one is complete."""
     out_dir = Path(out_dir)
@@ -231,12 +285,20 @@ def train_bundle(cfg: TrainConfig, out_dir, run_dir, resume: bool = False, ray_a
     ckpt = fit(cfg, run_dir, resume=resume, ray_address=ray_address)
     state = json.loads((ckpt / STATE_FILE).read_text())
     if (state.get("arch"), state.get("width")) != (cfg.arch, cfg.width):
-        raise InputError(f"{ckpt}: checkpoint is of {state.get('arch')} width {state.get('width')}, "
-                         f"not {cfg.arch} width {cfg.width}")
+        raise InputError(
+            f"{ckpt}: checkpoint is of {state.get('arch')} width {state.get('width')}, not {cfg.arch} width {cfg.width}"
+        )
     model = build(cfg.arch, cfg.width)
     model.load_weights(ckpt / "best.weights.h5")
-    return write_bundle(out_dir, model, cfg, train, calibrate_on_validation(model, cfg, train, val), state,
-                        datalib.fingerprint(cfg.data_dirs))
+    return write_bundle(
+        out_dir,
+        model,
+        cfg,
+        train,
+        calibrate_on_validation(model, cfg, train, val),
+        state,
+        datalib.fingerprint(cfg.data_dirs),
+    )
 
 
 # --- patient-level cross-validation -------------------------------------------------------------
@@ -246,9 +308,15 @@ FOLD_MODEL, FOLD_INFO, FOLD_OOF = "model.keras", "fold.json", "oof.parquet"
 
 def _fixed_epochs_config(cfg: TrainConfig, train_patients, rule: str, images: np.ndarray) -> TrainConfig:
     """``cfg`` for a run on ``train_patients`` with nothing held out (the last epoch is the model)."""
-    return replace(cfg, split={"rule": rule, "train": sorted(train_patients), "validation": []},
-                   normalisation={"input": "RGB uint8, 50x50, white-padded partial patches",
-                                  "formula": "(x - mean) / std per channel", **datalib.channel_stats(images)})
+    return replace(
+        cfg,
+        split={"rule": rule, "train": sorted(train_patients), "validation": []},
+        normalisation={
+            "input": "RGB uint8, 50x50, white-padded partial patches",
+            "formula": "(x - mean) / std per channel",
+            **datalib.channel_stats(images),
+        },
+    )
 
 
 def _fit_fixed(cfg: TrainConfig, run_dir: Path, ray_address, label: str) -> tuple:
@@ -273,19 +341,40 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
     k = max(folds.values()) + 1
     held_out = sorted(p for p, f in folds.items() if f == fold)
     train, test = datalib.apply_split(patches, {"train": sorted(set(folds) - set(held_out)), "validation": held_out})
-    fcfg = _fixed_epochs_config(cfg, set(folds) - set(held_out), f"cross-validation fold {fold} of {k}: "
-                                "trained on the other folds' patients", train.images)
+    fcfg = _fixed_epochs_config(
+        cfg,
+        set(folds) - set(held_out),
+        f"cross-validation fold {fold} of {k}: trained on the other folds' patients",
+        train.images,
+    )
     model, state = _fit_fixed(fcfg, fold_dir / "ray", ray_address, f"fold {fold + 1}/{k}")
     offset = _offset(cfg, train.labels)
     logit = idc_logit(predict_batches(scoring_function(model, fcfg.normalisation), test.images)) - offset
     model.save(fold_dir / FOLD_MODEL)
-    (fold_dir / FOLD_INFO).write_text(json.dumps({"fold": fold, "held_out": held_out,
-                                                  "trained_on": fcfg.split["train"], "logit_offset": offset,
-                                                  "normalisation": fcfg.normalisation,
-                                                  "history": state["history"]}, indent=1))
-    oof = pd.DataFrame({"patient_id": test.patient_ids, "source": [Path(s).name for s in test.sources],
-                        "x": test.xy[:, 0], "y": test.xy[:, 1], "label": test.labels.astype(np.int8),
-                        "fold": np.full(len(test), fold, np.int8), "logit": logit.astype(np.float32)})
+    (fold_dir / FOLD_INFO).write_text(
+        json.dumps(
+            {
+                "fold": fold,
+                "held_out": held_out,
+                "trained_on": fcfg.split["train"],
+                "logit_offset": offset,
+                "normalisation": fcfg.normalisation,
+                "history": state["history"],
+            },
+            indent=1,
+        )
+    )
+    oof = pd.DataFrame(
+        {
+            "patient_id": test.patient_ids,
+            "source": [Path(s).name for s in test.sources],
+            "x": test.xy[:, 0],
+            "y": test.xy[:, 1],
+            "label": test.labels.astype(np.int8),
+            "fold": np.full(len(test), fold, np.int8),
+            "logit": logit.astype(np.float32),
+        }
+    )
     with atomic_path(fold_dir / FOLD_OOF) as tmp:
         oof.to_parquet(tmp, index=False)
     return oof
@@ -296,8 +385,7 @@ def cross_validate(cfg: TrainConfig, k: int, run_dir, ray_address=None, patches=
     if patches is None:
         patches = datalib.load_patches_cached(cfg.data_dirs, cfg.cache_dir, limit_per_patient=cfg.limit_per_patient)
     folds = assign_folds(patches.patient_ids, patches.sources, patches.labels, k)
-    oof = pd.concat([train_fold(cfg, patches, folds, f, run_dir, ray_address) for f in range(k)],
-                    ignore_index=True)
+    oof = pd.concat([train_fold(cfg, patches, folds, f, run_dir, ray_address) for f in range(k)], ignore_index=True)
     return oof, folds
 
 
@@ -312,18 +400,38 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
     context_weight = choose_context_weight(oof)
     z, y = context_logits(oof, context_weight), oof["label"].to_numpy()
     temperature, threshold = fit_calibration(z, y)
-    fcfg = _fixed_epochs_config(cfg, set(folds), "every patient (cross-validated protocol, nothing held out)",
-                                patches.images)
+    fcfg = _fixed_epochs_config(
+        cfg, set(folds), "every patient (cross-validated protocol, nothing held out)", patches.images
+    )
     fcfg.split["folds"] = {p: int(f) for p, f in sorted(folds.items())}
     model, state = _fit_fixed(fcfg, run_dir / "final", ray_address, "all patients")
-    calibration = {"method": "prior correction + temperature scaling",
-                   "fitted_on": f"out-of-fold scores of the {k} fold models (all {len(folds)} patients)",
-                   "context_self_weight": f"chosen among {list(CONTEXT_WEIGHTS)} by ROC AUC on the same scores",
-                   "nll_before": nll(sigmoid(z), y), "nll_after": nll(sigmoid(z / temperature), y)}
-    cal = Calibrated(temperature, _offset(cfg, patches.labels), threshold, calibration,
-                     THRESHOLD_RULE.replace("the validation patients", "all out-of-fold scores"),
-                     "out_of_fold_metrics", report, patches, context_weight)
+    calibration = {
+        "method": "prior correction + temperature scaling",
+        "fitted_on": f"out-of-fold scores of the {k} fold models (all {len(folds)} patients)",
+        "context_self_weight": f"chosen among {list(CONTEXT_WEIGHTS)} by ROC AUC on the same scores",
+        "nll_before": nll(sigmoid(z), y),
+        "nll_after": nll(sigmoid(z / temperature), y),
+    }
+    cal = Calibrated(
+        temperature,
+        _offset(cfg, patches.labels),
+        threshold,
+        calibration,
+        THRESHOLD_RULE.replace("the validation patients", "all out-of-fold scores"),
+        "out_of_fold_metrics",
+        report,
+        patches,
+        context_weight,
+    )
     buf = io.BytesIO()
     oof.to_parquet(buf, index=False)
-    return write_bundle(out_dir, model, fcfg, patches, cal, state, datalib.fingerprint(cfg.data_dirs),
-                        extra_files={OOF_FILE: buf.getvalue()})
+    return write_bundle(
+        out_dir,
+        model,
+        fcfg,
+        patches,
+        cal,
+        state,
+        datalib.fingerprint(cfg.data_dirs),
+        extra_files={OOF_FILE: buf.getvalue()},
+    )

@@ -1,4 +1,5 @@
 """Classification metrics for IDC probabilities (scikit-learn), overall and per patient."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,9 +36,15 @@ def reliability_bins(prob: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS)
     out = []
     for b in range(bins):
         m = which == b
-        out.append({"lo": b / bins, "hi": (b + 1) / bins, "n": int(m.sum()),
-                    "mean_prob": float(prob[m].mean()) if m.any() else None,
-                    "idc_rate": float(labels[m].mean()) if m.any() else None})
+        out.append(
+            {
+                "lo": b / bins,
+                "hi": (b + 1) / bins,
+                "n": int(m.sum()),
+                "mean_prob": float(prob[m].mean()) if m.any() else None,
+                "idc_rate": float(labels[m].mean()) if m.any() else None,
+            }
+        )
     return out
 
 
@@ -49,7 +56,8 @@ def classification_metrics(labels: np.ndarray, prob: np.ndarray, threshold) -> d
     both = len(np.unique(y)) == 2
     tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
     return {
-        "n_patches": int(len(y)), "n_idc": int(y.sum()),
+        "n_patches": int(len(y)),
+        "n_idc": int(y.sum()),
         "threshold": float(threshold) if np.ndim(threshold) == 0 else None,  # None: one per patch
         "accuracy": float(accuracy_score(y, pred)),
         "sensitivity": float(recall_score(y, pred, zero_division=0)) if y.any() else None,
@@ -70,7 +78,9 @@ def metrics_report(labels, prob, patient_ids, threshold: float) -> dict:
     report = classification_metrics(labels, prob, threshold)
     report["n_patients"] = int(len(np.unique(patient_ids)))
     report["per_patient"] = {
-        str(p): classification_metrics(np.asarray(labels)[patient_ids == p], np.asarray(prob)[patient_ids == p],
-                                       threshold)
-        for p in sorted(np.unique(patient_ids).tolist())}
+        str(p): classification_metrics(
+            np.asarray(labels)[patient_ids == p], np.asarray(prob)[patient_ids == p], threshold
+        )
+        for p in sorted(np.unique(patient_ids).tolist())
+    }
     return report

@@ -1,6 +1,7 @@
 """The scoring function shared by training, export and inference: uint8 RGB -> class probabilities,
 the map from probabilities to calibrated IDC probabilities (temperature scaling), and the spatial
 context step that mixes each patch's score with its neighbours' on the patch grid."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -73,8 +74,9 @@ def mix_neighbours(z, rows, cols, groups=None, self_weight: float = CONTEXT_SELF
     out = z.copy()
     if self_weight >= 1.0 or not len(z):
         return out
-    group_index = (np.zeros(len(z), np.int64) if groups is None
-                   else np.unique(np.asarray(groups), return_inverse=True)[1])
+    group_index = (
+        np.zeros(len(z), np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    )
     for g in np.unique(group_index):
         idx = np.flatnonzero(group_index == g)
         r, c = rows[idx] - rows[idx].min() + 1, cols[idx] - cols[idx].min() + 1

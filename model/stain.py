@@ -9,6 +9,7 @@ how a different lab's staining differs; it is what :func:`restain` does (and, in
 Macenko et al. (2009) estimate a slide's own H and E vectors from its tissue pixels: the plane of
 the two largest principal directions of their OD, and the robust extreme angles in that plane.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,14 @@ def rgb_from_od(od) -> np.ndarray:
     return np.clip(np.rint(256.0 * np.exp(-np.asarray(od)) - 1.0), 0, 255).astype(np.uint8)
 
 
-def restain(rgb, h_scale: float = 1.0, e_scale: float = 1.0, h_shift: float = 0.0,
-            e_shift: float = 0.0, stains: np.ndarray = RGB_FROM_HED) -> np.ndarray:
+def restain(
+    rgb,
+    h_scale: float = 1.0,
+    e_scale: float = 1.0,
+    h_shift: float = 0.0,
+    e_shift: float = 0.0,
+    stains: np.ndarray = RGB_FROM_HED,
+) -> np.ndarray:
     """Change the haematoxylin and eosin of uint8 RGB images: each stain's concentration times its
     scale plus its shift; the residual is kept. Neutral settings give back the same pixels."""
     conc = optical_density(rgb) @ np.linalg.inv(stains)
@@ -92,7 +99,9 @@ def macenko(rgb, min_pixels: int = 500) -> StainVectors:
     h, e = np.abs(h) / np.linalg.norm(h), np.abs(e) / np.linalg.norm(e)
     conc = od @ np.linalg.pinv(np.stack([h, e]))
     max_h, max_e = np.percentile(conc, MAX_PERCENTILE, axis=0)
-    return StainVectors(tuple(map(float, h)), tuple(map(float, e)), float(max_h), float(max_e))
+    return StainVectors(
+        (float(h[0]), float(h[1]), float(h[2])), (float(e[0]), float(e[1]), float(e[2])), float(max_h), float(max_e)
+    )
 
 
 def transfer(rgb, source: StainVectors, target: StainVectors) -> np.ndarray:

@@ -7,6 +7,7 @@ scaled by the *global* batch size. Every worker sees the same shuffled order of 
 patches and takes its own stride of it; every worker scores the whole validation set, so the
 early-stopping decision is identical on all of them. Rank 0 writes a checkpoint each epoch.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,8 +106,15 @@ def _restore(cfg: TrainConfig, model, optimizer) -> tuple[dict, bytes | None]:
     ``cfg.resume_from`` (``--resume``), or a fresh state."""
     import ray.train
 
-    state = {"epoch": -1, "best_auc": -1.0, "best_epoch": -1, "stale": 0, "history": [],
-             "arch": cfg.arch, "width": cfg.width}
+    state = {
+        "epoch": -1,
+        "best_auc": -1.0,
+        "best_epoch": -1,
+        "stale": 0,
+        "history": [],
+        "arch": cfg.arch,
+        "width": cfg.width,
+    }
     ckpt = ray.train.get_checkpoint()
     resume_dir = Path(ckpt.to_directory()) if ckpt is not None else (Path(cfg.resume_from) if cfg.resume_from else None)
     if resume_dir is None:
@@ -130,8 +138,10 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
     loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
 
     def replica_step(x, y, w):
-        x = normalise(augment(tf.cast(x, tf.float32), cfg.colour_strength, cfg.stain_strength,
-                              cfg.artefact_strength), cfg.normalisation)
+        x = normalise(
+            augment(tf.cast(x, tf.float32), cfg.colour_strength, cfg.stain_strength, cfg.artefact_strength),
+            cfg.normalisation,
+        )
         with tf.GradientTape() as tape:
             per_patch = loss_fn(y, model(x, training=True)) * w
             loss = tf.nn.compute_average_loss(per_patch, global_batch_size=cfg.global_batch_size)
@@ -152,8 +162,11 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
     def average_statistics():
         """Average the batch-norm moving statistics over the workers, so all hold one model."""
         stats = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
-        reduced = strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in stats]))
+        reduced = strategy.run(
+            lambda: tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in stats]
+            )
+        )
         for v, r in zip(stats, reduced):
             v.assign(strategy.experimental_local_results(r)[0])
 
@@ -166,7 +179,7 @@ def _validation_auc(predict, val) -> float | None:
 
     if not len(val):
         return None
-    scores = np.concatenate([predict(val.images[i:i + 512]).numpy() for i in range(0, len(val), 512)])
+    scores = np.concatenate([predict(val.images[i : i + 512]).numpy() for i in range(0, len(val), 512)])
     return float(roc_auc_score(val.labels, scores)) if len(set(val.labels.tolist())) == 2 else float("nan")
 
 
@@ -209,10 +222,16 @@ def train_loop_per_worker(config: dict):
         state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
         if improved:
             state.update(best_auc=auc if auc is not None else state["best_auc"], best_epoch=epoch)
-        metrics = {"epoch": epoch + 1, "loss": total / steps, "val_auc": auc,
-                   "patches_per_s": steps * cfg.global_batch_size / seconds, "epoch_s": seconds,
-                   "lr": learning_rate(cfg, epoch), "best_val_auc": state["best_auc"],
-                   "best_epoch": state["best_epoch"] + 1}
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": total / steps,
+            "val_auc": auc,
+            "patches_per_s": steps * cfg.global_batch_size / seconds,
+            "epoch_s": seconds,
+            "lr": learning_rate(cfg, epoch),
+            "best_val_auc": state["best_auc"],
+            "best_epoch": state["best_epoch"] + 1,
+        }
         state["history"].append(metrics)
         if rank != 0:
             ray.train.report(metrics)
@@ -241,8 +260,11 @@ def prepare(cfg: TrainConfig):
     if not len(val) or len(set(val.labels.tolist())) < 2:
         raise datalib.DataError("validation patients hold a single class; give more patients")
     cfg.split = split
-    cfg.normalisation = {"input": "RGB uint8, 50x50, white-padded partial patches",
-                         "formula": "(x - mean) / std per channel", **datalib.channel_stats(train.images)}
+    cfg.normalisation = {
+        "input": "RGB uint8, 50x50, white-padded partial patches",
+        "formula": "(x - mean) / std per channel",
+        **datalib.channel_stats(train.images),
+    }
     return train, val
 
 
@@ -278,8 +300,18 @@ class _EpochLog:
         self.seconds.append(m["epoch_s"])
         eta = (self.cfg.epochs - m["epoch"]) * sum(self.seconds) / len(self.seconds)
         val = f"val_auc {m['val_auc']:.4f} (best {m['best_val_auc']:.4f} @ {m['best_epoch']}) " if m["val_auc"] else ""
-        log.info("[train] %s epoch %d/%d loss %.4f %s%.0f patches/s, %.0f s; ETA %d:%02d", self.label, m["epoch"],
-                 self.cfg.epochs, m["loss"], val, m["patches_per_s"], m["epoch_s"], eta // 60, eta % 60)
+        log.info(
+            "[train] %s epoch %d/%d loss %.4f %s%.0f patches/s, %.0f s; ETA %d:%02d",
+            self.label,
+            m["epoch"],
+            self.cfg.epochs,
+            m["loss"],
+            val,
+            m["patches_per_s"],
+            m["epoch_s"],
+            eta // 60,
+            eta % 60,
+        )
 
 
 def fit(cfg: TrainConfig, run_dir, resume: bool = False, ray_address: str | None = None, label: str = "") -> Path:
@@ -299,18 +331,27 @@ def fit(cfg: TrainConfig, run_dir, resume: bool = False, ray_address: str | None
         if last is None:
             raise InputError(f"{run_dir}: no checkpoint to resume from (train without --resume)")
         cfg.resume_from = str(last)
-        log.info("[train] %s resuming after epoch %d (%s)", label or cfg.arch,
-                 json.loads((last / STATE_FILE).read_text())["epoch"] + 1, last)
+        log.info(
+            "[train] %s resuming after epoch %d (%s)",
+            label or cfg.arch,
+            json.loads((last / STATE_FILE).read_text())["epoch"] + 1,
+            last,
+        )
     with ray_session(ray_address, num_cpus=max(2, cfg.cpus), env_vars=TRAINING_ENV):
         epochs = _EpochLog(cfg, label or cfg.arch)
         trainer = TensorflowTrainer(
             train_loop_per_worker,
             train_loop_config=asdict(cfg),
-            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
-                                         resources_per_worker={"CPU": cfg.cpus / cfg.num_workers}),
-            run_config=RunConfig(name=f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-                                 storage_path=str(run_dir), callbacks=[epochs.callback],
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
+            scaling_config=ScalingConfig(
+                num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={"CPU": cfg.cpus / cfg.num_workers}
+            ),
+            run_config=RunConfig(
+                name=f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                storage_path=str(run_dir),
+                callbacks=[epochs.callback],  # type: ignore[list-item]  # Ray Train V2 takes UserCallbacks
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
         outcome: dict = {}
 
         def run():

@@ -1,4 +1,5 @@
 """The shipped model bundles (``idc-default`` is package data of the wheel)."""
+
 from pathlib import Path
 
 #: the default bundle for scoring

@@ -9,6 +9,7 @@ With ``scan_mpp=0.25`` it is written as a 40x scan would look: level 0 is the 2.
 The ground-truth mask is a PNG at patch resolution (one pixel per 50x50 patch): 0 no patch,
 128 no IDC, 255 IDC.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +34,9 @@ def _level_image(base: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(base, size, interpolation=cv2.INTER_AREA)
 
 
-def write_pyramid(path, base: np.ndarray, mpp: float, upsample: int = 1,
-                  downsamples=(1, 4, 16), quality: int = 90) -> list[tuple[int, int]]:
+def write_pyramid(
+    path, base: np.ndarray, mpp: float, upsample: int = 1, downsamples=(1, 4, 16), quality: int = 90
+) -> list[tuple[int, int]]:
     """Write ``base`` (upsampled ``upsample`` times by pixel repetition) as a JPEG-tiled pyramid.
 
     Level ``i`` is ``base`` scaled by ``upsample / downsamples[i]``. Upsampled levels are produced
@@ -42,8 +44,7 @@ def write_pyramid(path, base: np.ndarray, mpp: float, upsample: int = 1,
     """
     h0, w0 = base.shape[0] * upsample, base.shape[1] * upsample
     sizes = []
-    with tifffile.TiffWriter(str(path), bigtiff=h0 * w0 * 3 > 2 ** 31) as tif, \
-            ThreadPoolExecutor(2) as pool:
+    with tifffile.TiffWriter(str(path), bigtiff=h0 * w0 * 3 > 2**31) as tif, ThreadPoolExecutor(2) as pool:
         for i, ds in enumerate(downsamples):
             factor = upsample / ds
             if factor >= 1 and float(factor).is_integer():
@@ -54,31 +55,38 @@ def write_pyramid(path, base: np.ndarray, mpp: float, upsample: int = 1,
                 raise ValueError(f"upsample factor {rep} must divide the tile size {TILE}")
             lw, lh = img.shape[1] * rep, img.shape[0] * rep
             sizes.append((lw, lh))
-            white = imagecodecs.jpeg8_encode(np.full((TILE, TILE, 3), 255, np.uint8),
-                                             level=quality, subsampling="444")
+            white = imagecodecs.jpeg8_encode(np.full((TILE, TILE, 3), 255, np.uint8), level=quality, subsampling="444")
 
             def encode(ty_tx, img=img, rep=rep, white=white):
                 s = TILE // rep
-                src = img[ty_tx[0] * s:(ty_tx[0] + 1) * s, ty_tx[1] * s:(ty_tx[1] + 1) * s]
+                src = img[ty_tx[0] * s : (ty_tx[0] + 1) * s, ty_tx[1] * s : (ty_tx[1] + 1) * s]
                 if (src == 255).all():  # background: one shared encoding
                     return white
                 tile = np.full((TILE, TILE, 3), 255, np.uint8)
-                tile[:src.shape[0] * rep, :src.shape[1] * rep] = src.repeat(rep, 0).repeat(rep, 1)
+                tile[: src.shape[0] * rep, : src.shape[1] * rep] = src.repeat(rep, 0).repeat(rep, 1)
                 return imagecodecs.jpeg8_encode(tile, level=quality, subsampling="444")
 
             grid = [(ty, tx) for ty in range(-(-lh // TILE)) for tx in range(-(-lw // TILE))]
             level_mpp = mpp * ds  # mpp is that of level 0
             res = 1e4 / level_mpp  # pixels per centimetre
-            tif.write(pool.map(encode, grid), shape=(lh, lw, 3), dtype=np.uint8, tile=(TILE, TILE),
-                      compression="jpeg", photometric="ycbcr", subsampling=(1, 1),
-                      resolution=(res, res), resolutionunit="CENTIMETER",
-                      subfiletype=0 if i == 0 else 1, metadata=None,
-                      description=f"idcmap build-slide level {i} mpp={level_mpp:g}")
+            tif.write(
+                pool.map(encode, grid),
+                shape=(lh, lw, 3),
+                dtype=np.uint8,
+                tile=(TILE, TILE),
+                compression="jpeg",
+                photometric="ycbcr",
+                subsampling=(1, 1),
+                resolution=(res, res),
+                resolutionunit="CENTIMETER",
+                subfiletype=0 if i == 0 else 1,
+                metadata=None,
+                description=f"idcmap build-slide level {i} mpp={level_mpp:g}",
+            )
     return sizes
 
 
-def build_slide(patient_dir, out_tiff, mask_png=None, scan_mpp: float | None = None,
-                quality: int = 90) -> dict:
+def build_slide(patient_dir, out_tiff, mask_png=None, scan_mpp: float | None = None, quality: int = 90) -> dict:
     """Rebuild one patient's slide; returns a summary dict (sizes, mpp, patch counts)."""
     reader = KaggleFolderReader(patient_dir)
     w, h = reader.dimensions
@@ -86,10 +94,10 @@ def build_slide(patient_dir, out_tiff, mask_png=None, scan_mpp: float | None = N
     if scan_mpp is None:
         mpp, upsample = KAGGLE_MPP, 1
     else:
-        upsample = KAGGLE_MPP / scan_mpp
-        if abs(upsample - round(upsample)) > 1e-6 or round(upsample) < 1:
+        ratio = KAGGLE_MPP / scan_mpp
+        if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
             raise InputError(f"--scan-mpp must divide {KAGGLE_MPP:g} by a whole number (e.g. 0.25, 0.5, 1)")
-        upsample, mpp = int(round(upsample)), scan_mpp
+        upsample, mpp = round(ratio), scan_mpp
     Path(out_tiff).parent.mkdir(parents=True, exist_ok=True)
     sizes = write_pyramid(out_tiff, base, mpp, upsample, quality=quality)
     labels = reader.label_map()
@@ -98,5 +106,10 @@ def build_slide(patient_dir, out_tiff, mask_png=None, scan_mpp: float | None = N
         for value, grey in MASK_VALUES.items():
             mask[labels == value] = grey
         cv2.imwrite(str(mask_png), mask)
-    return {"patient_id": reader.patient_id, "level_dimensions": sizes, "mpp": mpp,
-            "patches": int((labels >= 0).sum()), "idc_patches": int((labels == 1).sum())}
+    return {
+        "patient_id": reader.patient_id,
+        "level_dimensions": sizes,
+        "mpp": mpp,
+        "patches": int((labels >= 0).sum()),
+        "idc_patches": int((labels == 1).sum()),
+    }

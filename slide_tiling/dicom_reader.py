@@ -1,12 +1,14 @@
 """DICOM VL Whole Slide Microscopy (one instance per pyramid level, tiled, JPEG/JPEG 2000 frames).
 
 ``path`` is a folder holding one series' instances, or one level file of a series. The instances of
-that series that are levels (not LABEL, OVERVIEW or THUMBNAIL) form the pyramid. Only the frame headers are indexed at open; a region decodes
-only the frames it overlaps.
+that series that are levels (not LABEL, OVERVIEW or THUMBNAIL) form the pyramid. Only the frame
+headers are indexed at open; a region decodes only the frames it overlaps.
 """
+
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import imagecodecs
@@ -16,9 +18,9 @@ from .reader import SlideError, SlideReader, compose_from_tiles
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 _ITEM, _SEQ_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
-_DECODERS = {
-    "1.2.840.10008.1.2.4.50": imagecodecs.jpeg8_decode,   # JPEG baseline
-    "1.2.840.10008.1.2.4.51": imagecodecs.jpeg8_decode,   # JPEG extended
+_DECODERS: dict[str, Callable[[bytes], np.ndarray]] = {
+    "1.2.840.10008.1.2.4.50": imagecodecs.jpeg8_decode,  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": imagecodecs.jpeg8_decode,  # JPEG extended
     "1.2.840.10008.1.2.4.90": imagecodecs.jpeg2k_decode,  # JPEG 2000 lossless
     "1.2.840.10008.1.2.4.91": imagecodecs.jpeg2k_decode,  # JPEG 2000
 }
@@ -181,16 +183,20 @@ class DicomReader(SlideReader):
             if ds is None or ds.get("SOPClassUID") != WSI_SOP_CLASS:
                 _Instance(path)  # raises the one-line reason
             if (kind := _image_type(ds)) != "VOLUME":
-                raise SlideError(path, f"a DICOM {kind} image, not a slide level; give a level file or the "
-                                       "series folder")
+                raise SlideError(
+                    path, f"a DICOM {kind} image, not a slide level; give a level file or the series folder"
+                )
             uid = str(ds.get("SeriesInstanceUID"))
         series = volume_series(path.parent if path.is_file() else path)
         if uid is None:
             if not series:
                 raise SlideError(path, "folder holds no DICOM whole-slide images")
             if len(series) > 1:
-                raise SlideError(path, f"folder holds {len(series)} DICOM whole-slide series; put each slide's "
-                                       "instances in a folder of its own")
+                raise SlideError(
+                    path,
+                    f"folder holds {len(series)} DICOM whole-slide series; put each slide's "
+                    "instances in a folder of its own",
+                )
             uid = next(iter(series))
         self._levels = sorted((_Instance(f) for f in series[uid]), key=lambda i: -i.width)
 
@@ -208,8 +214,9 @@ class DicomReader(SlideReader):
 
     def _read(self, level, lx, ly, w, h):
         inst = self._levels[level]
-        return compose_from_tiles(lx, ly, w, h, inst.tile_w, inst.tile_h,
-                                  lambda c, r: inst.read_frame(inst.frame_index(c, r)))
+        return compose_from_tiles(
+            lx, ly, w, h, inst.tile_w, inst.tile_h, lambda c, r: inst.read_frame(inst.frame_index(c, r))
+        )
 
     def close(self):
         for inst in self._levels:

@@ -5,6 +5,7 @@ target pixels [col*stride, col*stride + patch) x [row*stride, row*stride + patch
 and row may overhang the slide's right and bottom edge; the overhang is white background (the same
 white padding as a partial Kaggle edge patch gets), and counts as non-tissue.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ from .defaults import PATCH_SIZE
 
 @dataclass(frozen=True)
 class PatchGrid:
-    width0: int                       # slide size, level-0 pixels
+    width0: int  # slide size, level-0 pixels
     height0: int
     downsample0: tuple[float, float]  # level-0 pixels per target pixel (x, y)
     patch_size: int = PATCH_SIZE
@@ -30,8 +31,10 @@ class PatchGrid:
     @property
     def target_size(self) -> tuple[int, int]:
         """Slide size in target pixels (width, height)."""
-        return (math.ceil(self.width0 / self.downsample0[0] - 1e-6),
-                math.ceil(self.height0 / self.downsample0[1] - 1e-6))
+        return (
+            math.ceil(self.width0 / self.downsample0[0] - 1e-6),
+            math.ceil(self.height0 / self.downsample0[1] - 1e-6),
+        )
 
     def _count(self, extent: int) -> int:
         return 1 + max(0, math.ceil((extent - self.patch_size) / self.stride))
@@ -51,8 +54,10 @@ class PatchGrid:
     def level0_xy(self, cols, rows) -> tuple[np.ndarray, np.ndarray]:
         """Level-0 top-left pixel of patches (vectorised over col/row arrays)."""
         cols, rows = np.asarray(cols), np.asarray(rows)
-        return (np.round(cols * self.stride * self.downsample0[0]).astype(np.int64),
-                np.round(rows * self.stride * self.downsample0[1]).astype(np.int64))
+        return (
+            np.round(cols * self.stride * self.downsample0[0]).astype(np.int64),
+            np.round(rows * self.stride * self.downsample0[1]).astype(np.int64),
+        )
 
     def regions(self, patches_per_side: int):
         """Blocks of up to ``patches_per_side``^2 patches: (col0, row0, col1, row1), end exclusive."""

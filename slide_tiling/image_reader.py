@@ -1,4 +1,5 @@
 """Ordinary images (PNG, JPEG, ...) read whole with OpenCV as a one-level slide."""
+
 from __future__ import annotations
 
 import cv2
@@ -24,12 +25,15 @@ class ImageReader(SlideReader):
 
     def __init__(self, path):
         super().__init__(path)
-        size = png_size(path)   # check the declared size before decoding anything
+        size = png_size(path)  # check the declared size before decoding anything
         if size is not None:
             w, h = size
             if w * h > MAX_IMAGE_PIXELS:
-                raise SlideError(path, f"PNG declares {w} x {h} px, more than {MAX_IMAGE_PIXELS:,} px "
-                                       "an ordinary image may have; convert it to a tiled pyramidal TIFF")
+                raise SlideError(
+                    path,
+                    f"PNG declares {w} x {h} px, more than {MAX_IMAGE_PIXELS:,} px "
+                    "an ordinary image may have; convert it to a tiled pyramidal TIFF",
+                )
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if img is None:
             raise SlideError(path, "OpenCV cannot decode it as an image")
@@ -47,4 +51,4 @@ class ImageReader(SlideReader):
         return [(self._img.shape[1], self._img.shape[0])]
 
     def _read(self, level, lx, ly, w, h):
-        return self._img[ly:ly + h, lx:lx + w]
+        return self._img[ly : ly + h, lx : lx + w]

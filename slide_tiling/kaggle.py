@@ -7,6 +7,7 @@ column 20, row 1. Pixels not covered by any patch are white background.
 Edge patches in the dataset can be smaller than 50x50; everywhere in idcmap (training and scoring)
 a partial patch is padded with white (255) at its right and bottom edge to the full patch size.
 """
+
 from __future__ import annotations
 
 import re
@@ -45,16 +46,20 @@ def parse_patch_name(path) -> KagglePatch | None:
 def list_patches(patient_dir) -> list[KagglePatch]:
     """All patches of one patient folder (both class sub-folders), sorted by (y, x)."""
     patient_dir = Path(patient_dir)
-    found = [p for sub in ("0", "1") for f in sorted((patient_dir / sub).glob("*.png"))
-             if (p := parse_patch_name(f)) is not None]
+    found = [
+        p
+        for sub in ("0", "1")
+        for f in sorted((patient_dir / sub).glob("*.png"))
+        if (p := parse_patch_name(f)) is not None
+    ]
     return sorted(found, key=lambda p: (p.y, p.x, p.label))
 
 
 def is_patient_dir(path) -> bool:
     path = Path(path)
     return path.is_dir() and any(
-        parse_patch_name(f) for sub in ("0", "1") if (path / sub).is_dir()
-        for f in (path / sub).iterdir())
+        parse_patch_name(f) for sub in ("0", "1") if (path / sub).is_dir() for f in (path / sub).iterdir()
+    )
 
 
 def pad_patch(img: np.ndarray, size: int = PATCH_SIZE) -> np.ndarray:
@@ -97,8 +102,9 @@ class KaggleFolderReader(SlideReader):
             pw, ph = size
             w, h = max(w, p.x + pw), max(h, p.y + ph)
         self._dims = (w, h)
-        self._index: dict[tuple[int, int], KagglePatch] = {(p.x // PATCH_SIZE, p.y // PATCH_SIZE): p
-                                                           for p in self.patches}
+        self._index: dict[tuple[int, int], KagglePatch] = {
+            (p.x // PATCH_SIZE, p.y // PATCH_SIZE): p for p in self.patches
+        }
 
     @property
     def level_dimensions(self):
@@ -130,7 +136,7 @@ class KaggleFolderReader(SlideReader):
                 ax0, ay0 = max(p.x, x), max(p.y, y)
                 ax1, ay1 = min(p.x + pw, x + w), min(p.y + ph, y + h)
                 if ax1 > ax0 and ay1 > ay0:
-                    out[ay0 - y:ay1 - y, ax0 - x:ax1 - x] = img[ay0 - p.y:ay1 - p.y, ax0 - p.x:ax1 - p.x]
+                    out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = img[ay0 - p.y : ay1 - p.y, ax0 - p.x : ax1 - p.x]
         return out
 
     def label_map(self) -> np.ndarray:
@@ -141,4 +147,3 @@ class KaggleFolderReader(SlideReader):
         for p in self.patches:
             out[p.y // PATCH_SIZE, p.x // PATCH_SIZE] = p.label
         return out
-

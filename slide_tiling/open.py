@@ -1,4 +1,5 @@
 """Open any supported slide: pick the reader from what the file is, not from its name."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,11 @@ def open_slide(path) -> SlideReader:
     w, h = reader.dimensions
     if w <= 0 or h <= 0 or w * h > MAX_LEVEL0_PIXELS:
         reader.close()
-        raise SlideError(path, f"declared size {w} x {h} px is not plausible for a slide "
-                               f"(limit {MAX_LEVEL0_PIXELS:.1e} px); refusing it before reading")
+        raise SlideError(
+            path,
+            f"declared size {w} x {h} px is not plausible for a slide "
+            f"(limit {MAX_LEVEL0_PIXELS:.1e} px); refusing it before reading",
+        )
     return reader
 
 
@@ -78,7 +82,8 @@ def _open(path: Path) -> SlideReader:
                 # OpenSlide's generic TIFF sees only the main IFD chain; SubIFD pyramids
                 # (OME-TIFF, QuPath exports) and OME mpp need tifffile
                 if reader.format == "generic-tiff" and (
-                        tiff.level_count > reader.level_count or (tiff.mpp and not reader.mpp)):
+                    tiff.level_count > reader.level_count or (tiff.mpp and not reader.mpp)
+                ):
                     reader.close()
                     return tiff
                 if tiff.level_dimensions == reader.level_dimensions:
@@ -92,5 +97,8 @@ def _open(path: Path) -> SlideReader:
             return TiffReader(path)
     if head.startswith(_IMAGE_MAGIC):
         return ImageReader(path)
-    raise SlideError(path, f"unrecognised file format (starts with {head[:4]!r}); "
-                           "supported: SVS/NDPI/MRXS/SCN/TIFF, DICOM WSI, PNG/JPEG, Kaggle patch folders")
+    raise SlideError(
+        path,
+        f"unrecognised file format (starts with {head[:4]!r}); "
+        "supported: SVS/NDPI/MRXS/SCN/TIFF, DICOM WSI, PNG/JPEG, Kaggle patch folders",
+    )

@@ -1,4 +1,5 @@
 """Slides OpenSlide reads: Aperio SVS, Hamamatsu NDPI, MIRAX, Leica SCN, Philips, tiled TIFF, ..."""
+
 from __future__ import annotations
 
 import cv2

@@ -1,4 +1,5 @@
 """A picture of a tiling: the thumbnail, the tissue mask, and the tissue patches of the grid."""
+
 from __future__ import annotations
 
 import cv2
@@ -9,6 +10,8 @@ from .tiler import SlidePlan
 
 def render_preview(plan: SlidePlan, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """RGB image: glass dimmed, tissue in its colours, every tissue patch outlined in green."""
+    if plan.thumbnail is None:
+        raise ValueError("a slim plan has no thumbnail to draw on")
     thumb = plan.thumbnail.copy()
     mask = plan.tissue.mask
     thumb[~mask] = (thumb[~mask] * 0.45 + 40).astype(np.uint8)

@@ -4,6 +4,7 @@ Coordinates follow OpenSlide: ``read_region(level, x, y, w, h)`` takes ``x, y`` 
 (the top-left corner) and ``w, h`` in pixels of ``level``. Pixels outside the slide come back white,
 so a region that overhangs the right or bottom edge is padded with background.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -82,9 +83,10 @@ class SlideReader(ABC):
             except SlideError:
                 raise
             except Exception as exc:  # codec errors, truncated files ...
-                raise SlideError(self.path, f"cannot read pixels at level {level} ({x0},{y0}): "
-                                            f"{type(exc).__name__}: {exc}") from exc
-            out[y0 - ly:y1 - ly, x0 - lx:x1 - lx] = pixels
+                raise SlideError(
+                    self.path, f"cannot read pixels at level {level} ({x0},{y0}): {type(exc).__name__}: {exc}"
+                ) from exc
+            out[y0 - ly : y1 - ly, x0 - lx : x1 - lx] = pixels
         return out
 
     def get_thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
@@ -110,13 +112,16 @@ class SlideReader(ABC):
             t1 = min(th, t0 + rows_per_strip)
             l0, l1 = round(t0 * lh / th), max(round(t0 * lh / th) + 1, round(t1 * lh / th))
             strip = self.read_region(level, 0, round(l0 * ds), lw, l1 - l0)
-            strips.append(cv2.resize(strip, (tw, t1 - t0), interpolation=cv2.INTER_AREA)
-                          if strip.shape[:2] != (t1 - t0, tw) else strip)
+            strips.append(
+                cv2.resize(strip, (tw, t1 - t0), interpolation=cv2.INTER_AREA)
+                if strip.shape[:2] != (t1 - t0, tw)
+                else strip
+            )
         img = np.concatenate(strips, axis=0)
         return img, w0 / tw
 
     # --- lifecycle ------------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (readers holding no file need not close anything)
         pass
 
     def __enter__(self):
@@ -139,8 +144,7 @@ class SlideReader(ABC):
         }
 
 
-def compose_from_tiles(lx: int, ly: int, w: int, h: int, tile_w: int, tile_h: int,
-                       get_tile) -> np.ndarray:
+def compose_from_tiles(lx: int, ly: int, w: int, h: int, tile_w: int, tile_h: int, get_tile) -> np.ndarray:
     """Assemble the region (lx, ly, w, h) of a level stored as a grid of tiles.
 
     ``get_tile(col, row)`` returns the decoded tile (rows, cols, >=3) at that grid position; edge
@@ -153,5 +157,5 @@ def compose_from_tiles(lx: int, ly: int, w: int, h: int, tile_w: int, tile_h: in
             sx0, sy0 = c * tile_w, r * tile_h
             ax0, ay0 = max(sx0, lx), max(sy0, ly)
             ax1, ay1 = min(sx0 + tile.shape[1], lx + w), min(sy0 + tile.shape[0], ly + h)
-            out[ay0 - ly:ay1 - ly, ax0 - lx:ax1 - lx] = tile[ay0 - sy0:ay1 - sy0, ax0 - sx0:ax1 - sx0, :3]
+            out[ay0 - ly : ay1 - ly, ax0 - lx : ax1 - lx] = tile[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0, :3]
     return out

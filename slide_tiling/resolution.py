@@ -1,4 +1,5 @@
 """Resolution in microns per pixel: choose the pyramid level for a target mpp."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ LEVEL_TOLERANCE = 0.01
 @dataclass(frozen=True)
 class LevelChoice:
     level: int
-    mpp0: tuple[float, float]      # µm/px of level 0 (x, y)
+    mpp0: tuple[float, float]  # µm/px of level 0 (x, y)
     level_mpp: tuple[float, float]
     target_mpp: float
 
@@ -36,13 +37,14 @@ def slide_mpp(reader: SlideReader, override: float | None = None) -> tuple[float
             raise SlideError(reader.path, f"mpp must be positive, got {override}")
         return (float(override), float(override))
     if reader.mpp is None:
-        raise SlideError(reader.path, "slide has no microns-per-pixel metadata; give it with --mpp "
-                                      "(or an mpp column in the manifest)")
+        raise SlideError(
+            reader.path,
+            "slide has no microns-per-pixel metadata; give it with --mpp (or an mpp column in the manifest)",
+        )
     return reader.mpp
 
 
-def choose_level(reader: SlideReader, target_mpp: float = DEFAULT_TARGET_MPP,
-                 mpp: float | None = None) -> LevelChoice:
+def choose_level(reader: SlideReader, target_mpp: float = DEFAULT_TARGET_MPP, mpp: float | None = None) -> LevelChoice:
     """The coarsest level at or finer than ``target_mpp`` (level 0 if even that is coarser)."""
     mpp0 = slide_mpp(reader, mpp)
     best = 0
@@ -52,6 +54,9 @@ def choose_level(reader: SlideReader, target_mpp: float = DEFAULT_TARGET_MPP,
     ds = reader.level_downsamples[best]
     choice = LevelChoice(best, mpp0, (mpp0[0] * ds, mpp0[1] * ds), float(target_mpp))
     if min(choice.scale) < 1 - LEVEL_TOLERANCE:
-        raise SlideError(reader.path, f"slide resolution {mpp0[0]:.3g} µm/px is coarser than the "
-                                      f"target {target_mpp:g} µm/px; upsampling would invent detail")
+        raise SlideError(
+            reader.path,
+            f"slide resolution {mpp0[0]:.3g} µm/px is coarser than the "
+            f"target {target_mpp:g} µm/px; upsampling would invent detail",
+        )
     return choice

@@ -5,6 +5,7 @@ region are ever decompressed, and the last few decoded segments are kept: neighb
 share tiles. OpenSlide's Aperio and generic-TIFF readers decode their pixels through this one too
 (the same pixels, without OpenSlide's ARGB round trip: see ``open_slide``).
 """
+
 from __future__ import annotations
 
 import re
@@ -34,12 +35,19 @@ class TiffReader(SlideReader):
         self._cache: OrderedDict = OrderedDict()  # (level, segment) -> decoded pixels, oldest first
         self._cached_bytes = 0
         for page in self._pages:
-            if page.dtype != np.uint8 or page.samplesperpixel not in (3, 4) or page.planarconfig != 1 \
-                    or page.photometric not in (2, 6, 7):  # RGB, YCbCr, (old-style) JPEG
+            if (
+                page.dtype != np.uint8
+                or page.samplesperpixel not in (3, 4)
+                or page.planarconfig != 1
+                or page.photometric not in (2, 6, 7)
+            ):  # RGB, YCbCr, (old-style) JPEG
                 self._tif.close()
-                raise SlideError(path, f"unsupported TIFF pixels: {page.dtype}, "
-                                       f"{page.samplesperpixel} samples, photometric "
-                                       f"{int(page.photometric)} (need 8-bit RGB)")
+                raise SlideError(
+                    path,
+                    f"unsupported TIFF pixels: {page.dtype}, "
+                    f"{page.samplesperpixel} samples, photometric "
+                    f"{int(page.photometric)} (need 8-bit RGB)",
+                )
 
     @property
     def level_dimensions(self):
@@ -68,8 +76,9 @@ class TiffReader(SlideReader):
         attrs = dict(re.findall(r'(\w+)="([^"]*)"', pixels.group(0)))
         scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}
         try:
-            return tuple(float(attrs[f"PhysicalSize{a}"]) * scale[attrs.get(f"PhysicalSize{a}Unit", "µm")]
-                         for a in "XY")
+            return tuple(
+                float(attrs[f"PhysicalSize{a}"]) * scale[attrs.get(f"PhysicalSize{a}Unit", "µm")] for a in "XY"
+            )
         except (KeyError, ValueError):
             return None
 
@@ -97,8 +106,7 @@ class TiffReader(SlideReader):
         else:
             tw, th = page.imagewidth, page.rowsperstrip or page.imagelength
         per_row = -(-page.imagewidth // tw)
-        return compose_from_tiles(lx, ly, w, h, tw, th,
-                                  lambda c, r: self._cached_segment(level, r * per_row + c))
+        return compose_from_tiles(lx, ly, w, h, tw, th, lambda c, r: self._cached_segment(level, r * per_row + c))
 
     def _cached_segment(self, level: int, index: int) -> np.ndarray:
         key = (level, index)

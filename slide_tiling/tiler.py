@@ -4,10 +4,11 @@ Only one region's pixels are in memory at a time, and a region is bounded in lev
 memory does not depend on the slide's size. Patches the thumbnail shows no tissue near are never
 measured, and regions without such patches never read.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -25,9 +26,9 @@ class TilingSpec:
     patch_size: int = PATCH_SIZE
     stride: int = PATCH_SIZE
     min_tissue: float = DEFAULT_MIN_TISSUE  # minimum tissue fraction of a patch
-    mpp: float | None = None                # overrides the slide's own mpp
-    thumbnail_size: int = 1024              # long side of the thumbnail tissue is fitted on
-    region_size: int = 512                 # most level pixels per side read at once
+    mpp: float | None = None  # overrides the slide's own mpp
+    thumbnail_size: int = 1024  # long side of the thumbnail tissue is fitted on
+    region_size: int = 512  # most level pixels per side read at once
 
 
 @dataclass
@@ -39,25 +40,29 @@ class SlidePlan:
     grid: PatchGrid
     tissue: TissueMask
     thumbnail: np.ndarray | None
-    candidates: np.ndarray             # bool (rows, cols): the patches whose thumbnail box touches tissue
+    candidates: np.ndarray  # bool (rows, cols): the patches whose thumbnail box touches tissue
     regions: list[tuple[int, int, int, int]] = field(default_factory=list)
 
-    def slim(self, regions=None) -> "SlidePlan":
+    def slim(self, regions=None) -> SlidePlan:
         """A copy without the thumbnail and mask images (cheap to send to a worker)."""
-        return replace(self, thumbnail=None, tissue=replace(self.tissue, mask=np.zeros((0, 0), bool)),
-                       regions=list(self.regions if regions is None else regions))
+        return replace(
+            self,
+            thumbnail=None,
+            tissue=replace(self.tissue, mask=np.zeros((0, 0), bool)),
+            regions=list(self.regions if regions is None else regions),
+        )
 
 
 @dataclass
 class PatchBatch:
     """The tissue patches of one region."""
 
-    cols: np.ndarray             # int32 (N,)
-    rows: np.ndarray             # int32 (N,)
-    x: np.ndarray                # int64 (N,) level-0 left
-    y: np.ndarray                # int64 (N,) level-0 top
+    cols: np.ndarray  # int32 (N,)
+    rows: np.ndarray  # int32 (N,)
+    x: np.ndarray  # int64 (N,) level-0 left
+    y: np.ndarray  # int64 (N,) level-0 top
     tissue_fraction: np.ndarray  # float32 (N,)
-    pixels: np.ndarray           # uint8 (N, patch, patch, 3) RGB
+    pixels: np.ndarray  # uint8 (N, patch, patch, 3) RGB
 
     def __len__(self) -> int:
         return len(self.cols)
@@ -69,32 +74,38 @@ def plan_slide(reader: SlideReader, spec: TilingSpec = TilingSpec()) -> SlidePla
     grid = PatchGrid(*reader.dimensions, level.downsample0, spec.patch_size, spec.stride)
     w, h = grid.target_size
     if w < spec.patch_size / 2 or h < spec.patch_size / 2:
-        raise SlideError(reader.path, f"slide is only {w}x{h} px at {spec.target_mpp:g} µm/px, "
-                                      f"smaller than half a {spec.patch_size} px patch")
+        raise SlideError(
+            reader.path,
+            f"slide is only {w}x{h} px at {spec.target_mpp:g} µm/px, smaller than half a {spec.patch_size} px patch",
+        )
     thumbnail, thumb_ds = reader.get_thumbnail(spec.thumbnail_size)
     tissue = TissueMask.from_thumbnail(thumbnail, thumb_ds)
     x0, y0 = grid.level0_xy(np.arange(grid.cols), np.arange(grid.rows))
     (dx, dy), ps = level.downsample0, spec.patch_size
     candidates = tissue.touches(x0[None, :], y0[:, None], x0[None, :] + ps * dx, y0[:, None] + ps * dy)
     per_side = max(1, int(spec.region_size / (spec.stride * max(level.scale))))
-    regions = [(c0, r0, c1, r1) for c0, r0, c1, r1 in grid.regions(per_side)
-               if candidates[r0:r1, c0:c1].any()]
+    regions = [(c0, r0, c1, r1) for c0, r0, c1, r1 in grid.regions(per_side) if candidates[r0:r1, c0:c1].any()]
     return SlidePlan(spec, level, grid, tissue, thumbnail, candidates, regions)
 
 
-def read_region_patches(reader: SlideReader, plan: SlidePlan,
-                        region: tuple[int, int, int, int]) -> PatchBatch:
+def read_region_patches(reader: SlideReader, plan: SlidePlan, region: tuple[int, int, int, int]) -> PatchBatch:
     """Read one region at the target resolution and cut its tissue patches.
 
     Only the bounding box of the region's candidate patches is read."""
     spec, grid, level = plan.spec, plan.grid, plan.level
     ps, st = spec.patch_size, spec.stride
     c0, r0, _, _ = region
-    rr, cc = np.nonzero(plan.candidates[r0:region[3], c0:region[2]])
+    rr, cc = np.nonzero(plan.candidates[r0 : region[3], c0 : region[2]])
     if not len(rr):
         empty = np.zeros(0, np.int32)
-        return PatchBatch(empty, empty, empty.astype(np.int64), empty.astype(np.int64),
-                          empty.astype(np.float32), np.zeros((0, ps, ps, 3), np.uint8))
+        return PatchBatch(
+            empty,
+            empty,
+            empty.astype(np.int64),
+            empty.astype(np.int64),
+            empty.astype(np.float32),
+            np.zeros((0, ps, ps, 3), np.uint8),
+        )
     c0, r0 = c0 + cc.min(), r0 + rr.min()
     rr, cc = rr - rr.min(), cc - cc.min()
     tw, th = cc.max() * st + ps, rr.max() * st + ps

@@ -7,10 +7,11 @@ clearly darker than the slide's background (its brightest unsaturated tone, from
 Pen ink, which is green/teal (green above red) or deep blue (blue far above red and green), and
 near-black pixels (debris, black ink, scanner padding) never count.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -49,8 +50,10 @@ class TissueThreshold:
         kept = cv2.bitwise_and(cv2.bitwise_or(saturated, grey), _above(value, self.dark_value - 1))
         ink = _ink(r, g, b)
         tissue = cv2.bitwise_and(kept, cv2.bitwise_not(ink))
-        return (cv2.threshold(tissue, 0, 1, cv2.THRESH_BINARY)[1].view(bool),
-                cv2.threshold(ink, 0, 1, cv2.THRESH_BINARY)[1].view(bool))
+        return (
+            cv2.threshold(tissue, 0, 1, cv2.THRESH_BINARY)[1].view(bool),
+            cv2.threshold(ink, 0, 1, cv2.THRESH_BINARY)[1].view(bool),
+        )
 
 
 def _above(plane: np.ndarray, t: float, inverse: bool = False) -> np.ndarray:
@@ -58,7 +61,7 @@ def _above(plane: np.ndarray, t: float, inverse: bool = False) -> np.ndarray:
     return cv2.threshold(plane, t, 255, cv2.THRESH_BINARY_INV if inverse else cv2.THRESH_BINARY)[1]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _min_spread(saturation: int) -> np.ndarray:
     """uint8 table: for each value v (max of R, G, B), the smallest v - min(R, G, B) whose OpenCV
     HSV saturation is at least ``saturation`` (255 where none is: v - min never exceeds v)."""
@@ -101,12 +104,12 @@ def fit_threshold(thumbnail: np.ndarray) -> TissueThreshold:
 class TissueMask:
     """A slide's tissue mask at thumbnail resolution."""
 
-    mask: np.ndarray        # bool (rows, cols)
-    downsample: float       # level-0 pixels per mask pixel
+    mask: np.ndarray  # bool (rows, cols)
+    downsample: float  # level-0 pixels per mask pixel
     threshold: TissueThreshold
 
     @classmethod
-    def from_thumbnail(cls, thumbnail: np.ndarray, downsample: float) -> "TissueMask":
+    def from_thumbnail(cls, thumbnail: np.ndarray, downsample: float) -> TissueMask:
         threshold = fit_threshold(thumbnail)
         mask = threshold.mask(thumbnail)
         # drop specks (dust, single noisy pixels) but keep thin tissue strands

@@ -1,4 +1,5 @@
 """Shared test fixtures: the real data folder and one Ray instance per test session."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,6 +23,7 @@ def bundle():
     """The shipped model bundle, loaded and verified."""
     from idcmap.model import load_bundle
     from idcmap.models import DEFAULT_MODEL
+
     if not (DEFAULT_MODEL / "model.json").exists():
         pytest.skip(f"the shipped model bundle {DEFAULT_MODEL} is absent")
     return load_bundle(DEFAULT_MODEL)
@@ -31,6 +33,7 @@ def bundle():
 def rebuilt(tmp_path_factory):
     """Ten patients of ../shared/data rebuilt as 2.5x pyramidal TIFFs (slides/P/P.tiff) with masks."""
     from idcmap.slide_tiling import build_slide
+
     patients = sorted(shared_path("idc", "patients").iterdir())[:10]
     root = tmp_path_factory.mktemp("rebuilt")
     for p in patients:
@@ -45,6 +48,7 @@ def reference_job(tmp_path_factory, bundle, rebuilt, ray_session):
     from click.testing import CliRunner
 
     from idcmap.jobs.cli import cli
+
     job = tmp_path_factory.mktemp("reference") / "job"
     result = CliRunner().invoke(cli, ["score", str(rebuilt / "slides"), "--out", str(job)])
     assert result.exit_code == 0, result.output

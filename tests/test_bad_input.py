@@ -1,5 +1,6 @@
 """Hostile or broken input: each bad slide fails alone with one line; huge declared sizes, unwritable
 job folders and modified bundles are refused before any work."""
+
 from __future__ import annotations
 
 import json
@@ -50,37 +51,42 @@ def test_job_folder_that_cannot_be_made_is_one_line(tmp_path, bundle):
 def test_write_error_fails_the_slide_with_its_reason_and_leaves_no_partial_file(tmp_path, bundle, ray_session):
     job = tmp_path / "job"
     blocked = job / "predictions" / "patient-8916" / "patient-8916.parquet"
-    blocked.mkdir(parents=True)                       # the slide's file name is taken by a folder
+    blocked.mkdir(parents=True)  # the slide's file name is taken by a folder
     slides = REPO / "examples" / "slides"
     result = CliRunner().invoke(cli, ["score", str(slides), "--out", str(job)])
     assert result.exit_code == 1
     assert f"FAILED patient-8916/patient-8916: {blocked}: cannot write: Is a directory" in result.output
-    assert (job / "predictions" / "patient-8863" / "patient-8863.parquet").is_file()   # the other slide
+    assert (job / "predictions" / "patient-8863" / "patient-8863.parquet").is_file()  # the other slide
     assert not list(job.rglob("*.tmp")) and not any(blocked.iterdir())
     blocked.rmdir()
     again = CliRunner().invoke(cli, ["score", str(slides), "--out", str(job)])
     assert again.exit_code == 0 and blocked.is_file()
-    assert not list((job / "failed").glob("*/*.json"))      # the failure record went with the success
+    assert not list((job / "failed").glob("*/*.json"))  # the failure record went with the success
 
 
 def test_modified_bundle_is_refused_before_any_work(tmp_path, bundle):
     import shutil
+
     tampered = tmp_path / "bundle"
     shutil.copytree(bundle.path, tampered)
     with open(tampered / "model.onnx", "ab") as f:
         f.write(b"\0")
     job = tmp_path / "job"
-    result = CliRunner().invoke(cli, ["score", str(REPO / "examples" / "slides"), "--out", str(job),
-                                      "--model", str(tampered)])
+    result = CliRunner().invoke(
+        cli, ["score", str(REPO / "examples" / "slides"), "--out", str(job), "--model", str(tampered)]
+    )
     assert result.exit_code == 1 and not job.exists()
     assert result.output.strip().splitlines() == [
         f"Error: {tampered / 'model.onnx'}: sha256 does not match model.json; the bundle was modified, "
-        "refusing to load it"]
+        "refusing to load it"
+    ]
 
 
 def _png(path, img):
-    cv2.imwrite(str(path), img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR if img.shape[2] == 3
-                                                                  else cv2.COLOR_RGBA2BGRA))
+    cv2.imwrite(
+        str(path),
+        img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR if img.shape[2] == 3 else cv2.COLOR_RGBA2BGRA),
+    )
     return path
 
 
@@ -93,8 +99,15 @@ def test_every_kind_of_bad_input_fails_alone_in_one_job(tmp_path, bundle, ray_se
     (d / "empty.svs").write_bytes(b"")
     (d / "notes.svs").write_text("a text file named .svs\n")
     tissue = tissue_image(1024, 1024)
-    tifffile.imwrite(d / "full.svs", tissue, tile=(256, 256), compression="jpeg", photometric="rgb", metadata=None,
-                     description="Aperio Image Library v12.0.15\n1024x1024 (256x256) JPEG/RGB|AppMag = 10|MPP = 1.0")
+    tifffile.imwrite(
+        d / "full.svs",
+        tissue,
+        tile=(256, 256),
+        compression="jpeg",
+        photometric="rgb",
+        metadata=None,
+        description="Aperio Image Library v12.0.15\n1024x1024 (256x256) JPEG/RGB|AppMag = 10|MPP = 1.0",
+    )
     (d / "cut.svs").write_bytes((d / "full.svs").read_bytes()[: (d / "full.svs").stat().st_size * 2 // 3])
     write_pyramid(d / "whole.tiff", tissue, mpp=1.0, downsamples=(1,))
     (d / "cut.tiff").write_bytes((d / "whole.tiff").read_bytes()[: (d / "whole.tiff").stat().st_size // 2])
@@ -110,15 +123,28 @@ def test_every_kind_of_bad_input_fails_alone_in_one_job(tmp_path, bundle, ray_se
         tif.pages[0].tags["ImageWidth"].overwrite(4_000_000)
         tif.pages[0].tags["ImageLength"].overwrite(3_000_000)
     import shutil
+
     shutil.copy(REPO / "examples" / "slides" / "patient-8916.tiff", d / "Müller-Ł.tiff")  # non-ASCII name
-    rows = [("empty", "empty.svs", ""), ("notes", "notes.svs", ""), ("cutsvs", "cut.svs", ""),
-            ("cuttiff", "cut.tiff", ""), ("pngtiff", "png.tiff", "1.0"), ("gray", "gray.png", "1.0"),
-            ("rgba", "rgba.png", "1.0"), ("deep", "deep.png", "1.0"), ("glass", "glass.tiff", ""),
-            ("nompp", "nompp.tiff", ""), ("bomb", "bomb.tiff", ""), ("missing", "missing.svs", ""),
-            ("Müller", "Müller-Ł.tiff", ""), ("svs", "full.svs", "")]
+    rows = [
+        ("empty", "empty.svs", ""),
+        ("notes", "notes.svs", ""),
+        ("cutsvs", "cut.svs", ""),
+        ("cuttiff", "cut.tiff", ""),
+        ("pngtiff", "png.tiff", "1.0"),
+        ("gray", "gray.png", "1.0"),
+        ("rgba", "rgba.png", "1.0"),
+        ("deep", "deep.png", "1.0"),
+        ("glass", "glass.tiff", ""),
+        ("nompp", "nompp.tiff", ""),
+        ("bomb", "bomb.tiff", ""),
+        ("missing", "missing.svs", ""),
+        ("Müller", "Müller-Ł.tiff", ""),
+        ("svs", "full.svs", ""),
+    ]
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("patient_id,slide_path,mpp\n" + "".join(f"{p},{d / f},{m}\n" for p, f, m in rows),
-                        encoding="utf-8")
+    manifest.write_text(
+        "patient_id,slide_path,mpp\n" + "".join(f"{p},{d / f},{m}\n" for p, f, m in rows), encoding="utf-8"
+    )
     looped = tmp_path / "cohort"
     looped.mkdir()
     (looped / "loop").symlink_to(looped, target_is_directory=True)
@@ -126,8 +152,11 @@ def test_every_kind_of_bad_input_fails_alone_in_one_job(tmp_path, bundle, ray_se
     job = tmp_path / "job"
     result = CliRunner().invoke(cli, ["score", str(manifest), str(looped), "--out", str(job)])
     assert result.exit_code == 1, result.output
-    failed = {line.split(":")[0].removeprefix("FAILED "): line for line in result.output.splitlines()
-              if line.startswith("FAILED ")}
+    failed = {
+        line.split(":")[0].removeprefix("FAILED "): line
+        for line in result.output.splitlines()
+        if line.startswith("FAILED ")
+    }
     expected = {
         "empty/empty": f"{d / 'empty.svs'}: file is empty (0 bytes)",
         "notes/notes": f"{d / 'notes.svs'}: unrecognised file format",

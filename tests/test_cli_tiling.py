@@ -1,4 +1,5 @@
 """The tiling commands as a user runs them: output, files written, errors."""
+
 from __future__ import annotations
 
 import csv
@@ -35,7 +36,7 @@ def test_info_on_the_example():
     assert "chosen level     0 at 4 µm/px" in result.output
     meta = json.loads(run("info", EXAMPLE, "--json", "--target-mpp", "16").output)
     assert meta["mpp"] == [4.0, 4.0] and meta["level_dimensions"][1] == [698, 584]
-    assert meta["chosen_level"]["level"] == 1       # 4 x 4.0 = 16 µm/px: the 4x level, no resize
+    assert meta["chosen_level"]["level"] == 1  # 4 x 4.0 = 16 µm/px: the 4x level, no resize
 
 
 def test_tile_writes_csv_and_preview_matching_the_ground_truth(tmp_path):
@@ -45,9 +46,9 @@ def test_tile_writes_csv_and_preview_matching_the_ground_truth(tmp_path):
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     assert result.output.startswith(f"{EXAMPLE}: {len(rows)} tissue patches of 2632")
-    truth = cv2.imread(str(EXAMPLE_MASK), cv2.IMREAD_GRAYSCALE)   # 1 px per dataset patch
+    truth = cv2.imread(str(EXAMPLE_MASK), cv2.IMREAD_GRAYSCALE)  # 1 px per dataset patch
     got = {(int(r["col"]), int(r["row"])) for r in rows}
-    assert got == {(c, r) for r, c in zip(*np.nonzero(truth))}     # exactly the dataset's patches
+    assert got == {(c, r) for r, c in zip(*np.nonzero(truth))}  # exactly the dataset's patches
     for r in rows[:50]:
         assert int(r["x"]) == 50 * int(r["col"]) and int(r["y"]) == 50 * int(r["row"])
         assert 0.05 <= float(r["tissue_fraction"]) <= 1

@@ -1,5 +1,6 @@
 """Cross-validation without training: folds, cross-fitted calibration, out-of-fold figures; and
 the stain-space augmentation and re-staining they are measured under."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,9 @@ def test_folds_split_patients_not_patches_balanced_by_source_and_prevalence():
         counts = np.bincount(g.fold, minlength=3)
         assert counts.max() - counts.min() <= 1  # each source spread evenly
         # patients of neighbouring prevalence land in different folds (blocks of k)
-        assert all(len(set(b)) == len(b) for b in np.array_split(g.sort_values("y").fold.to_numpy(),
-                                                                   range(3, len(g), 3)))
+        assert all(
+            len(set(b)) == len(b) for b in np.array_split(g.sort_values("y").fold.to_numpy(), range(3, len(g), 3))
+        )
 
 
 def test_folds_refuse_too_few_patients():
@@ -54,8 +56,9 @@ def _oof(seed=0, n_patients=30):
         shift = rng.normal(0, 0.7)  # patient-level shift the model does not know
         for i in range(40):
             y = int(rng.random() < 0.3)
-            rows.append((f"p{p}", "src", 50 * (i % 8), 50 * (i // 8), y, p % 3,
-                         2.5 * y - 1.2 + shift + rng.normal(0, 1.2)))
+            rows.append(
+                (f"p{p}", "src", 50 * (i % 8), 50 * (i // 8), y, p % 3, 2.5 * y - 1.2 + shift + rng.normal(0, 1.2))
+            )
     return pd.DataFrame(rows, columns=["patient_id", "source", "x", "y", "label", "fold", "logit"])
 
 
@@ -86,8 +89,9 @@ def test_out_of_fold_report_pooled_per_patient_and_intervals():
         lo, hi = r["intervals_95"][key]
         assert lo <= r[key] <= hi and lo < hi
     spread = r["per_patient_spread"]
-    assert spread["n_patients"] == sum(1 for m in r["per_patient"].values()
-                                       if m["n_idc"] >= 10 and m["n_patches"] - m["n_idc"] >= 10)
+    assert spread["n_patients"] == sum(
+        1 for m in r["per_patient"].values() if m["n_idc"] >= 10 and m["n_patches"] - m["n_idc"] >= 10
+    )
     assert spread["roc_auc"]["worst_tenth"] <= spread["roc_auc"]["median"]
     assert sum(m["n_patches"] for m in r["per_patient"].values()) == len(oof)
 

@@ -1,5 +1,6 @@
 """Worker faults mid-job: scorer actors are SIGKILLed twice; the job still finishes with exactly the
 rows of an uninterrupted run."""
+
 from __future__ import annotations
 
 import os
@@ -44,14 +45,19 @@ def test_killed_actors_do_not_lose_or_duplicate_rows(tmp_path, rebuilt, referenc
     expected = read_job_table(reference_job)
 
     job = tmp_path / "faulty"
-    proc = subprocess.Popen([sys.executable, "-m", "idcmap", "score", str(rebuilt / "slides"), "--out", str(job),
-                             "--num-cpus", "2"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "idcmap", "score", str(rebuilt / "slides"), "--out", str(job), "--num-cpus", "2"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         root = psutil.Process(proc.pid)
         deadline = time.time() + 240
         first = kill_first("ray::Scorer", root, deadline)
-        time.sleep(0.5)   # the other actor, or the first one restarted, mid-chunk
+        time.sleep(0.5)  # the other actor, or the first one restarted, mid-chunk
         kill_first("ray::Scorer", root, deadline, spare=first)
         _, stderr = proc.communicate(timeout=600)
     finally:

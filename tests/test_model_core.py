@@ -1,4 +1,5 @@
 """The model's numeric core without Ray: architectures, calibration, metrics, split, bundle hashes."""
+
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ from idcmap.model.scoring import calibrated_probability, idc_logit, logit, mix_n
 
 # --- architectures ---------------------------------------------------------------------------
 
+
 def test_seed_cnn_flops_and_shapes():
     from idcmap.model.architectures import build, flops_per_patch
 
@@ -31,7 +33,8 @@ def test_seed_cnn_flops_and_shapes():
     assert flops_per_patch(seed) == pytest.approx(145.5e6, rel=1e-3)
     assert flops_per_patch(net) < flops_per_patch(seed) / 2
     # the spec's Flatten is 12 x 12 x 128 = 18432 wide
-    assert seed.get_layer(index=[type(l).__name__ for l in seed.layers].index("Flatten")).output.shape[-1] == 18432
+    flatten = [type(layer).__name__ for layer in seed.layers].index("Flatten")
+    assert seed.get_layer(index=flatten).output.shape[-1] == 18432
     x = np.random.default_rng(0).normal(size=(3, 50, 50, 3)).astype(np.float32)
     for m in (seed, net):
         p = np.asarray(m(x, training=False))
@@ -60,6 +63,7 @@ def test_augmentation_keeps_pixels_and_range():
 
 
 # --- calibration -----------------------------------------------------------------------------
+
 
 def _overconfident(n=4000, factor=3.0, seed=0):
     """Labels drawn from sigmoid(z), reported as softmax probabilities with logit factor * z."""
@@ -138,6 +142,7 @@ def test_threshold_maximises_balanced_accuracy():
 
 # --- metrics ---------------------------------------------------------------------------------
 
+
 def test_metrics_equal_sklearn():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 0, 1, 0])
     p = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9, 0.3, 0.2, 0.65, 0.55])
@@ -173,6 +178,7 @@ def test_report_per_patient_and_single_class_patient():
 
 # --- data ------------------------------------------------------------------------------------
 
+
 def _synthetic_patches():
     rng = np.random.default_rng(0)
     pids, srcs = [], []
@@ -182,8 +188,13 @@ def _synthetic_patches():
             pids += [f"{src}{i}"] * k
             srcs += [src] * k
     n = len(pids)
-    return PatchSet(np.zeros((n, 50, 50, 3), np.uint8), (rng.random(n) < 0.3).astype(np.int8),
-                    np.array(pids), np.array(srcs), np.zeros((n, 2), np.int64))
+    return PatchSet(
+        np.zeros((n, 50, 50, 3), np.uint8),
+        (rng.random(n) < 0.3).astype(np.int8),
+        np.array(pids),
+        np.array(srcs),
+        np.zeros((n, 2), np.int64),
+    )
 
 
 def test_split_is_by_patient_deterministic_and_covers_each_source():
@@ -209,9 +220,15 @@ def test_class_weights_balance_the_classes():
 
 # --- bundle manifest -------------------------------------------------------------------------
 
-FAKE_META = {"name": "fake", "architecture": {"name": "idcnet"},
-             "input": {"shape": [50, 50, 3], "target_mpp": 4.0}, "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]},
-             "calibration": {"temperature": 1.5}, "threshold": {"value": 0.4}, "backends": {}}
+FAKE_META = {
+    "name": "fake",
+    "architecture": {"name": "idcnet"},
+    "input": {"shape": [50, 50, 3], "target_mpp": 4.0},
+    "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+    "calibration": {"temperature": 1.5},
+    "threshold": {"value": 0.4},
+    "backends": {},
+}
 
 
 def _fake_bundle(tmp_path, **changes):
@@ -230,11 +247,14 @@ def test_manifest_roundtrip_and_tamper(tmp_path):
         load_bundle(tmp_path)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"threshold": {}}, "lacks 'value'"),
-    ({"input": {"shape": [50, 40, 3], "target_mpp": 4.0}}, "is not square RGB"),
-    ({"calibration": {"temperature": "hot"}}, "malformed field"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"threshold": {}}, "lacks 'value'"),
+        ({"input": {"shape": [50, 40, 3], "target_mpp": 4.0}}, "is not square RGB"),
+        ({"calibration": {"temperature": "hot"}}, "malformed field"),
+    ],
+)
 def test_manifest_without_what_scoring_needs_is_one_line(tmp_path, changes, message):
     with pytest.raises(BundleError, match=message) as err:
         load_bundle(_fake_bundle(tmp_path, **changes))
@@ -267,17 +287,25 @@ def test_channels_first_input_keeps_the_outputs_bit_for_bit(tmp_path):
     from idcmap.model.export import channels_first_input
 
     rng = np.random.default_rng(0)
-    consts = [numpy_helper.from_array(np.array([180.0, 120.0, 200.0], np.float32), "mean"),
-              numpy_helper.from_array(np.array([1 / 40, 1 / 50, 1 / 30], np.float32), "scale"),
-              numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")]
-    nodes = [helper.make_node("Cast", ["patches"], ["c"], to=TensorProto.FLOAT),   # as tf2onnx writes it
-             helper.make_node("Sub", ["c", "mean"], ["s"]),
-             helper.make_node("Mul", ["s", "scale"], ["m"]),
-             helper.make_node("Transpose", ["m"], ["t"], perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["t", "w"], ["out"], pads=[1, 1, 1, 1])]
+    consts = [
+        numpy_helper.from_array(np.array([180.0, 120.0, 200.0], np.float32), "mean"),
+        numpy_helper.from_array(np.array([1 / 40, 1 / 50, 1 / 30], np.float32), "scale"),
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["patches"], ["c"], to=TensorProto.FLOAT),  # as tf2onnx writes it
+        helper.make_node("Sub", ["c", "mean"], ["s"]),
+        helper.make_node("Mul", ["s", "scale"], ["m"]),
+        helper.make_node("Transpose", ["m"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "w"], ["out"], pads=[1, 1, 1, 1]),
+    ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("patches", TensorProto.UINT8, ["n", 50, 50, 3])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4, 50, 50])], consts)
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("patches", TensorProto.UINT8, ["n", 50, 50, 3])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4, 50, 50])],
+        consts,
+    )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     x = rng.integers(0, 256, (8, 50, 50, 3), dtype=np.uint8)
@@ -289,4 +317,4 @@ def test_channels_first_input_keeps_the_outputs_bit_for_bit(tmp_path):
     assert channels_first_input(path) is True
     assert [n.op_type for n in onnx.load(path).graph.node] == ["Transpose", "Cast", "Sub", "Mul", "Conv"]
     assert np.array_equal(run(), before)
-    assert channels_first_input(path) is False    # already in that layout: left as it is
+    assert channels_first_input(path) is False  # already in that layout: left as it is

@@ -1,5 +1,6 @@
 """End to end on real patches: a 2-worker Ray Train run writes a bundle that loads, scores and
 evaluates; tampered bundles are refused; backends agree; training resumes from its checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,15 @@ def trained(ray_session, data_dirs, tmp_path_factory):
     from idcmap.model.train import TrainConfig
 
     root = tmp_path_factory.mktemp("train")
-    cfg = TrainConfig(data_dirs=data_dirs, arch="idcnet", epochs=1, num_workers=2, cpus=2,
-                      global_batch_size=32, limit_per_patient=PATCHES_PER_PATIENT)
+    cfg = TrainConfig(
+        data_dirs=data_dirs,
+        arch="idcnet",
+        epochs=1,
+        num_workers=2,
+        cpus=2,
+        global_batch_size=32,
+        limit_per_patient=PATCHES_PER_PATIENT,
+    )
     bundle = train_bundle(cfg, root / "bundle", root / "runs")
     return {"bundle": bundle, "cfg": cfg, "root": root}
 
@@ -42,8 +50,16 @@ def crossvalidated(ray_session, data_dirs, tmp_path_factory):
     from idcmap.model.train import TrainConfig
 
     root = tmp_path_factory.mktemp("cv")
-    cfg = TrainConfig(data_dirs=data_dirs, arch="idcnet", epochs=1, num_workers=1, cpus=2,
-                      global_batch_size=32, limit_per_patient=PATCHES_PER_PATIENT, stain_strength=1.0)
+    cfg = TrainConfig(
+        data_dirs=data_dirs,
+        arch="idcnet",
+        epochs=1,
+        num_workers=1,
+        cpus=2,
+        global_batch_size=32,
+        limit_per_patient=PATCHES_PER_PATIENT,
+        stain_strength=1.0,
+    )
     return {"bundle": train_crossvalidated_bundle(cfg, 3, root / "bundle", root / "runs"), "root": root}
 
 
@@ -93,8 +109,13 @@ def test_bundle_manifest(trained):
     b = load_bundle(trained["bundle"].path)
     m = b.meta
     assert m["architecture"]["name"] == "idcnet" and m["architecture"]["flops_per_patch"] < 145.5e6
-    assert m["input"] == {"shape": [50, 50, 3], "dtype": "uint8", "channels": "RGB", "target_mpp": 4.0,
-                          "partial_patches": "padded with white (255) at right/bottom to 50x50"}
+    assert m["input"] == {
+        "shape": [50, 50, 3],
+        "dtype": "uint8",
+        "channels": "RGB",
+        "target_mpp": 4.0,
+        "partial_patches": "padded with white (255) at right/bottom to 50x50",
+    }
     assert len(m["normalisation"]["mean"]) == 3 and all(s > 0 for s in m["normalisation"]["std"])
     assert not set(m["split"]["train"]) & set(m["split"]["validation"])
     assert len(m["split"]["train"]) + len(m["split"]["validation"]) == 147
@@ -142,12 +163,31 @@ def test_evaluate_cli_writes_report_and_plots(trained, tmp_path):
 
     patient = sorted(p for p in shared_path("idc", "sparse").iterdir() if p.is_dir())[0]
     n_files = sum(1 for _ in patient.glob("[01]/*.png"))
-    res = CliRunner().invoke(cli, ["evaluate", str(trained["bundle"].path), str(patient),
-                                   "--json", str(tmp_path / "r.json"), "--plots", str(tmp_path / "plots")])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            str(trained["bundle"].path),
+            str(patient),
+            "--json",
+            str(tmp_path / "r.json"),
+            "--plots",
+            str(tmp_path / "plots"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "r.json").read_text())
-    for key in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "f1", "accuracy", "ece",
-                "n_patches", "n_patients"):
+    for key in (
+        "roc_auc",
+        "balanced_accuracy",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "accuracy",
+        "ece",
+        "n_patches",
+        "n_patients",
+    ):
         assert key in report
     assert report["n_patches"] == n_files and report["n_patients"] == 1
     assert report["threshold"] == pytest.approx(trained["bundle"].threshold)
@@ -188,10 +228,30 @@ def test_train_resume_from_the_cli_continues_from_the_last_checkpoint(trained, d
 
     first = json.loads((next((trained["root"] / "runs").rglob("state.json"))).read_text())
     out = trained["root"] / "resumed"
-    result = CliRunner().invoke(cli, [
-        "train", *[a for d in data_dirs for a in ("--data", d)], "--epochs", "2", "--folds", "0", "--resume",
-        "--run-dir", str(trained["root"] / "runs"), "--out", str(out), "--num-workers", "2", "--batch-size", "32",
-        "--limit-per-patient", str(PATCHES_PER_PATIENT), "--stain-strength", "0"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            *[a for d in data_dirs for a in ("--data", d)],
+            "--epochs",
+            "2",
+            "--folds",
+            "0",
+            "--resume",
+            "--run-dir",
+            str(trained["root"] / "runs"),
+            "--out",
+            str(out),
+            "--num-workers",
+            "2",
+            "--batch-size",
+            "32",
+            "--limit-per-patient",
+            str(PATCHES_PER_PATIENT),
+            "--stain-strength",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("[train] idcnet resuming after epoch 1 (")

@@ -1,4 +1,5 @@
 """Summaries, maps, GeoJSON and the report, on small fake-but-real jobs written with the schema."""
+
 from __future__ import annotations
 
 import base64
@@ -33,10 +34,10 @@ THRESHOLD = 0.5
 MPP = 0.25
 TARGET_MPP = 4.0
 PATCH = 50
-DS0 = TARGET_MPP / MPP                 # 16 level-0 px per target px
-PATCH0 = PATCH * DS0                   # 800 level-0 px per patch
+DS0 = TARGET_MPP / MPP  # 16 level-0 px per target px
+PATCH0 = PATCH * DS0  # 800 level-0 px per patch
 COLS, ROWS = 20, 15
-WIDTH0, HEIGHT0 = COLS * 800 - 300, ROWS * 800 - 100   # last column/row partial
+WIDTH0, HEIGHT0 = COLS * 800 - 300, ROWS * 800 - 100  # last column/row partial
 THUMB_DS = 32.0
 PATCH_MM2 = (PATCH0 * MPP) ** 2 / 1e6  # 0.04 mm²: a 200 µm patch
 SCRIPT_ID = "<script>alert('x')"
@@ -49,7 +50,7 @@ class FakeSlide:
     col: np.ndarray
     row: np.ndarray
     prob: np.ndarray
-    blob: np.ndarray          # bool (ROWS, COLS): the main IDC region (not touching the edges)
+    blob: np.ndarray  # bool (ROWS, COLS): the main IDC region (not touching the edges)
     meta: SlideMeta
 
 
@@ -64,8 +65,9 @@ def _thumbnail(seed: int) -> str:
     return base64.b64encode(buf.tobytes()).decode()
 
 
-def make_slide(job_dir: Path, patient_id: str, slide_id: str, seed: int, blob_rc=None,
-               edge_blob: bool = False, min_area=None) -> FakeSlide:
+def make_slide(
+    job_dir: Path, patient_id: str, slide_id: str, seed: int, blob_rc=None, edge_blob: bool = False, min_area=None
+) -> FakeSlide:
     """Write one predictions file: tissue in an ellipse of the grid, low probabilities, and an IDC
     blob (a rectangle of high probabilities with a one-patch hole) at ``blob_rc`` (row, col)."""
     rng = np.random.default_rng(seed)
@@ -75,32 +77,55 @@ def make_slide(job_dir: Path, patient_id: str, slide_id: str, seed: int, blob_rc
     blob = np.zeros((ROWS, COLS), bool)
     if blob_rc is not None:
         r0, c0 = blob_rc
-        blob[r0:r0 + 4, c0:c0 + 5] = True
-        blob[r0 + 1, c0 + 2] = False          # a hole
+        blob[r0 : r0 + 4, c0 : c0 + 5] = True
+        blob[r0 + 1, c0 + 2] = False  # a hole
         prob_grid[blob] = rng.uniform(0.6, 0.99, blob.sum())
-    if edge_blob:                             # IDC in the partial last column: clipped polygons
-        tissue[8:14, COLS - 1] = True             # 6 patches: above the default minimum area
+    if edge_blob:  # IDC in the partial last column: clipped polygons
+        tissue[8:14, COLS - 1] = True  # 6 patches: above the default minimum area
         prob_grid[8:14, COLS - 1] = 0.9
     row, col = np.nonzero(tissue)
     prob = prob_grid[row, col]
     spec = {"target_mpp": TARGET_MPP, "batch_size": 64}
     if min_area is not None:
         spec["min_idc_area_mm2"] = min_area
-    meta = SlideMeta(job_id="job-test", patient_id=patient_id, slide_id=slide_id,
-                     source=f"/slides/{slide_id}.svs", bundle_sha256="ab" * 32,
-                     model_version="idcnet@abababababab", threshold=THRESHOLD, job_spec=spec,
-                     width0=WIDTH0, height0=HEIGHT0, mpp=(MPP, MPP), target_mpp=TARGET_MPP,
-                     patch_size=PATCH, stride=PATCH, cols=COLS, rows=ROWS, level=2,
-                     thumbnail_downsample=THUMB_DS, thumbnail_jpeg=_thumbnail(seed))
+    meta = SlideMeta(
+        job_id="job-test",
+        patient_id=patient_id,
+        slide_id=slide_id,
+        source=f"/slides/{slide_id}.svs",
+        bundle_sha256="ab" * 32,
+        model_version="idcnet@abababababab",
+        threshold=THRESHOLD,
+        job_spec=spec,
+        width0=WIDTH0,
+        height0=HEIGHT0,
+        mpp=(MPP, MPP),
+        target_mpp=TARGET_MPP,
+        patch_size=PATCH,
+        stride=PATCH,
+        cols=COLS,
+        rows=ROWS,
+        level=2,
+        thumbnail_downsample=THUMB_DS,
+        thumbnail_jpeg=_thumbnail(seed),
+    )
     n = len(row)
-    table = pa.table({
-        "job_id": ["job-test"] * n, "patient_id": [patient_id] * n, "slide_id": [slide_id] * n,
-        "x": np.round(col * PATCH * DS0).astype(np.int64), "y": np.round(row * PATCH * DS0).astype(np.int64),
-        "col": col.astype(np.int32), "row": row.astype(np.int32),
-        "level0_patch_size": np.full(n, PATCH0, np.float32),
-        "tissue_fraction": rng.uniform(0.3, 1, n).astype(np.float32),
-        "prob_idc": prob, "prob_patch": prob, "model_version": [meta.model_version] * n,
-    })
+    table = pa.table(
+        {
+            "job_id": ["job-test"] * n,
+            "patient_id": [patient_id] * n,
+            "slide_id": [slide_id] * n,
+            "x": np.round(col * PATCH * DS0).astype(np.int64),
+            "y": np.round(row * PATCH * DS0).astype(np.int64),
+            "col": col.astype(np.int32),
+            "row": row.astype(np.int32),
+            "level0_patch_size": np.full(n, PATCH0, np.float32),
+            "tissue_fraction": rng.uniform(0.3, 1, n).astype(np.float32),
+            "prob_idc": prob,
+            "prob_patch": prob,
+            "model_version": [meta.model_version] * n,
+        }
+    )
     write_predictions(JobDir(job_dir), table, meta)
     return FakeSlide(patient_id, slide_id, col, row, prob, blob, meta)
 
@@ -147,9 +172,15 @@ def _expected_idc(slide: FakeSlide) -> int:
 
 
 def _expected_stats(prob: np.ndarray, idc: int) -> dict:
-    return {"tissue_patches": prob.size, "idc_patches": idc, "idc_fraction": idc / prob.size,
-            "idc_area_mm2": idc * PATCH_MM2, "mean_prob": float(prob.astype(np.float64).mean()),
-            "max_prob": float(prob.max()), "p95_prob": float(np.percentile(prob.astype(np.float64), 95))}
+    return {
+        "tissue_patches": prob.size,
+        "idc_patches": idc,
+        "idc_fraction": idc / prob.size,
+        "idc_area_mm2": idc * PATCH_MM2,
+        "mean_prob": float(prob.astype(np.float64).mean()),
+        "max_prob": float(prob.max()),
+        "p95_prob": float(np.percentile(prob.astype(np.float64), 95)),
+    }
 
 
 # --- summaries -----------------------------------------------------------------------------------
@@ -159,8 +190,10 @@ def test_summaries_schema_and_one_row_per_slide_and_patient(job):
     assert table.schema.equals(SUMMARIES, check_metadata=False)
     rows = table.to_pylist()
     assert sorted((r["level"], r["patient_id"], r["slide_id"]) for r in rows) == sorted(
-        [("slide", p, s) for p, s in slides] + [("slide", "P-B", "B2"), ("slide", "P-D", "D1")]
-        + [("patient", p, None) for p in ("P-A", "P-B", "P-D", SCRIPT_ID)])
+        [("slide", p, s) for p, s in slides]
+        + [("slide", "P-B", "B2"), ("slide", "P-D", "D1")]
+        + [("patient", p, None) for p in ("P-A", "P-B", "P-D", SCRIPT_ID)]
+    )
     assert result["errors"] == []
 
 
@@ -187,17 +220,26 @@ def test_patient_row_aggregates_its_slides(job):
     idc = sum(_expected_idc(slides[("P-A", s)]) for s in ("A1", "A2"))
     for name, value in _expected_stats(both, idc).items():
         assert patient[name] == pytest.approx(value, rel=1e-6), name
-    assert (patient["slides"], patient["patches"], patient["call"], patient["status"], patient["error"]) == \
-        (2, 2 * COLS * ROWS, "IDC", "done", None)
+    assert (patient["slides"], patient["patches"], patient["call"], patient["status"], patient["error"]) == (
+        2,
+        2 * COLS * ROWS,
+        "IDC",
+        "done",
+        None,
+    )
 
 
 def test_failed_slides_and_patients(job):
     job_dir, _, _ = job
     rows = {(r["level"], r["patient_id"], r["slide_id"]): r for r in _rows(job_dir)}
     b2 = rows[("slide", "P-B", "B2")]
-    assert (b2["status"], b2["error"], b2["call"], b2["tissue_patches"]) == \
-        ("failed", "unreadable: not a TIFF file", None, None)
-    pb = rows[("patient", "P-B", None)]   # one of two slides failed: done, with the failure listed
+    assert (b2["status"], b2["error"], b2["call"], b2["tissue_patches"]) == (
+        "failed",
+        "unreadable: not a TIFF file",
+        None,
+        None,
+    )
+    pb = rows[("patient", "P-B", None)]  # one of two slides failed: done, with the failure listed
     assert pb["status"] == "done" and pb["slides"] == 2 and "B2: unreadable: not a TIFF file" in pb["error"]
     pd_ = rows[("patient", "P-D", None)]  # all its slides failed
     assert pd_["status"] == "failed" and "D1: no tissue found" in pd_["error"] and pd_["call"] is None
@@ -232,10 +274,10 @@ def test_heatmap_and_overlay_pngs(job):
     heatmap = cv2.imread(str(out / "heatmap.png"))
     s = heatmap_scale(COLS, ROWS)
     assert heatmap.shape == (ROWS * s + LEGEND_HEIGHT, max(COLS * s, MIN_IMAGE_WIDTH), 3)
-    r, c = 5, 7   # an IDC patch: its square in the heatmap has the colormap's colour
+    r, c = 5, 7  # an IDC patch: its square in the heatmap has the colormap's colour
     expected = colorize(np.array([[slide.prob[(slide.row == r) & (slide.col == c)][0]]], np.float32))[0, 0]
     assert np.array_equal(heatmap[r * s + s // 2, c * s + s // 2], expected)
-    assert (heatmap[0, 0] == 255).all()   # glass is white
+    assert (heatmap[0, 0] == 255).all()  # glass is white
 
     overlay = cv2.imread(str(out / "overlay.png"))
     thumb = cv2.imdecode(np.frombuffer(slide.meta.thumbnail_bytes(), np.uint8), cv2.IMREAD_COLOR)
@@ -246,7 +288,7 @@ def test_heatmap_and_overlay_pngs(job):
     alpha = 0.25 + 0.5 * p
     blend = thumb[ty, tx] * (1 - alpha) + expected.astype(float) * alpha
     assert np.abs(overlay[ty, tx].astype(float) - blend).max() <= 1.0
-    assert np.array_equal(overlay[2, 2], thumb[2, 2])   # no patch there: the thumbnail untouched
+    assert np.array_equal(overlay[2, 2], thumb[2, 2])  # no patch there: the thumbnail untouched
 
 
 def _shoelace(ring) -> float:
@@ -260,7 +302,7 @@ def _geojson(job_dir, patient, slide) -> dict:
 
 def test_geojson_regions_are_closed_inside_the_slide_and_sized_right(job):
     job_dir, slides, _ = job
-    for (patient, slide_id), slide in slides.items():
+    for patient, slide_id in slides:
         doc = _geojson(job_dir, patient, slide_id)
         assert doc["type"] == "FeatureCollection"
         for f in doc["features"]:
@@ -273,18 +315,21 @@ def test_geojson_regions_are_closed_inside_the_slide_and_sized_right(job):
                 assert (a[:, 0] >= 0).all() and (a[:, 0] <= WIDTH0).all()
                 assert (a[:, 1] >= 0).all() and (a[:, 1] <= HEIGHT0).all()
     assert _geojson(job_dir, "P-A", "A2")["features"] == []
-    assert _geojson(job_dir, "P-B", "B1")["features"] == []   # its one region is below the minimum area
+    assert _geojson(job_dir, "P-B", "B1")["features"] == []  # its one region is below the minimum area
     (blob,) = _geojson(job_dir, "P-A", "A1")["features"]
     shell, *holes = blob["geometry"]["coordinates"]
     assert len(holes) == 1
-    area_px = _shoelace(shell) + _shoelace(holes[0])      # holes run the other way round
-    expected_px = slides[("P-A", "A1")].blob.sum() * PATCH0 ** 2
+    area_px = _shoelace(shell) + _shoelace(holes[0])  # holes run the other way round
+    expected_px = slides[("P-A", "A1")].blob.sum() * PATCH0**2
     assert area_px == pytest.approx(expected_px, rel=0.10)
     assert blob["properties"]["measurements"]["IDC patches"] == 19
     assert blob["properties"]["measurements"]["Area mm^2"] == pytest.approx(19 * PATCH_MM2)
     # the edge region reaches past the slide in the grid and is clipped at width0
-    edge = [f for f in _geojson(job_dir, SCRIPT_ID, "C1")["features"]
-            if max(p[0] for p in f["geometry"]["coordinates"][0]) == WIDTH0]
+    edge = [
+        f
+        for f in _geojson(job_dir, SCRIPT_ID, "C1")["features"]
+        if max(p[0] for p in f["geometry"]["coordinates"][0]) == WIDTH0
+    ]
     assert len(edge) == 1
 
 
@@ -304,12 +349,12 @@ def test_idc_regions_with_overlapping_patches_count_stride_cells(job):
     _, slides, _ = job
     meta = replace(slides[("P-A", "A1")].meta, stride=25, cols=2 * COLS, rows=2 * ROWS)
     prob = np.full((meta.rows, meta.cols), np.nan, np.float32)
-    prob[10:14, 10:16] = 0.9        # 24 overlapping patches, each standing for a 25 px cell
+    prob[10:14, 10:16] = 0.9  # 24 overlapping patches, each standing for a 25 px cell
     (region,) = idc_regions(prob, meta)["features"]
     cell0 = 25 * DS0
-    assert _shoelace(region["geometry"]["coordinates"][0]) == pytest.approx(24 * cell0 ** 2)
+    assert _shoelace(region["geometry"]["coordinates"][0]) == pytest.approx(24 * cell0**2)
     xs = [p[0] for p in region["geometry"]["coordinates"][0]]
-    assert min(xs) == pytest.approx(10 * cell0 + 12.5 * DS0)   # cell centred on the patch
+    assert min(xs) == pytest.approx(10 * cell0 + 12.5 * DS0)  # cell centred on the patch
     assert region["properties"]["measurements"]["Area mm^2"] == pytest.approx(24 * (cell0 * MPP) ** 2 / 1e6)
 
 
@@ -318,8 +363,10 @@ def patient_table_rows(page: str) -> list[list[str]]:
     """Cell texts of the rows of <table id="patients"> (unescaped)."""
     table = re.search(r'<table id="patients">(.*?)</table>', page, re.S).group(1)
     body = re.search(r"<tbody>(.*?)</tbody>", table, re.S).group(1)
-    return [[html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)]
-            for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)]
+    return [
+        [html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)]
+        for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)
+    ]
 
 
 def expected_patient_order(job_dir) -> list[str]:
@@ -345,21 +392,41 @@ def test_report_lists_patients_by_idc_fraction_and_escapes_text(job):
 
 def test_report_uses_job_json_and_needs_no_maps(tmp_path):
     make_slide(tmp_path, "P", "S", 9, blob_rc=(4, 4))
-    (tmp_path / "job.json").write_text(json.dumps({
-        "job_id": "night-42", "runs": [{"started": "2026-11-25T01:00:00Z", "finished": "2026-11-25T03:00:00Z"}],
-        "bundle": {"version": "idcnet@123", "sha256": "f" * 64, "threshold": 0.5,
-                   "validation_metrics": {"roc_auc": 0.9321, "sensitivity": 0.85}}}))
+    (tmp_path / "job.json").write_text(
+        json.dumps(
+            {
+                "job_id": "night-42",
+                "runs": [{"started": "2026-11-25T01:00:00Z", "finished": "2026-11-25T03:00:00Z"}],
+                "bundle": {
+                    "version": "idcnet@123",
+                    "sha256": "f" * 64,
+                    "threshold": 0.5,
+                    "validation_metrics": {"roc_auc": 0.9321, "sensitivity": 0.85},
+                },
+            }
+        )
+    )
     page = write_report(tmp_path).read_text()
-    for text in ("night-42", "2026-11-25T03:00:00Z", "idcnet@123", "f" * 64, "roc_auc", "0.9321",
-                 "no overlay (run idcmap report)"):
+    for text in (
+        "night-42",
+        "2026-11-25T03:00:00Z",
+        "idcnet@123",
+        "f" * 64,
+        "roc_auc",
+        "0.9321",
+        "no overlay (run idcmap report)",
+    ):
         assert text in page, text
     assert [r[0] for r in patient_table_rows(page)] == ["P"]
 
 
 # --- idempotence -----------------------------------------------------------------------------------
 def _snapshot(job_dir: Path) -> dict[str, tuple[bytes, int]]:
-    return {p.relative_to(job_dir).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(job_dir.rglob("*")) if p.is_file() and "predictions" not in p.parts}
+    return {
+        p.relative_to(job_dir).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(job_dir.rglob("*"))
+        if p.is_file() and "predictions" not in p.parts
+    }
 
 
 def test_outputs_are_byte_identical_and_untouched_on_a_second_run(tmp_path):
@@ -369,7 +436,7 @@ def test_outputs_are_byte_identical_and_untouched_on_a_second_run(tmp_path):
     assert {"summaries.parquet", "report/index.html", "maps/P-A/A1/idc.geojson"} <= set(before)
     second = build_outputs(tmp_path)
     assert len(first["maps_built"]) == 4 and second["maps_built"] == [] and len(second["maps_skipped"]) == 4
-    assert _snapshot(tmp_path) == before          # same bytes, nothing rewritten
+    assert _snapshot(tmp_path) == before  # same bytes, nothing rewritten
 
     forced = build_outputs(tmp_path, force=True)  # rebuilt from scratch: still the same bytes
     assert len(forced["maps_built"]) == 4
@@ -398,7 +465,9 @@ def test_a_slide_whose_maps_fail_is_reported_and_the_others_still_built(tmp_path
     make_slide(tmp_path, "P", "good", 5, blob_rc=(4, 4))
     bad = make_slide(tmp_path, "P", "bad", 6)
     table = pq.read_table(tmp_path / "predictions" / "P" / "bad.parquet")
-    path = write_predictions(JobDir(tmp_path), table, replace(bad.meta, thumbnail_jpeg=base64.b64encode(b"junk").decode()))
+    path = write_predictions(
+        JobDir(tmp_path), table, replace(bad.meta, thumbnail_jpeg=base64.b64encode(b"junk").decode())
+    )
     result = build_outputs(tmp_path)
     assert len(result["errors"]) == 1 and str(path) in result["errors"][0] and "JPEG" in result["errors"][0]
     assert result["maps_built"] == [tmp_path / "maps" / "P" / "good"]
@@ -451,19 +520,48 @@ def test_regions_on_a_real_slide_cover_exactly_its_ground_truth_idc_patches(tmp_
     is_idc[is_idc] = truth[row[is_idc], col[is_idc]] == 255
     prob = np.where(is_idc, 0.9, 0.1).astype(np.float32)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))
-    meta = SlideMeta(job_id="real", patient_id="8863", slide_id="patient-8863", source=str(slide),
-                     bundle_sha256="", model_version="truth", threshold=0.5, job_spec={},
-                     width0=width0, height0=height0, mpp=tuple(plan.level.mpp0),
-                     target_mpp=spec.target_mpp, patch_size=spec.patch_size, stride=spec.stride,
-                     cols=plan.grid.cols, rows=plan.grid.rows, level=plan.level.level,
-                     thumbnail_downsample=thumb_ds, thumbnail_jpeg=base64.b64encode(jpeg.tobytes()).decode())
+    meta = SlideMeta(
+        job_id="real",
+        patient_id="8863",
+        slide_id="patient-8863",
+        source=str(slide),
+        bundle_sha256="",
+        model_version="truth",
+        threshold=0.5,
+        job_spec={},
+        width0=width0,
+        height0=height0,
+        mpp=tuple(plan.level.mpp0),
+        target_mpp=spec.target_mpp,
+        patch_size=spec.patch_size,
+        stride=spec.stride,
+        cols=plan.grid.cols,
+        rows=plan.grid.rows,
+        level=plan.level.level,
+        thumbnail_downsample=thumb_ds,
+        thumbnail_jpeg=base64.b64encode(jpeg.tobytes()).decode(),
+    )
     n = len(prob)
-    write_predictions(JobDir(tmp_path), pa.table({
-        "job_id": ["real"] * n, "patient_id": ["8863"] * n, "slide_id": ["patient-8863"] * n,
-        "x": x, "y": y, "col": col, "row": row,
-        "level0_patch_size": np.full(n, plan.grid.level0_patch_size, np.float32),
-        "tissue_fraction": np.ones(n, np.float32), "prob_idc": prob, "prob_patch": prob,
-        "model_version": ["truth"] * n}), meta)
+    write_predictions(
+        JobDir(tmp_path),
+        pa.table(
+            {
+                "job_id": ["real"] * n,
+                "patient_id": ["8863"] * n,
+                "slide_id": ["patient-8863"] * n,
+                "x": x,
+                "y": y,
+                "col": col,
+                "row": row,
+                "level0_patch_size": np.full(n, plan.grid.level0_patch_size, np.float32),
+                "tissue_fraction": np.ones(n, np.float32),
+                "prob_idc": prob,
+                "prob_patch": prob,
+                "model_version": ["truth"] * n,
+            }
+        ),
+        meta,
+    )
     assert build_outputs(tmp_path)["errors"] == []
     assert is_idc.sum() > 100
 
@@ -473,8 +571,9 @@ def test_regions_on_a_real_slide_cover_exactly_its_ground_truth_idc_patches(tmp_
     def inside(px, py):
         for f in features:
             shell, *holes = [np.asarray(r, np.float32) for r in f["geometry"]["coordinates"]]
-            if cv2.pointPolygonTest(shell, (px, py), False) > 0 and \
-                    not any(cv2.pointPolygonTest(h, (px, py), False) >= 0 for h in holes):
+            if cv2.pointPolygonTest(shell, (px, py), False) > 0 and not any(
+                cv2.pointPolygonTest(h, (px, py), False) >= 0 for h in holes
+            ):
                 return True
         return False
 

@@ -1,4 +1,5 @@
 """--pseudonymize: no real patient id, slide name or path in anything the job writes or prints."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,14 @@ def _score(*args, env_key: bytes | None = KEY):
     env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
     if env_key is not None:
         env[KEY_ENV] = env_key.decode()
-    return subprocess.run([sys.executable, "-m", "idcmap", "score", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "idcmap", "score", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture()
@@ -35,9 +42,9 @@ def manifest(tmp_path):
     shutil.copy(REPO / "examples" / "slides" / "patient-8916.tiff", slides / "Jane_Doe-HE.tiff")
     (slides / "John_Roe-HE.svs").write_text("not a slide, a text file named .svs\n")
     path = tmp_path / "manifest.csv"
-    path.write_text("patient_id,slide_path\n"
-                    f"MRN-4711,{slides / 'Jane_Doe-HE.tiff'}\n"
-                    f"MRN-0815,{slides / 'John_Roe-HE.svs'}\n")
+    path.write_text(
+        f"patient_id,slide_path\nMRN-4711,{slides / 'Jane_Doe-HE.tiff'}\nMRN-0815,{slides / 'John_Roe-HE.svs'}\n"
+    )
     return path
 
 
@@ -54,7 +61,10 @@ def test_pseudonymized_job_writes_and_prints_no_identity(tmp_path, manifest, bun
     assert set(table["patient_id"].to_pylist()) == {p1} and set(table["slide_id"].to_pylist()) == {s1}
     assert table.num_rows == 171
     assert json.loads((job / "job.json").read_text())["privacy"] == {
-        "pseudonymized": True, "method": "HMAC-SHA256", "key_id": key_id(KEY)}
+        "pseudonymized": True,
+        "method": "HMAC-SHA256",
+        "key_id": key_id(KEY),
+    }
 
     files = [f for f in job.rglob("*")]
     assert len([f for f in files if f.is_file()]) > 10 and (job / "report" / "index.html").is_file()

@@ -1,4 +1,5 @@
 """Readers on inputs the tests build themselves, and every real file in ../shared/data/wsi."""
+
 from __future__ import annotations
 
 import cv2
@@ -31,7 +32,7 @@ def test_pyramid_tiff_opens_in_openslide_with_mpp_and_levels(tmp_path):
     with open_slide(path) as r:
         assert r.format == "generic-tiff" and r.mpp == pytest.approx((0.5, 0.5))
         assert r.level_dimensions == sizes
-        region = r.read_region(0, 800, 600, 64, 64)   # upsampled 2x by repetition
+        region = r.read_region(0, 800, 600, 64, 64)  # upsampled 2x by repetition
         assert np.abs(region[::2, ::2].astype(int) - img[300:332, 400:432]).mean() < 4
 
 
@@ -47,16 +48,16 @@ def test_generic_tiff_pixels_come_from_tifffile_equal_to_openslides(tmp_path):
     path = tmp_path / "slide.tiff"
     write_pyramid(path, tissue_image(700, 900), mpp=0.5, upsample=1, downsamples=(1, 4))
     with open_slide(path) as r:
-        assert r.format == "generic-tiff" and r.pixels is not None   # OpenSlide's metadata, tifffile's pixels
+        assert r.format == "generic-tiff" and r.pixels is not None  # OpenSlide's metadata, tifffile's pixels
         for level, (w, h) in enumerate(r.level_dimensions):
             first = r.read_region(level, 0, 0, w, h)
             assert np.array_equal(first, _openslide_pixels(path, level))
-            assert np.array_equal(r.read_region(level, 0, 0, w, h), first)   # again, from the tile cache
+            assert np.array_equal(r.read_region(level, 0, 0, w, h), first)  # again, from the tile cache
         assert 0 < r.pixels._cached_bytes <= TIFF_CACHE_BYTES
 
 
 @pytest.mark.parametrize("name", ["cmu-1-small-region.svs", "tcga-cr-7395-01a-01-ts1.svs"])
-def test_svs_pixels_from_tifffile_equal_openslides(name):   # JPEG and JPEG 2000 tiles
+def test_svs_pixels_from_tifffile_equal_openslides(name):  # JPEG and JPEG 2000 tiles
     path = shared_path("wsi", name)
     with open_slide(path) as r:
         assert r.format == "aperio-svs" and r.pixels is not None
@@ -67,8 +68,7 @@ def test_svs_pixels_from_tifffile_equal_openslides(name):   # JPEG and JPEG 2000
 def test_tifffile_reader_plain_striped_rgb(tmp_path):
     img = tissue_image(300, 400)
     path = tmp_path / "plain.tif"
-    tifffile.imwrite(path, img, photometric="rgb", rowsperstrip=37, resolution=(2e4, 2e4),
-                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(path, img, photometric="rgb", rowsperstrip=37, resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
     with open_slide(path) as r:
         assert r.format == "tiff" and r.mpp == pytest.approx((0.5, 0.5))
         assert np.array_equal(r.read_region(0, 10, 30, 200, 100), img[30:130, 10:210])
@@ -89,8 +89,7 @@ def test_tifffile_reader_tiled_compressed_pyramid(tmp_path):
 
 def test_dpi_defaults_are_not_taken_for_a_scan_resolution(tmp_path):
     path = tmp_path / "photo.tif"
-    tifffile.imwrite(path, tissue_image(64, 64), photometric="rgb", resolution=(72, 72),
-                     resolutionunit="INCH")
+    tifffile.imwrite(path, tissue_image(64, 64), photometric="rgb", resolution=(72, 72), resolutionunit="INCH")
     with open_slide(path) as r:
         assert r.mpp is None
 
@@ -105,11 +104,14 @@ def test_png_and_rgba_png(tmp_path):
         assert (out[:10, :10] == 255).all() and np.array_equal(out[10:, 10:], img[10:, 10:])
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("empty.svs", b"", "file is empty"),
-    ("notes.svs", b"this is a text file, not a slide\n", "unrecognised file format"),
-    ("bad.tiff", b"II*\x00" + b"\x00" * 64, "not a readable TIFF"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.svs", b"", "file is empty"),
+        ("notes.svs", b"this is a text file, not a slide\n", "unrecognised file format"),
+        ("bad.tiff", b"II*\x00" + b"\x00" * 64, "not a readable TIFF"),
+    ],
+)
 def test_bad_files_give_one_line_errors(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
@@ -192,21 +194,26 @@ def test_pen_ink_on_the_marked_dicom_yields_no_scored_patch():
 
     def ink_share(x, y):
         x0, y0 = int(x / ds), int(y / ds)
-        box = ink[y0:max(y0 + 1, int((y + size0) / ds)), x0:max(x0 + 1, int((x + size0) / ds))]
+        box = ink[y0 : max(y0 + 1, int((y + size0) / ds)), x0 : max(x0 + 1, int((x + size0) / ds))]
         return box.mean() if box.size else 0.0
 
     grid = [ink_share(c * size0, r * size0) for r in range(plan.grid.rows) for c in range(plan.grid.cols)]
-    assert sum(share > 0.5 for share in grid) >= 10        # the ink covers many patches' worth of the slide
+    assert sum(share > 0.5 for share in grid) >= 10  # the ink covers many patches' worth of the slide
     cut = [ink_share(x, y) for b in batches for x, y in zip(b.x, b.y)]
-    assert len(cut) > 0 and max(cut) <= 0.5                 # and none of them is cut and scored
+    assert len(cut) > 0 and max(cut) <= 0.5  # and none of them is cut and scored
 
 
 def test_ome_tiff_subifd_pyramid_with_physical_size(tmp_path):
     img = tissue_image(512, 768)
     path = tmp_path / "slide.ome.tif"
     with tifffile.TiffWriter(path, ome=True) as tw:
-        tw.write(img, tile=(128, 128), subifds=1, photometric="rgb",
-                 metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+        tw.write(
+            img,
+            tile=(128, 128),
+            subifds=1,
+            photometric="rgb",
+            metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25},
+        )
         tw.write(img[::4, ::4], tile=(128, 128), subfiletype=1, photometric="rgb")
     with open_slide(path) as r:
         assert r.format == "tiff" and r.mpp == pytest.approx((0.25, 0.25))
@@ -223,13 +230,23 @@ def test_slide_error_crosses_process_boundaries_as_itself():
 
     err = pickle.loads(pickle.dumps(SlideError("/slides/a b.svs", "not a readable\nTIFF")))
     assert isinstance(err, SlideError) and isinstance(err, IdcmapError)
-    assert (str(err), err.path, err.reason) == ("/slides/a b.svs: not a readable TIFF", "/slides/a b.svs",
-                                               "not a readable TIFF")
+    assert (str(err), err.path, err.reason) == (
+        "/slides/a b.svs: not a readable TIFF",
+        "/slides/a b.svs",
+        "not a readable TIFF",
+    )
 
 
 # --- DICOM series written by the test ------------------------------------------------------------
-def write_dicom_series(folder, image: np.ndarray, downsamples=(1, 4), tile: int = 64, mpp: float = 1.0,
-                       others=("LABEL", "OVERVIEW"), series_uid: str | None = None) -> dict[str, str]:
+def write_dicom_series(
+    folder,
+    image: np.ndarray,
+    downsamples=(1, 4),
+    tile: int = 64,
+    mpp: float = 1.0,
+    others=("LABEL", "OVERVIEW"),
+    series_uid: str | None = None,
+) -> dict[str, str]:
     """One DICOM whole-slide series in ``folder``: a level file per downsample (tiled, JPEG frames,
     TILED_FULL) and single-frame label/overview images; file names do not say which is which."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -249,9 +266,15 @@ def write_dicom_series(folder, image: np.ndarray, downsamples=(1, 4), tile: int 
         rows, cols = -(-h // size), -(-w // size)
         padded = np.full((rows * size, cols * size, 3), 255, np.uint8)
         padded[:h, :w] = img
-        frames = [cv2.imencode(".jpg", cv2.cvtColor(padded[r * size:(r + 1) * size, c * size:(c + 1) * size],
-                                                    cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-                  for r in range(rows) for c in range(cols)]
+        frames = [
+            cv2.imencode(
+                ".jpg",
+                cv2.cvtColor(padded[r * size : (r + 1) * size, c * size : (c + 1) * size], cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 95],
+            )[1].tobytes()
+            for r in range(rows)
+            for c in range(cols)
+        ]
         d = Dataset()
         d.file_meta = FileMetaDataset()
         d.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
@@ -306,9 +329,11 @@ def test_dicom_instances_in_an_input_folder_make_one_slide_per_series_folder(tmp
     from idcmap.jobs.inputs import collect_tasks
 
     img = tissue_image(200, 200)
-    write_dicom_series(tmp_path / "in" / "P1" / "S1", img)        # a patient's series folder
-    write_dicom_series(tmp_path / "in" / "P2", img)               # a patient folder of instances
+    write_dicom_series(tmp_path / "in" / "P1" / "S1", img)  # a patient's series folder
+    write_dicom_series(tmp_path / "in" / "P2", img)  # a patient folder of instances
     tasks = collect_tasks([tmp_path / "in"])
     assert [(t.patient_id, t.slide_id, t.source) for t in tasks] == [
-        ("P1", "S1", str(tmp_path / "in" / "P1" / "S1")), ("P2", "P2", str(tmp_path / "in" / "P2"))]
+        ("P1", "S1", str(tmp_path / "in" / "P1" / "S1")),
+        ("P2", "P2", str(tmp_path / "in" / "P2")),
+    ]
     assert [(t.patient_id, t.slide_id) for t in collect_tasks([tmp_path / "in" / "P1" / "S1"])] == [("S1", "S1")]

@@ -1,4 +1,5 @@
 """Every patient of ../shared/data/idc/patients: build-slide, tile, and get the dataset's grid back."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,10 +11,13 @@ from idcmap.slide_tiling.groundtruth import check_rebuild
 
 from .conftest import SHARED_DATA, shared_path
 
-PATIENTS = sorted(p.name for p in (SHARED_DATA / "idc" / "patients").iterdir()) \
-    if (SHARED_DATA / "idc" / "patients").is_dir() else ["(no data)"]
-JPEG_MEAN_DIFF = 6.0    # mean |difference| (0-255) of a quality-90 JPEG round trip of these patches
-JPEG_PATCH_DIFF = 8.0   # worst single patch
+PATIENTS = (
+    sorted(p.name for p in (SHARED_DATA / "idc" / "patients").iterdir())
+    if (SHARED_DATA / "idc" / "patients").is_dir()
+    else ["(no data)"]
+)
+JPEG_MEAN_DIFF = 6.0  # mean |difference| (0-255) of a quality-90 JPEG round trip of these patches
+JPEG_PATCH_DIFF = 8.0  # worst single patch
 RESULTS: dict = {}
 
 
@@ -43,7 +47,8 @@ def test_rebuilt_slide_tiles_back_to_the_dataset_grid(patient, scan_mpp, tmp_pat
     truth = {(p.x // 50, p.y // 50): p for p in KaggleFolderReader(patient_dir).patches}
     not_blank = [m for m in check.missed if not blank(load_patch(truth[m].path))]
     assert check.recall >= 0.99 or not not_blank, (
-        f"{patient}: recall {check.recall:.4f}; missed non-blank patches {not_blank[:10]}")
+        f"{patient}: recall {check.recall:.4f}; missed non-blank patches {not_blank[:10]}"
+    )
     assert info["patches"] == check.dataset_patches
 
 
@@ -61,6 +66,7 @@ def test_ground_truth_mask_matches_labels(tmp_path):
     mask_path = tmp_path / "mask.png"
     build_slide(patient_dir, tmp_path / "s.tiff", mask_path)
     import cv2
+
     mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
     reader = KaggleFolderReader(patient_dir)
     for p in reader.patches:

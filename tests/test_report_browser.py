@@ -1,4 +1,5 @@
 """The HTML report rendered by headless Chromium: its patients table and a screenshot."""
+
 from __future__ import annotations
 
 import shutil
@@ -16,14 +17,28 @@ from idcmap.jobs.render.report import PATIENT_COLUMNS, format_value, patient_ord
 from .test_outputs import SCRIPT_ID, make_job
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found on PATH "
-                                "(apt-get install chromium; .ci/run installs it when missing)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="headless Chromium not found on PATH (apt-get install chromium; .ci/run installs it when missing)",
+)
 
 
 def chromium(tmp_path, url: str, *args: str) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}", *args, url]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        *args,
+        url,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"chromium failed ({done.returncode}): {done.stderr[-2000:]}"
     return done
@@ -71,12 +86,13 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = chromium(tmp_path, url, "--dump-dom").stdout
     parser = TableRows("patients")
     parser.feed(dom)
-    patients = patient_order([r for r in pq.read_table(job_dir / "summaries.parquet").to_pylist()
-                              if r["level"] == "patient"])
+    patients = patient_order(
+        [r for r in pq.read_table(job_dir / "summaries.parquet").to_pylist() if r["level"] == "patient"]
+    )
     expected = [[format_value(r[key], kind) for _, key, kind in PATIENT_COLUMNS] for r in patients]
     assert parser.rows == expected
-    assert [r[0] for r in parser.rows][:1] == [SCRIPT_ID]   # the highest IDC fraction, shown as text
-    assert "<script>alert" not in dom                        # escaped, so never an element
+    assert [r[0] for r in parser.rows][:1] == [SCRIPT_ID]  # the highest IDC fraction, shown as text
+    assert "<script>alert" not in dom  # escaped, so never an element
 
     shot = tmp_path / "report.png"
     chromium(tmp_path, url, f"--screenshot={shot}", "--window-size=1280,2000", "--hide-scrollbars")

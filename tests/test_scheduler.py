@@ -1,4 +1,5 @@
 """The scoring run's scheduling policy, without Ray: calls, queues, failures, completion."""
+
 from __future__ import annotations
 
 import random
@@ -6,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from idcmap.jobs.engine.scheduler import Scheduler, ScoredChunk, SlideFacts, chunks
+from idcmap.jobs.engine.scheduler import PlanCall, Scheduler, ScoredChunk, SlideFacts, chunks
 from idcmap.jobs.inputs import SlideTask
 
 FACTS = SlideFacts(100, 100, (1.0, 1.0), 8.0, "")
@@ -33,23 +34,25 @@ def test_chunks_group_regions_to_about_the_chunk_size():
 
 
 def test_plans_are_bounded_and_an_actor_gets_the_chunks_of_the_slide_it_planned():
-    s = Scheduler([task("A"), task("B"), task("C")], n_actors=2, max_slides_in_flight=2, min_tissue=0.05,
-                  target_mpp=4.0)
+    s = Scheduler(
+        [task("A"), task("B"), task("C")], n_actors=2, max_slides_in_flight=2, min_tissue=0.05, target_mpp=4.0
+    )
     s.chunk_patches = 32  # one region a chunk
     a, b = s.next_call(), s.next_call()
-    assert (a.is_plan, a.actor, a.task.slide_id) == (True, 0, "A")
-    assert (b.is_plan, b.actor, b.task.slide_id) == (True, 1, "B")
+    assert (isinstance(a, PlanCall), a.actor, a.task.slide_id) == (True, 0, "A")
+    assert (isinstance(b, PlanCall), b.actor, b.task.slide_id) == (True, 1, "B")
     assert s.next_call() is None  # one call per actor
     s.planned(a, plan(3), FACTS)
     first = s.next_call()
-    assert (first.is_plan, first.actor, first.slide.task.slide_id, first.regions) == (False, 0, "A", ((0, 0, 32, 1),))
+    assert not isinstance(first, PlanCall)
+    assert (first.actor, first.slide.task.slide_id, first.regions) == (0, "A", ((0, 0, 32, 1),))
     s.scored(first, part())
     assert s.next_call().regions == ((0, 1, 32, 2),)  # the next of its own slide, in raster order
     s.planned(b, plan(0), FACTS)  # no tissue: B is complete and failed; actor 1 is free
     (done,) = s.take_completed()
     assert done.task.slide_id == "B" and done.failed == "/slides/B.tiff: no tissue found at 4 µm/px"
     helper = s.next_call()  # plans C (a slide to plan comes before helping)
-    assert helper.is_plan and helper.task.slide_id == "C"
+    assert isinstance(helper, PlanCall) and helper.task.slide_id == "C"
 
 
 def test_an_actor_with_nothing_to_plan_helps_from_the_end_of_another_slide():
@@ -71,7 +74,7 @@ def test_a_failed_chunk_fails_its_slide_once_and_skips_its_other_chunks():
     c1 = s.next_call()
     s.failed(c1, "/slides/A.tiff: TIFFReadTile failed")
     b = s.next_call()  # A's two other chunks are dropped without a call; B is planned
-    assert b.is_plan and b.task.slide_id == "B"
+    assert isinstance(b, PlanCall) and b.task.slide_id == "B"
     (done,) = s.take_completed()
     assert done.failed == "/slides/A.tiff: TIFFReadTile failed" and done.chunks_done == 3 and not done.parts
 
@@ -83,8 +86,10 @@ def test_a_failed_plan_and_a_slide_without_tissue_patches_are_completed_as_faile
     s.planned(b, plan(1), FACTS)
     s.scored(s.next_call(), None)
     failed = {st.task.slide_id: st.failed for st in s.take_completed()}
-    assert failed == {"A": "/slides/A.tiff: not a TIFF file",
-                      "B": "/slides/B.tiff: no tissue found: no patch reaches 5% tissue"}
+    assert failed == {
+        "A": "/slides/A.tiff: not a TIFF file",
+        "B": "/slides/B.tiff: no tissue found: no patch reaches 5% tissue",
+    }
     assert s.finished
 
 
@@ -106,7 +111,7 @@ def test_random_completion_orders_score_every_chunk_once_and_complete_every_slid
             call = out.pop(rng.randrange(len(out)))
             if rng.random() < 0.1:
                 s.failed(call, f"{call.task.source}: boom")
-            elif call.is_plan:
+            elif isinstance(call, PlanCall):
                 s.planned(call, plan(regions[call.task.slide_id]), FACTS)
             else:
                 scored.append((call.task.slide_id, call.regions))

@@ -1,4 +1,5 @@
 """The scoring job end to end: rows and probabilities, failures, resume, kill and re-run, lock, query."""
+
 from __future__ import annotations
 
 import json
@@ -34,27 +35,34 @@ def run(*args):
 
 
 def read_job_table(job_dir: Path):
-    return pd.read_parquet(job_dir / "predictions").pipe(pa.Table.from_pandas, preserve_index=False).sort_by(
-        [("patient_id", "ascending"), ("slide_id", "ascending"), ("row", "ascending"), ("col", "ascending")])
+    return (
+        pd.read_parquet(job_dir / "predictions")
+        .pipe(pa.Table.from_pandas, preserve_index=False)
+        .sort_by([("patient_id", "ascending"), ("slide_id", "ascending"), ("row", "ascending"), ("col", "ascending")])
+    )
 
 
 def test_examples_end_to_end_with_a_corrupt_and_a_missing_slide(tmp_path, bundle, ray_session):
     corrupt = tmp_path / "corrupt.svs"
     corrupt.write_bytes(b"II*\x00" + os.urandom(2000))
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("patient_id,slide_path\n"
-                        f"P1,{EXAMPLES / 'patient-8863.tiff'}\n"
-                        f"P2,{EXAMPLES / 'patient-8916.tiff'}\n"
-                        f"P3,{corrupt}\n"
-                        "P4,does-not-exist.svs\n")
+    manifest.write_text(
+        "patient_id,slide_path\n"
+        f"P1,{EXAMPLES / 'patient-8863.tiff'}\n"
+        f"P2,{EXAMPLES / 'patient-8916.tiff'}\n"
+        f"P3,{corrupt}\n"
+        "P4,does-not-exist.svs\n"
+    )
     job = tmp_path / "job"
     result = run("score", manifest, "--out", job)
-    assert result.exit_code == 1, result.output          # some slides failed
+    assert result.exit_code == 1, result.output  # some slides failed
     assert "FAILED P3/corrupt" in result.output and "FAILED P4/does-not-exist" in result.output
 
     files = JobDir(job).prediction_files()
     assert [f.relative_to(job).as_posix() for f in files] == [
-        "predictions/P1/patient-8863.parquet", "predictions/P2/patient-8916.parquet"]
+        "predictions/P1/patient-8863.parquet",
+        "predictions/P2/patient-8916.parquet",
+    ]
     backend = make_backend(bundle, "onnx")
     for f in files:
         table = pq.read_table(f)
@@ -97,11 +105,11 @@ def test_examples_end_to_end_with_a_corrupt_and_a_missing_slide(tmp_path, bundle
     status = run("status", job)
     assert "2 done, 2 failed, 0 pending, 4 in all" in status.output
     assert "patches  1,150 scored" in status.output
-    q = run("query", job, "SELECT patient_id, count(*) AS n FROM predictions GROUP BY 1 ORDER BY 1",
-            "--format", "json")
+    q = run("query", job, "SELECT patient_id, count(*) AS n FROM predictions GROUP BY 1 ORDER BY 1", "--format", "json")
     assert json.loads(q.output) == [{"patient_id": "P1", "n": 979}, {"patient_id": "P2", "n": 171}]
-    q = run("query", job, "SELECT count(*) FROM summaries WHERE status = 'failed' AND level = 'slide'",
-            "--format", "csv")
+    q = run(
+        "query", job, "SELECT count(*) FROM summaries WHERE status = 'failed' AND level = 'slide'", "--format", "csv"
+    )
     assert q.output.strip().splitlines()[-1] == "2"
     assert "query failed" in run("query", job, "SELECT nonsense FROM nowhere").output
 
@@ -127,9 +135,23 @@ def test_a_one_cpu_ray_still_tiles_and_scores(tmp_path, bundle):
     """A 1-CPU Ray gets one scorer actor that plans, tiles and scores (an earlier design once waited
     forever there)."""
     job = tmp_path / "job"
-    proc = subprocess.run([sys.executable, "-m", "idcmap", "score", str(EXAMPLES / "patient-8916.tiff"),
-                           "--out", str(job), "--num-cpus", "1"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "idcmap",
+            "score",
+            str(EXAMPLES / "patient-8916.tiff"),
+            "--out",
+            str(job),
+            "--num-cpus",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert pq.read_metadata(job / "predictions" / "patient-8916" / "patient-8916.parquet").num_rows == 171
 
@@ -149,8 +171,7 @@ def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, re
 
     job = tmp_path / "killed"
     cmd = [sys.executable, "-m", "idcmap", "score", str(rebuilt / "slides"), "--out", str(job), "--num-cpus", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and len(JobDir(job).prediction_files()) < 3 and proc.poll() is None:
         time.sleep(0.2)
@@ -158,7 +179,7 @@ def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, re
     proc.wait()
     done_at_kill = len(JobDir(job).prediction_files())
     assert 0 < done_at_kill < 10, "the kill should land mid-job"
-    for f in JobDir(job).prediction_files():   # whatever is visible is complete
+    for f in JobDir(job).prediction_files():  # whatever is visible is complete
         assert pq.read_metadata(f).metadata[META_KEY]
 
     assert run("score", rebuilt / "slides", "--out", job).exit_code == 0
@@ -172,6 +193,7 @@ def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, re
 
 def test_report_rebuilds_maps_and_report_from_the_parquet_alone(tmp_path, bundle, ray_session):
     import shutil
+
     job = tmp_path / "job"
     assert run("score", EXAMPLES / "patient-8916.tiff", "--out", job).exit_code == 0
     built = {p.relative_to(job): p.read_bytes() for p in (job / "maps").rglob("*") if p.is_file()}
@@ -181,9 +203,10 @@ def test_report_rebuilds_maps_and_report_from_the_parquet_alone(tmp_path, bundle
     (job / "summaries.parquet").unlink()
     result = run("report", job)
     assert result.exit_code == 0 and result.output.strip().endswith("report/index.html")
-    rebuilt = {p.relative_to(job): p.read_bytes() for p in (job / "maps").rglob("*") if p.is_file()
-               and p.name != "inputs.json"}
+    rebuilt = {
+        p.relative_to(job): p.read_bytes() for p in (job / "maps").rglob("*") if p.is_file() and p.name != "inputs.json"
+    }
     rebuilt[Path("report/index.html")] = (job / "report" / "index.html").read_bytes()
     assert rebuilt == {k: v for k, v in built.items() if k.name != "inputs.json"}
-    assert pq.read_table(job / "summaries.parquet").num_rows == 2     # slide row + patient row
+    assert pq.read_table(job / "summaries.parquet").num_rows == 2  # slide row + patient row
     assert "not an idcmap job folder" in run("report", tmp_path / "nothing").output

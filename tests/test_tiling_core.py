@@ -1,4 +1,5 @@
 """The numeric core without real data: grid, level choice, tissue detection, region tiling."""
+
 from __future__ import annotations
 
 import cv2
@@ -41,12 +42,12 @@ class ArrayReader(SlideReader):
         return self._mpp
 
     def _read(self, level, lx, ly, w, h):
-        return self.levels[level][ly:ly + h, lx:lx + w]
+        return self.levels[level][ly : ly + h, lx : lx + w]
 
 
 def test_grid_covers_the_slide_and_maps_to_level0():
     grid = PatchGrid(2791, 2335, (1.0, 1.0))
-    assert (grid.cols, grid.rows) == (56, 47)   # last column/row overhang: 2791 = 55*50 + 41
+    assert (grid.cols, grid.rows) == (56, 47)  # last column/row overhang: 2791 = 55*50 + 41
     x, y = grid.level0_xy([0, 20, 55], [0, 1, 46])
     assert x.tolist() == [0, 1000, 2750] and y.tolist() == [0, 50, 2300]
     g16 = PatchGrid(44656, 37360, (16.0, 16.0))
@@ -67,8 +68,8 @@ def test_grid_with_overlapping_stride():
 def test_choose_level_picks_the_coarsest_level_at_or_finer_than_target():
     img = np.full((1600, 1600, 3), 255, np.uint8)
     reader = ArrayReader(img, mpp=(0.25, 0.25), downsamples=(1, 4, 16, 32))
-    assert choose_level(reader, 4.0).level == 2          # 16 * 0.25 = 4.0 exactly
-    assert choose_level(reader, 2.0).level == 1          # 1.0 µm/px level, resized 2x
+    assert choose_level(reader, 4.0).level == 2  # 16 * 0.25 = 4.0 exactly
+    assert choose_level(reader, 2.0).level == 1  # 1.0 µm/px level, resized 2x
     assert choose_level(reader, 2.0).scale == (2.0, 2.0)
     assert choose_level(reader, 0.25).level == 0
     assert choose_level(reader, 4.0, mpp=0.5).level == 1  # override wins: 4 * 0.5 = 2.0 <= 4
@@ -86,7 +87,7 @@ def test_tissue_threshold_separates_stain_glass_ink_and_debris():
     img[:, 0] = [PINK, GLASS, (40, 160, 140), (40, 40, 200), (20, 20, 20)]  # stain, glass, green/blue ink, black
     assert thr.mask(img)[:, 0].tolist() == [True, False, False, False, False]
     assert ink_mask(img)[:, 0].tolist() == [False, False, True, True, False]
-    pale = np.full((1, 1, 3), 200, np.uint8)      # grey membrane of fat, unsaturated but darker than glass
+    pale = np.full((1, 1, 3), 200, np.uint8)  # grey membrane of fat, unsaturated but darker than glass
     assert thr.mask(pale).all()
 
 
@@ -98,8 +99,11 @@ def test_tissue_mask_equals_its_definition_pixel_for_pixel():
     ink = (g - r > 15) | ((b - r > 50) & (b - g > 30))
     assert np.array_equal(ink_mask(img), ink)
     for thr in (TissueThreshold(20, 245), TissueThreshold(15, 20), TissueThreshold(25, 255, 0)):
-        expected = (((hsv[..., 1] >= thr.saturation) | (hsv[..., 2] <= thr.background_value - GREY_DROP))
-                    & (hsv[..., 2] >= thr.dark_value) & ~ink)
+        expected = (
+            ((hsv[..., 1] >= thr.saturation) | (hsv[..., 2] <= thr.background_value - GREY_DROP))
+            & (hsv[..., 2] >= thr.dark_value)
+            & ~ink
+        )
         got = thr.mask(img)
         assert got.dtype == bool and np.array_equal(got, expected)
 
@@ -109,9 +113,13 @@ def test_touches_equals_looking_at_each_box():
     tissue = TissueMask(rng.random((40, 60)) < 0.02, downsample=4.0, threshold=TissueThreshold(20))
     x0, y0 = rng.uniform(0, 260, 300), rng.uniform(0, 180, 300)
     x1, y1 = x0 + rng.uniform(1, 30, 300), y0 + rng.uniform(1, 30, 300)
-    expected = [tissue.mask[max(int(np.floor(b / 4)) - 1, 0):int(np.ceil(d / 4)) + 1,
-                            max(int(np.floor(a / 4)) - 1, 0):int(np.ceil(c / 4)) + 1].any()
-                for a, b, c, d in zip(x0, y0, x1, y1)]
+    expected = [
+        tissue.mask[
+            max(int(np.floor(b / 4)) - 1, 0) : int(np.ceil(d / 4)) + 1,
+            max(int(np.floor(a / 4)) - 1, 0) : int(np.ceil(c / 4)) + 1,
+        ].any()
+        for a, b, c, d in zip(x0, y0, x1, y1)
+    ]
     got = tissue.touches(x0, y0, x1, y1)
     assert got.tolist() == expected and 0 < got.sum() < len(got)
 
@@ -121,7 +129,7 @@ def test_fit_threshold_is_clamped_and_learns_background():
     img[:50] = PINK
     t = fit_threshold(img)
     assert 15 <= t.saturation <= 25 and t.background_value == 245
-    assert fit_threshold(np.zeros((10, 10, 3), np.uint8)).saturation == 25   # all dark: no fit
+    assert fit_threshold(np.zeros((10, 10, 3), np.uint8)).saturation == 25  # all dark: no fit
 
 
 def test_pad_patch_pads_white_at_right_and_bottom():
@@ -134,7 +142,7 @@ def test_pad_patch_pads_white_at_right_and_bottom():
 def test_compose_from_tiles_equals_slicing():
     rng = np.random.default_rng(1)
     level = rng.integers(0, 255, (130, 170, 3), dtype=np.uint8)
-    tiles = lambda c, r: level[r * 32:(r + 1) * 32, c * 48:(c + 1) * 48]  # noqa: E731
+    tiles = lambda c, r: level[r * 32 : (r + 1) * 32, c * 48 : (c + 1) * 48]  # noqa: E731
     out = compose_from_tiles(17, 40, 100, 77, 48, 32, tiles)
     assert np.array_equal(out, level[40:117, 17:117])
 
@@ -168,7 +176,7 @@ def test_tiler_finds_exactly_the_tissue_patches_and_their_pixels():
     assert b.pixels.shape[1:] == (50, 50, 3) and b.pixels.dtype == np.uint8
     i = [k for k in range(len(b)) if (b.cols[k], b.rows[k]) == (1, 1)][0]
     assert (b.x[i], b.y[i]) == (200, 200)
-    assert b.tissue_fraction[i] == pytest.approx(0.5)       # rows 50..74 of 50..99 are tissue
+    assert b.tissue_fraction[i] == pytest.approx(0.5)  # rows 50..74 of 50..99 are tissue
     assert np.array_equal(b.pixels[i][:25, :], img[200:300:4, 200:400:4])
 
 
@@ -179,8 +187,14 @@ def test_tiler_is_independent_of_region_size_and_skips_glass_regions():
     for region in (100, 400, 4000):
         plan = plan_slide(reader, TilingSpec(target_mpp=1.0, region_size=region))
         batches = list(iter_patches(reader, plan))
-        results.append(sorted(zip(np.concatenate([b.cols for b in batches]).tolist(),
-                                  np.concatenate([b.rows for b in batches]).tolist())))
+        results.append(
+            sorted(
+                zip(
+                    np.concatenate([b.cols for b in batches]).tolist(),
+                    np.concatenate([b.rows for b in batches]).tolist(),
+                )
+            )
+        )
         if region == 100:
             assert len(plan.regions) < len(list(plan.grid.regions(1)))  # glass regions never read
     assert results[0] == results[1] == results[2] and len(results[0]) > 0

@@ -1,4 +1,5 @@
 """Map-against-mask agreement, on numbers worked out by hand."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ One handler: an :class:`~idcmap.errors.IdcmapError` (bad input, an unusable file
 Messages go through the ``idcmap`` logger: ``--quiet`` shows warnings and errors only,
 ``--verbose`` adds debug messages and TensorFlow's and Ray's own.
 """
+
 from __future__ import annotations
 
 import logging

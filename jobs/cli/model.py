@@ -1,4 +1,5 @@
 """``idcmap train`` and ``idcmap evaluate``: the model's commands."""
+
 from __future__ import annotations
 
 import json
@@ -17,58 +18,153 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=Tru
 
 
 @click.command()
-@click.option("--data", "data_dirs", type=_DIR, multiple=True, required=True,
-              help="Kaggle IDC folder (patient folders, or one patient); repeat for several.")
+@click.option(
+    "--data",
+    "data_dirs",
+    type=_DIR,
+    multiple=True,
+    required=True,
+    help="Kaggle IDC folder (patient folders, or one patient); repeat for several.",
+)
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="idcnet", show_default=True)
-@click.option("--width", type=click.IntRange(8), default=None,
-              help="idcnet channel width [default: 32].")
-@click.option("--epochs", type=click.IntRange(1), default=6, show_default=True,
-              help="Epochs of every run (cosine learning-rate decay over them for idcnet).")
-@click.option("--num-workers", type=click.IntRange(1), default=1, show_default=True,
-              help="Ray Train workers (MultiWorkerMirroredStrategy replicas).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Bundle folder to write (replaced atomically when done).")
-@click.option("--resume", is_flag=True,
-              help="With --folds 0: continue from the last checkpoint in --run-dir (cross-validated runs "
-                   "resume by themselves).")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Ray Train storage for checkpoints [default: runs/<bundle name>].")
+@click.option("--width", type=click.IntRange(8), default=None, help="idcnet channel width [default: 32].")
+@click.option(
+    "--epochs",
+    type=click.IntRange(1),
+    default=6,
+    show_default=True,
+    help="Epochs of every run (cosine learning-rate decay over them for idcnet).",
+)
+@click.option(
+    "--num-workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Ray Train workers (MultiWorkerMirroredStrategy replicas).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Bundle folder to write (replaced atomically when done).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="With --folds 0: continue from the last checkpoint in --run-dir (cross-validated runs resume by themselves).",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Ray Train storage for checkpoints [default: runs/<bundle name>].",
+)
 @click.option("--batch-size", type=click.IntRange(2), default=64, show_default=True, help="Global batch size.")
-@click.option("--patience", type=click.IntRange(1), default=4, show_default=True,
-              help="With --folds 0: stop after this many epochs without a better validation ROC AUC.")
-@click.option("--imbalance", type=click.Choice(["weights", "sampling", "none"]), default="weights",
-              show_default=True, help="Class imbalance: class weights, balanced sampling or nothing.")
-@click.option("--colour-strength", type=click.FloatRange(0), default=1.0, show_default=True,
-              help="Scale of the colour jitter augmentation.")
-@click.option("--stain-strength", type=click.FloatRange(0), default=1.0, show_default=True,
-              help="Scale of the stain-space (HED) jitter and gamma augmentation; 0 turns it off.")
-@click.option("--artefact-strength", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="Scale of the blur and JPEG-compression augmentation; 0 turns it off.")
-@click.option("--folds", type=click.IntRange(0), default=3, show_default=True,
-              help="Patient-level cross-validation folds: out-of-fold figures and calibration, then the "
-                   "bundle trained on every patient for --epochs. 0: one validation split instead "
-                   "(early stopping, calibration and figures on it).")
-@click.option("--cpus", type=click.IntRange(1), default=2, show_default=True,
-              help="CPU threads for training, shared by the workers.")
-@click.option("--limit-per-patient", type=click.IntRange(1), default=None,
-              help="Use at most N patches per patient (quick runs).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep decoded patches here as .npz between runs.")
+@click.option(
+    "--patience",
+    type=click.IntRange(1),
+    default=4,
+    show_default=True,
+    help="With --folds 0: stop after this many epochs without a better validation ROC AUC.",
+)
+@click.option(
+    "--imbalance",
+    type=click.Choice(["weights", "sampling", "none"]),
+    default="weights",
+    show_default=True,
+    help="Class imbalance: class weights, balanced sampling or nothing.",
+)
+@click.option(
+    "--colour-strength",
+    type=click.FloatRange(0),
+    default=1.0,
+    show_default=True,
+    help="Scale of the colour jitter augmentation.",
+)
+@click.option(
+    "--stain-strength",
+    type=click.FloatRange(0),
+    default=1.0,
+    show_default=True,
+    help="Scale of the stain-space (HED) jitter and gamma augmentation; 0 turns it off.",
+)
+@click.option(
+    "--artefact-strength",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Scale of the blur and JPEG-compression augmentation; 0 turns it off.",
+)
+@click.option(
+    "--folds",
+    type=click.IntRange(0),
+    default=3,
+    show_default=True,
+    help="Patient-level cross-validation folds: out-of-fold figures and calibration, then the "
+    "bundle trained on every patient for --epochs. 0: one validation split instead "
+    "(early stopping, calibration and figures on it).",
+)
+@click.option(
+    "--cpus",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="CPU threads for training, shared by the workers.",
+)
+@click.option(
+    "--limit-per-patient", type=click.IntRange(1), default=None, help="Use at most N patches per patient (quick runs)."
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep decoded patches here as .npz between runs.",
+)
 @click.option("--address", default=None, help="Ray cluster address [default: embedded local Ray].")
-def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir, batch_size, patience,
-          imbalance, colour_strength, stain_strength, artefact_strength, folds, cpus, limit_per_patient, cache_dir, address):
+def train(
+    data_dirs,
+    arch,
+    width,
+    epochs,
+    num_workers,
+    out_dir,
+    resume,
+    run_dir,
+    batch_size,
+    patience,
+    imbalance,
+    colour_strength,
+    stain_strength,
+    artefact_strength,
+    folds,
+    cpus,
+    limit_per_patient,
+    cache_dir,
+    address,
+):
     """Train a model with Ray Train and write a verified model bundle."""
     from idcmap.model.make_bundle import train_bundle, train_crossvalidated_bundle
     from idcmap.model.train import TrainConfig
 
     if batch_size % num_workers:
         raise click.ClickException(f"--batch-size {batch_size} is not divisible by --num-workers {num_workers}")
-    cfg = TrainConfig(data_dirs=[str(d) for d in data_dirs], arch=arch, width=width, epochs=epochs,
-                      global_batch_size=batch_size, patience=patience, imbalance=imbalance,
-                      colour_strength=colour_strength, stain_strength=stain_strength,
-                      artefact_strength=artefact_strength,
-                      num_workers=num_workers, cpus=cpus, limit_per_patient=limit_per_patient,
-                      cache_dir=str(cache_dir) if cache_dir else None)
+    cfg = TrainConfig(
+        data_dirs=[str(d) for d in data_dirs],
+        arch=arch,
+        width=width,
+        epochs=epochs,
+        global_batch_size=batch_size,
+        patience=patience,
+        imbalance=imbalance,
+        colour_strength=colour_strength,
+        stain_strength=stain_strength,
+        artefact_strength=artefact_strength,
+        num_workers=num_workers,
+        cpus=cpus,
+        limit_per_patient=limit_per_patient,
+        cache_dir=str(cache_dir) if cache_dir else None,
+    )
     run_dir = run_dir or Path("runs") / out_dir.name
     if folds == 1:
         raise click.ClickException("--folds must be 0 (one validation split) or at least 2")
@@ -77,24 +173,41 @@ def train(data_dirs, arch, width, epochs, num_workers, out_dir, resume, run_dir,
     else:
         bundle = train_bundle(cfg, out_dir, run_dir, resume=resume, ray_address=address)
     kind, m = bundle.metrics
-    click.echo(f"wrote {bundle.path} ({bundle.version}): {kind} ROC AUC {m['roc_auc']:.4f}, "
-               f"balanced accuracy {m['balanced_accuracy']:.4f}, ECE {m['ece']:.4f}; threshold "
-               f"{bundle.threshold:.3f}, backends {', '.join(bundle.backends)}")
+    click.echo(
+        f"wrote {bundle.path} ({bundle.version}): {kind} ROC AUC {m['roc_auc']:.4f}, "
+        f"balanced accuracy {m['balanced_accuracy']:.4f}, ECE {m['ece']:.4f}; threshold "
+        f"{bundle.threshold:.3f}, backends {', '.join(bundle.backends)}"
+    )
 
 
 @click.command()
 @click.argument("bundle_dir", type=_DIR)
 @click.argument("data_dirs", type=_DIR, nargs=-1)
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the full report (overall and per patient) here.")
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write roc.png and reliability.png here.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the full report (overall and per patient) here.",
+)
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write roc.png and reliability.png here.",
+)
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None, help="Inference threads.")
-@click.option("--validation-only", is_flag=True,
-              help="Only the bundle's validation patients (held out from its training).")
-@click.option("--out-of-fold", "out_of_fold", is_flag=True,
-              help="The bundle's out-of-fold figures, from the fold predictions it stores (no DATA_DIR).")
+@click.option(
+    "--validation-only", is_flag=True, help="Only the bundle's validation patients (held out from its training)."
+)
+@click.option(
+    "--out-of-fold",
+    "out_of_fold",
+    is_flag=True,
+    help="The bundle's out-of-fold figures, from the fold predictions it stores (no DATA_DIR).",
+)
 def evaluate(bundle_dir, data_dirs, json_out, plots_dir, backend, threads, validation_only, out_of_fold):
     """Evaluate a model bundle on Kaggle-layout folders at its stored threshold, or report its
     out-of-fold figures (--out-of-fold)."""
@@ -106,15 +219,48 @@ def evaluate(bundle_dir, data_dirs, json_out, plots_dir, backend, threads, valid
     if out_of_fold:
         report = evaluate_out_of_fold(bundle_dir, plots_dir=plots_dir)
     else:
-        report = run_evaluation(bundle_dir, list(data_dirs), backend=backend, threads=threads,
-                                plots_dir=plots_dir, validation_only=validation_only)
+        report = run_evaluation(
+            bundle_dir,
+            list(data_dirs),
+            backend=backend,
+            threads=threads,
+            plots_dir=plots_dir,
+            validation_only=validation_only,
+        )
+    _print_report(report, out_of_fold)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1))
+        click.echo(f"wrote {json_out}")
+    if plots_dir:
+        click.echo(f"wrote {', '.join(report['plots'].values())}")
+
+
+METRIC_KEYS = (
+    "roc_auc",
+    "pr_auc",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "accuracy",
+    "ece",
+)
+
+
+def _print_report(report: dict, out_of_fold: bool) -> None:
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    at = (f"threshold {report['threshold']:.3f}" if report["threshold"] is not None
-          else f"out of fold: {report['n_folds']} folds, each calibrated on the others")
-    click.echo(f"{report['model']} [{report['backend']}] on {report['n_patches']} patches of "
-               f"{report['n_patients']} patients, {at}")
-    for key in ("roc_auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity", "precision",
-                "f1", "accuracy", "ece"):
+    at = (
+        f"threshold {report['threshold']:.3f}"
+        if report["threshold"] is not None
+        else f"out of fold: {report['n_folds']} folds, each calibrated on the others"
+    )
+    click.echo(
+        f"{report['model']} [{report['backend']}] on {report['n_patches']} patches of "
+        f"{report['n_patients']} patients, {at}"
+    )
+    for key in METRIC_KEYS:
         click.echo(f"  {key:18s} {fmt(report[key])}")
     if "patch_only_roc_auc" in report:
         click.echo(f"  {'roc_auc patch only':18s} {fmt(report['patch_only_roc_auc'])}  (without the neighbour context)")
@@ -122,14 +268,15 @@ def evaluate(bundle_dir, data_dirs, json_out, plots_dir, backend, threads, valid
     click.echo(f"  confusion          tn {cm['tn']}  fp {cm['fp']}  fn {cm['fn']}  tp {cm['tp']}")
     if out_of_fold:
         ci, sp = report["intervals_95"], report["per_patient_spread"]
-        click.echo("  95 % intervals (bootstrap over patients): "
-                   + ", ".join(f"{k} {lo:.4f}-{hi:.4f}" for k, (lo, hi) in ci.items()))
-        click.echo(f"  per patient ({sp['n_patients']} patients with {sp['rule']}): "
-                   + ", ".join(f"{k} median {v['median']:.3f}, worst tenth {v['worst_tenth']:.3f}"
-                               for k, v in sp.items() if isinstance(v, dict)))
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=1))
-        click.echo(f"wrote {json_out}")
-    if plots_dir:
-        click.echo(f"wrote {', '.join(report['plots'].values())}")
+        click.echo(
+            "  95 % intervals (bootstrap over patients): "
+            + ", ".join(f"{k} {lo:.4f}-{hi:.4f}" for k, (lo, hi) in ci.items())
+        )
+        click.echo(
+            f"  per patient ({sp['n_patients']} patients with {sp['rule']}): "
+            + ", ".join(
+                f"{k} median {v['median']:.3f}, worst tenth {v['worst_tenth']:.3f}"
+                for k, v in sp.items()
+                if isinstance(v, dict)
+            )
+        )

@@ -1,4 +1,5 @@
 """``idcmap score``, ``status``, ``query`` and ``report``."""
+
 from __future__ import annotations
 
 import sys
@@ -13,35 +14,82 @@ from idcmap.slide_tiling import DEFAULT_MIN_TISSUE
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", "job_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="The job folder: everything the job writes goes under it.")
-@click.option("--model", "model_dir", default=str(DEFAULT_MODEL), show_default="the shipped models/idc-default",
-              type=click.Path(path_type=Path), help="Model bundle folder.")
-@click.option("--address", default=None, help="Ray cluster to join: 'auto' or HOST:PORT (default: RAY_ADDRESS, "
-              "else an embedded local Ray).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True,
-              help="Inference backend (the bundle must offer it).")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 65536),
-              help="Patches per inference call (8: fastest with one inference thread per actor, "
-                   "benchmarks/README.md).")
+@click.option(
+    "--out",
+    "job_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The job folder: everything the job writes goes under it.",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    default=str(DEFAULT_MODEL),
+    show_default="the shipped models/idc-default",
+    type=click.Path(path_type=Path),
+    help="Model bundle folder.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to join: 'auto' or HOST:PORT (default: RAY_ADDRESS, else an embedded local Ray).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="onnx",
+    show_default=True,
+    help="Inference backend (the bundle must offer it).",
+)
+@click.option(
+    "--batch-size",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 65536),
+    help="Patches per inference call (8: fastest with one inference thread per actor, benchmarks/README.md).",
+)
 @click.option("--mpp", type=float, default=None, help="Level-0 µm/px for slides whose file does not say.")
-@click.option("--actors", type=click.IntRange(1, 1024), default=None, help="Scorer actors, each planning, tiling and scoring with one inference thread (default: one per CPU).")
+@click.option(
+    "--actors",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Scorer actors, each planning, tiling and scoring with one inference thread (default: one per CPU).",
+)
 @click.option("--num-cpus", type=click.IntRange(1, 4096), default=None, help="CPUs of the embedded Ray.")
 @click.option("--min-tissue", type=float, default=DEFAULT_MIN_TISSUE, show_default=True)
-@click.option("--pseudonymize", is_flag=True,
-              help="Replace patient and slide ids in all outputs and messages by keyed HMACs.")
-@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="File holding the pseudonym key (default: the IDCMAP_PSEUDONYM_KEY environment variable).")
-def score(inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors, num_cpus, min_tissue,
-          pseudonymize, key_file):
+@click.option(
+    "--pseudonymize", is_flag=True, help="Replace patient and slide ids in all outputs and messages by keyed HMACs."
+)
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the pseudonym key (default: the IDCMAP_PSEUDONYM_KEY environment variable).",
+)
+def score(
+    inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors, num_cpus, min_tissue, pseudonymize, key_file
+):
     """Score slides for IDC into JOB_DIR; re-run the same command to resume."""
     from idcmap.jobs.service import ScoreOptions, score_job
 
     if key_file is not None and not pseudonymize:
         raise click.UsageError("--key-file is only used with --pseudonymize")
-    result = score_job(inputs, job_dir, ScoreOptions(
-        model=model_dir, address=address, backend=backend, batch_size=batch_size, mpp=mpp, actors=actors,
-        num_cpus=num_cpus, min_tissue=min_tissue, pseudonymize=pseudonymize, key_file=key_file))
+    result = score_job(
+        inputs,
+        job_dir,
+        ScoreOptions(
+            model=model_dir,
+            address=address,
+            backend=backend,
+            batch_size=batch_size,
+            mpp=mpp,
+            actors=actors,
+            num_cpus=num_cpus,
+            min_tissue=min_tissue,
+            pseudonymize=pseudonymize,
+            key_file=key_file,
+        ),
+    )
     if result.failed:
         sys.exit(1)
 
@@ -61,8 +109,10 @@ def status(job_dir):
         click.echo(f"  rate     {st.rate:,.0f} patches/s in this run; ETA {eta} for {st.pending} slides")
     elif st.last_run:
         last = st.last_run
-        click.echo(f"  last run {last['started']} .. {last.get('finished', 'interrupted')}, "
-                   f"{last.get('patches', 0):,} patches in {last.get('seconds', '?')} s")
+        click.echo(
+            f"  last run {last['started']} .. {last.get('finished', 'interrupted')}, "
+            f"{last.get('patches', 0):,} patches in {last.get('seconds', '?')} s"
+        )
     for f in st.failed:
         click.echo(f"  FAILED   {f['patient_id']}/{f['slide_id']}: {f['error']}")
 

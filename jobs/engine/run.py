@@ -12,6 +12,7 @@ each slide's file when all its chunks are scored (temporary name, then rename). 
 existing means it is done: re-running the same command scores only what is missing. Actors restart
 when their process dies and their calls are retried.
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from idcmap.jobs.engine.scheduler import Scheduler, ScoredChunk, SlideFacts, SlideState
+from idcmap.jobs.engine.scheduler import PlanCall, Scheduler, ScoredChunk, SlideFacts, SlideState
 from idcmap.jobs.inputs import SlideTask
 from idcmap.jobs.jobdir.layout import JobDir
 from idcmap.jobs.jobdir.schema import SlideMeta, write_failure, write_predictions
@@ -46,14 +47,14 @@ class ScoreSpec:
     job_id: str
     bundle: str
     backend: str = "onnx"
-    batch_size: int = 8                 # patches per inference call: small batches stay in the core's L2
-    actors: int | None = None           # scorer actors; default: one per CPU
-    threads_per_actor: int = 1          # inference threads of each actor
-    mpp: float | None = None            # level-0 mpp for slides whose file (and manifest) does not say
-    stride: int | None = None           # default: the bundle's patch size (no overlap)
+    batch_size: int = 8  # patches per inference call: small batches stay in the core's L2
+    actors: int | None = None  # scorer actors; default: one per CPU
+    threads_per_actor: int = 1  # inference threads of each actor
+    mpp: float | None = None  # level-0 mpp for slides whose file (and manifest) does not say
+    stride: int | None = None  # default: the bundle's patch size (no overlap)
     min_tissue: float = DEFAULT_MIN_TISSUE
     min_idc_area_mm2: float = 0.2
-    max_slides_in_flight: int = 2       # slides being planned at once
+    max_slides_in_flight: int = 2  # slides being planned at once
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,9 +87,10 @@ class Scorer:
     (a codec crash) fails alone with its reason."""
 
     def __init__(self, bundle_dir: str, backend: str, threads: int, batch_size: int):
-        self.backend = make_backend(load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size,
-                                    shared_cores=True)
-        self._open: tuple[str, object] | None = None   # (source, reader) of the last slide
+        self.backend = make_backend(
+            load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size, shared_cores=True
+        )
+        self._open: tuple[str, object] | None = None  # (source, reader) of the last slide
 
     def _reader(self, source: str):
         """The slide, kept open between calls: its tile cache serves the tiles that a slide's next
@@ -117,11 +119,16 @@ class Scorer:
             self._close()
             raise
         # the thumbnail tissue was fitted on is the one stored: the slide is read once
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(plan.thumbnail, cv2.COLOR_RGB2BGR),
-                                [cv2.IMWRITE_JPEG_QUALITY, 85])
-        return plan.slim(), SlideFacts(reader.dimensions[0], reader.dimensions[1], tuple(plan.level.mpp0),
-                                       plan.tissue.downsample,
-                                       base64.b64encode(jpeg.tobytes()).decode() if ok else "")
+        assert plan.thumbnail is not None, "plan_slide keeps the thumbnail (only slim() drops it)"
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(plan.thumbnail, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        mpp_x, mpp_y = plan.level.mpp0
+        return plan.slim(), SlideFacts(
+            reader.dimensions[0],
+            reader.dimensions[1],
+            (float(mpp_x), float(mpp_y)),
+            plan.tissue.downsample,
+            base64.b64encode(jpeg.tobytes()).decode() if ok else "",
+        )
 
     def score(self, source: str, plan: SlidePlan) -> ScoredChunk | None:
         """Cut the tissue patches of the plan's regions and score them (None: no tissue patch)."""
@@ -133,31 +140,41 @@ class Scorer:
         if not batches:
             return None
         cat = lambda k: np.concatenate([getattr(b, k) for b in batches])  # noqa: E731
-        return ScoredChunk(cat("cols"), cat("rows"), cat("x"), cat("y"), cat("tissue_fraction"),
-                           self.backend.predict(cat("pixels")))
+        return ScoredChunk(
+            cat("cols"), cat("rows"), cat("x"), cat("y"), cat("tissue_fraction"), self.backend.predict(cat("pixels"))
+        )
 
 
 # --- the driver ------------------------------------------------------------------------------------
-def run_scoring(job_dir: JobDir, tasks: list[SlideTask], spec: ScoreSpec, cpus: int,
-                progress: Progress) -> list[SlideResult]:
+def run_scoring(
+    job_dir: JobDir, tasks: list[SlideTask], spec: ScoreSpec, cpus: int, progress: Progress
+) -> list[SlideResult]:
     """Score ``tasks`` (the slides not done yet) into ``job_dir``. Ray must be initialised."""
     bundle = load_bundle(spec.bundle)
     size = bundle.patch_size
-    tiling = TilingSpec(target_mpp=bundle.target_mpp, patch_size=size, stride=spec.stride or size,
-                        min_tissue=spec.min_tissue)
+    tiling = TilingSpec(
+        target_mpp=bundle.target_mpp, patch_size=size, stride=spec.stride or size, min_tissue=spec.min_tissue
+    )
     n_actors = spec.actors or cpus
-    actors = [Scorer.options(num_cpus=min(1.0, cpus / n_actors)).remote(
-        spec.bundle, spec.backend, spec.threads_per_actor, spec.batch_size) for _ in range(n_actors)]
+    actors = [
+        Scorer.options(num_cpus=min(1.0, cpus / n_actors)).remote(  # type: ignore[attr-defined]
+            spec.bundle, spec.backend, spec.threads_per_actor, spec.batch_size
+        )
+        for _ in range(n_actors)
+    ]
     sched = Scheduler(tasks, n_actors, spec.max_slides_in_flight, tiling.min_tissue, tiling.target_mpp)
-    out: dict = {}                       # ref -> call
+    out: dict = {}  # ref -> call
     results: list[SlideResult] = []
     while not sched.finished:
         while (call := sched.next_call()) is not None:
             actor = actors[call.actor]
-            ref = (actor.plan.remote(call.task, tiling, spec.mpp) if call.is_plan
-                   else actor.score.remote(call.task.source, call.slide.plan.slim(list(call.regions))))
+            ref = (
+                actor.plan.remote(call.task, tiling, spec.mpp)
+                if isinstance(call, PlanCall)
+                else actor.score.remote(call.task.source, call.region_plan())
+            )
             out[ref] = call
-        for state in sched.take_completed():   # writing a file takes a while: the actors are busy meanwhile
+        for state in sched.take_completed():  # writing a file takes a while: the actors are busy meanwhile
             results.append(_finish(job_dir, state, spec, tiling, bundle))
             progress.slide_done(state.task.key, results[-1].patches, failed=state.failed)
         if not out:
@@ -171,7 +188,7 @@ def run_scoring(job_dir: JobDir, tasks: list[SlideTask], spec: ScoreSpec, cpus: 
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
                 sched.failed(call, _one_line(exc, call.task.source))
                 continue
-            if call.is_plan:
+            if isinstance(call, PlanCall):
                 sched.planned(call, *value)
                 progress.slide_started(call.task.key)
             else:
@@ -185,18 +202,32 @@ def run_scoring(job_dir: JobDir, tasks: list[SlideTask], spec: ScoreSpec, cpus: 
 
 def _finish(job_dir: JobDir, state: SlideState, spec: ScoreSpec, tiling: TilingSpec, bundle) -> SlideResult:
     """Write a completed slide's predictions, or its failure record; its result."""
-    task = state.task
+    task, f, plan = state.task, state.facts, state.plan
     if not state.failed:
+        assert f is not None and plan is not None, "a slide that did not fail was planned"
         try:
-            rows = _table(state, spec, bundle)
-            f = state.facts
-            meta = SlideMeta(job_id=spec.job_id, patient_id=task.patient_id, slide_id=task.slide_id,
-                             source=task.name, bundle_sha256=bundle.sha256, model_version=bundle.version,
-                             threshold=bundle.threshold, job_spec=spec.to_dict(), width0=f.width0,
-                             height0=f.height0, mpp=f.mpp, target_mpp=tiling.target_mpp,
-                             patch_size=tiling.patch_size, stride=tiling.stride, cols=state.plan.grid.cols,
-                             rows=state.plan.grid.rows, level=state.plan.level.level,
-                             thumbnail_downsample=f.thumbnail_downsample, thumbnail_jpeg=f.thumbnail_jpeg)
+            rows = _table(state, spec, bundle, plan.grid.level0_patch_size)
+            meta = SlideMeta(
+                job_id=spec.job_id,
+                patient_id=task.patient_id,
+                slide_id=task.slide_id,
+                source=task.name,
+                bundle_sha256=bundle.sha256,
+                model_version=bundle.version,
+                threshold=bundle.threshold,
+                job_spec=spec.to_dict(),
+                width0=f.width0,
+                height0=f.height0,
+                mpp=f.mpp,
+                target_mpp=tiling.target_mpp,
+                patch_size=tiling.patch_size,
+                stride=tiling.stride,
+                cols=plan.grid.cols,
+                rows=plan.grid.rows,
+                level=plan.level.level,
+                thumbnail_downsample=f.thumbnail_downsample,
+                thumbnail_jpeg=f.thumbnail_jpeg,
+            )
             write_predictions(job_dir, rows, meta)
         except OSError as exc:
             state.failed = f"{job_dir.predictions(task.patient_id, task.slide_id)}: cannot write: {exc.strerror or exc}"
@@ -211,7 +242,7 @@ def _finish(job_dir: JobDir, state: SlideState, spec: ScoreSpec, tiling: TilingS
     return SlideResult(task, False, state.failed, seconds=time.time() - state.started)
 
 
-def _table(state: SlideState, spec: ScoreSpec, bundle) -> pa.Table:
+def _table(state: SlideState, spec: ScoreSpec, bundle, level0_patch_size: float) -> pa.Table:
     """The slide's rows, sorted by (row, col) so that the file does not depend on scheduling."""
     parts = state.parts
     cols = np.concatenate([p.cols for p in parts])
@@ -222,15 +253,19 @@ def _table(state: SlideState, spec: ScoreSpec, bundle) -> pa.Table:
     rows, cols = rows[order], cols[order]
     prob_patch = take("prob_patch").astype(np.float32)
     task = state.task
-    return pa.table({
-        "job_id": pa.array([spec.job_id] * n, pa.string()),
-        "patient_id": pa.array([task.patient_id] * n, pa.string()),
-        "slide_id": pa.array([task.slide_id] * n, pa.string()),
-        "x": take("x").astype(np.int64), "y": take("y").astype(np.int64),
-        "col": cols.astype(np.int32), "row": rows.astype(np.int32),
-        "level0_patch_size": np.full(n, state.plan.grid.level0_patch_size, np.float32),
-        "tissue_fraction": take("tissue_fraction").astype(np.float32),
-        "prob_idc": with_context(prob_patch, rows, cols, None, bundle.context_weight),
-        "prob_patch": prob_patch,
-        "model_version": pa.array([bundle.version] * n, pa.string()),
-    })
+    return pa.table(
+        {
+            "job_id": pa.array([spec.job_id] * n, pa.string()),
+            "patient_id": pa.array([task.patient_id] * n, pa.string()),
+            "slide_id": pa.array([task.slide_id] * n, pa.string()),
+            "x": take("x").astype(np.int64),
+            "y": take("y").astype(np.int64),
+            "col": cols.astype(np.int32),
+            "row": rows.astype(np.int32),
+            "level0_patch_size": np.full(n, level0_patch_size, np.float32),
+            "tissue_fraction": take("tissue_fraction").astype(np.float32),
+            "prob_idc": with_context(prob_patch, rows, cols, None, bundle.context_weight),
+            "prob_patch": prob_patch,
+            "model_version": pa.array([bundle.version] * n, pa.string()),
+        }
+    )

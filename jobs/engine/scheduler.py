@@ -7,6 +7,7 @@ share are decoded once); when it has none, it plans a new slide while fewer than
 from its end, away from those its owner reads next. Each actor has at most ``calls_per_actor``
 calls queued: a call queued behind one that crashes its actor would share its retries.
 """
+
 from __future__ import annotations
 
 import time
@@ -19,7 +20,7 @@ from idcmap.jobs.inputs import SlideTask
 from idcmap.slide_tiling import SlidePlan
 
 CHUNK_PATCHES = 1024  # grid patches per scoring call (before the tissue filter)
-CALLS_PER_ACTOR = 1   # two per actor measured slower (benchmarks/README.md)
+CALLS_PER_ACTOR = 1  # two per actor measured slower (benchmarks/README.md)
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,9 @@ class SlideFacts:
 
     width0: int
     height0: int
-    mpp: tuple[float, float]          # level-0 µm/px
-    thumbnail_downsample: float       # level-0 px per thumbnail px
-    thumbnail_jpeg: str               # base64; "" when it could not be encoded
+    mpp: tuple[float, float]  # level-0 µm/px
+    thumbnail_downsample: float  # level-0 px per thumbnail px
+    thumbnail_jpeg: str  # base64; "" when it could not be encoded
 
 
 @dataclass(frozen=True)
@@ -52,24 +53,36 @@ class SlideState:
     facts: SlideFacts | None = None
     chunks_total: int = 0
     started: float = field(default_factory=time.time)
-    actor: int = -1                   # the actor that planned it (and keeps it open)
+    actor: int = -1  # the actor that planned it (and keeps it open)
     parts: list[ScoredChunk] = field(default_factory=list)
     chunks_done: int = 0
     failed: str = ""
 
 
 @dataclass(frozen=True)
-class Call:
-    """A call for an actor: plan ``task``, or score ``regions`` of ``slide``."""
+class PlanCall:
+    """Plan ``task`` on ``actor``."""
 
     actor: int
     task: SlideTask
-    slide: SlideState | None = None   # None: a plan call
-    regions: tuple = ()
 
-    @property
-    def is_plan(self) -> bool:
-        return self.slide is None
+
+@dataclass(frozen=True)
+class ScoreCall:
+    """Cut and score ``regions`` of ``slide`` on ``actor``."""
+
+    actor: int
+    task: SlideTask
+    slide: SlideState
+    regions: tuple
+
+    def region_plan(self) -> SlidePlan:
+        """The slide's plan, slimmed to this call's regions: what the actor needs."""
+        assert self.slide.plan is not None, "a slide gets score calls only once it is planned"
+        return self.slide.plan.slim(list(self.regions))
+
+
+Call = PlanCall | ScoreCall
 
 
 def chunks(plan: SlidePlan, chunk_patches: int) -> list[list]:
@@ -95,16 +108,17 @@ class Scheduler:
     chunk_patches = CHUNK_PATCHES
     calls_per_actor = CALLS_PER_ACTOR
 
-    def __init__(self, tasks: list[SlideTask], n_actors: int, max_slides_in_flight: int, min_tissue: float,
-                 target_mpp: float):
+    def __init__(
+        self, tasks: list[SlideTask], n_actors: int, max_slides_in_flight: int, min_tissue: float, target_mpp: float
+    ):
         self.todo = deque(tasks)
-        self.busy = [0] * n_actors            # calls queued or running on each actor
+        self.busy = [0] * n_actors  # calls queued or running on each actor
         self.max_slides_in_flight = max_slides_in_flight
         self.min_tissue, self.target_mpp = min_tissue, target_mpp
-        self.planning = 0                     # plan calls out
-        self.scoring = 0                      # score calls out
-        self.ready: list[tuple[SlideState, list]] = []   # chunks to score, each slide's in raster order
-        self.completed: list[SlideState] = []           # slides to write (or record as failed)
+        self.planning = 0  # plan calls out
+        self.scoring = 0  # score calls out
+        self.ready: list[tuple[SlideState, list]] = []  # chunks to score, each slide's in raster order
+        self.completed: list[SlideState] = []  # slides to write (or record as failed)
 
     @property
     def finished(self) -> bool:
@@ -123,21 +137,21 @@ class Scheduler:
                 return None
             own = next((k for k, (state, _) in enumerate(self.ready) if state.actor == i), None)
             if own is None and self.todo and self.planning < self.max_slides_in_flight:
-                call = Call(i, self.todo.popleft())
+                call: Call = PlanCall(i, self.todo.popleft())
                 self.planning += 1
             elif self.ready:
                 state, regions = self.ready.pop(len(self.ready) - 1 if own is None else own)
                 if state.failed:  # an earlier chunk failed the slide: no need to score the rest
                     self._chunk_done(state)
                     continue
-                call = Call(i, state.task, state, tuple(regions))
+                call = ScoreCall(i, state.task, state, tuple(regions))
                 self.scoring += 1
             else:
                 return None
             self.busy[i] += 1
             return call
 
-    def planned(self, call: Call, plan: SlidePlan, facts: SlideFacts) -> SlideState:
+    def planned(self, call: PlanCall, plan: SlidePlan, facts: SlideFacts) -> SlideState:
         """A plan call returned: the slide's chunks join the queue."""
         self._returned(call)
         parts = chunks(plan, self.chunk_patches)
@@ -148,7 +162,7 @@ class Scheduler:
         self.ready.extend((state, c) for c in parts)
         return state
 
-    def scored(self, call: Call, part: ScoredChunk | None) -> None:
+    def scored(self, call: ScoreCall, part: ScoredChunk | None) -> None:
         """A score call returned its chunk (None: no tissue patch in it)."""
         self._returned(call)
         if part is not None and not call.slide.failed:
@@ -158,7 +172,7 @@ class Scheduler:
     def failed(self, call: Call, reason: str) -> None:
         """A call failed for good (its retries spent): its slide fails with ``reason``."""
         self._returned(call)
-        if call.is_plan:
+        if isinstance(call, PlanCall):
             self.completed.append(SlideState(call.task, failed=reason))
             return
         if not call.slide.failed:
@@ -171,7 +185,7 @@ class Scheduler:
 
     def _returned(self, call: Call) -> None:
         self.busy[call.actor] -= 1
-        if call.is_plan:
+        if isinstance(call, PlanCall):
             self.planning -= 1
         else:
             self.scoring -= 1
@@ -180,6 +194,5 @@ class Scheduler:
         state.chunks_done += 1
         if state.chunks_done == state.chunks_total:
             if not state.failed and not state.parts:
-                state.failed = (f"{state.task.source}: no tissue found: no patch reaches "
-                                f"{self.min_tissue:.0%} tissue")
+                state.failed = f"{state.task.source}: no tissue found: no patch reaches {self.min_tissue:.0%} tissue"
             self.completed.append(state)

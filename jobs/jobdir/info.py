@@ -1,4 +1,5 @@
 """JOB_DIR/job.json: the spec, the model, package versions, the slides, and every run's times and counts."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,18 @@ from importlib.metadata import PackageNotFoundError, version
 from idcmap.errors import JobError
 from idcmap.jobs.jobdir.layout import JobDir, write_bytes_atomic
 
-PACKAGES = ("idcmap", "ray", "onnxruntime", "tensorflow-cpu", "keras", "openslide-python", "openslide-bin",
-            "numpy", "pyarrow", "opencv-python-headless")
+PACKAGES = (
+    "idcmap",
+    "ray",
+    "onnxruntime",
+    "tensorflow-cpu",
+    "keras",
+    "openslide-python",
+    "openslide-bin",
+    "numpy",
+    "pyarrow",
+    "opencv-python-headless",
+)
 
 
 def package_versions() -> dict:

@@ -11,6 +11,7 @@
 Every file is written under a hidden temporary name in its own folder and renamed into place when
 complete (:mod:`idcmap.atomic`), so a reader, or a resumed job, never sees a partial file.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from idcmap.atomic import TEMP_SUFFIX, atomic_path, write_bytes_atomic
 
 __all__ = ["JobDir", "atomic_path", "write_bytes_atomic"]
+
 
 @dataclass(frozen=True)
 class JobDir:

@@ -1,4 +1,5 @@
 """One writer per job folder: an flock on its ``.lock``, which the kernel releases if the holder dies."""
+
 from __future__ import annotations
 
 import fcntl
@@ -26,8 +27,10 @@ def job_lock(job: JobDir):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise JobLocked(f"{job}: another idcmap score (pid {holder}) is writing this job; "
-                            "wait for it to finish or use another --out") from None
+            raise JobLocked(
+                f"{job}: another idcmap score (pid {holder}) is writing this job; "
+                "wait for it to finish or use another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield

@@ -15,6 +15,7 @@ file, and a hive folder of the same name makes pandas and pyarrow refuse the dat
 ``pyarrow.dataset``, DuckDB and Ray Data read the folder as it is; every file's patient_id column
 is constant, so its statistics still let engines skip other patients' files.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,38 +28,42 @@ import pyarrow.parquet as pq
 
 from idcmap.jobs.jobdir.layout import JobDir, atomic_path, write_bytes_atomic
 
-PREDICTIONS = pa.schema([
-    pa.field("job_id", pa.string(), nullable=False),
-    pa.field("patient_id", pa.string(), nullable=False),
-    pa.field("slide_id", pa.string(), nullable=False),
-    pa.field("x", pa.int64(), nullable=False),          # level-0 pixel, left
-    pa.field("y", pa.int64(), nullable=False),          # level-0 pixel, top
-    pa.field("col", pa.int32(), nullable=False),        # grid column at the target resolution
-    pa.field("row", pa.int32(), nullable=False),
-    pa.field("level0_patch_size", pa.float32(), nullable=False),
-    pa.field("tissue_fraction", pa.float32(), nullable=False),
-    pa.field("prob_idc", pa.float32(), nullable=False),    # final: the patch with its neighbours
-    pa.field("prob_patch", pa.float32(), nullable=False),  # the patch alone (same calibration)
-    pa.field("model_version", pa.string(), nullable=False),
-])
+PREDICTIONS = pa.schema(
+    [
+        pa.field("job_id", pa.string(), nullable=False),
+        pa.field("patient_id", pa.string(), nullable=False),
+        pa.field("slide_id", pa.string(), nullable=False),
+        pa.field("x", pa.int64(), nullable=False),  # level-0 pixel, left
+        pa.field("y", pa.int64(), nullable=False),  # level-0 pixel, top
+        pa.field("col", pa.int32(), nullable=False),  # grid column at the target resolution
+        pa.field("row", pa.int32(), nullable=False),
+        pa.field("level0_patch_size", pa.float32(), nullable=False),
+        pa.field("tissue_fraction", pa.float32(), nullable=False),
+        pa.field("prob_idc", pa.float32(), nullable=False),  # final: the patch with its neighbours
+        pa.field("prob_patch", pa.float32(), nullable=False),  # the patch alone (same calibration)
+        pa.field("model_version", pa.string(), nullable=False),
+    ]
+)
 
-SUMMARIES = pa.schema([
-    pa.field("level", pa.string(), nullable=False),     # "slide" or "patient"
-    pa.field("patient_id", pa.string(), nullable=False),
-    pa.field("slide_id", pa.string()),                  # null on patient rows
-    pa.field("slides", pa.int32()),
-    pa.field("patches", pa.int64()),                    # grid patches
-    pa.field("tissue_patches", pa.int64()),
-    pa.field("idc_patches", pa.int64()),
-    pa.field("idc_fraction", pa.float64()),             # idc / tissue patches
-    pa.field("idc_area_mm2", pa.float64()),
-    pa.field("mean_prob", pa.float64()),
-    pa.field("max_prob", pa.float64()),
-    pa.field("p95_prob", pa.float64()),
-    pa.field("call", pa.string()),                      # "IDC", "no IDC"; null when failed
-    pa.field("status", pa.string(), nullable=False),    # "done" or "failed"
-    pa.field("error", pa.string()),
-])
+SUMMARIES = pa.schema(
+    [
+        pa.field("level", pa.string(), nullable=False),  # "slide" or "patient"
+        pa.field("patient_id", pa.string(), nullable=False),
+        pa.field("slide_id", pa.string()),  # null on patient rows
+        pa.field("slides", pa.int32()),
+        pa.field("patches", pa.int64()),  # grid patches
+        pa.field("tissue_patches", pa.int64()),
+        pa.field("idc_patches", pa.int64()),
+        pa.field("idc_fraction", pa.float64()),  # idc / tissue patches
+        pa.field("idc_area_mm2", pa.float64()),
+        pa.field("mean_prob", pa.float64()),
+        pa.field("max_prob", pa.float64()),
+        pa.field("p95_prob", pa.float64()),
+        pa.field("call", pa.string()),  # "IDC", "no IDC"; null when failed
+        pa.field("status", pa.string(), nullable=False),  # "done" or "failed"
+        pa.field("error", pa.string()),
+    ]
+)
 
 META_KEY = b"idcmap"  # the JSON document of SlideMeta in each predictions file
 
@@ -70,22 +75,22 @@ class SlideMeta:
     job_id: str
     patient_id: str
     slide_id: str
-    source: str                       # slide path as given
+    source: str  # slide path as given
     bundle_sha256: str
     model_version: str
     threshold: float
     job_spec: dict
     width0: int
     height0: int
-    mpp: tuple[float, float]          # level-0 µm/px
+    mpp: tuple[float, float]  # level-0 µm/px
     target_mpp: float
     patch_size: int
     stride: int
     cols: int
     rows: int
     level: int
-    thumbnail_downsample: float       # level-0 px per thumbnail px
-    thumbnail_jpeg: str = ""          # base64
+    thumbnail_downsample: float  # level-0 px per thumbnail px
+    thumbnail_jpeg: str = ""  # base64
 
     def thumbnail_bytes(self) -> bytes:
         return base64.b64decode(self.thumbnail_jpeg) if self.thumbnail_jpeg else b""
@@ -114,9 +119,10 @@ def read_slide_meta(path) -> SlideMeta:
 
 # --- failed slides: one small JSON per slide, removed when the slide later succeeds -------------
 def write_failure(job: JobDir, patient_id: str, slide_id: str, source: str, error: str) -> None:
-    write_bytes_atomic(job.failure(patient_id, slide_id),
-                       json.dumps({"patient_id": patient_id, "slide_id": slide_id, "source": source,
-                                   "error": error}).encode())
+    write_bytes_atomic(
+        job.failure(patient_id, slide_id),
+        json.dumps({"patient_id": patient_id, "slide_id": slide_id, "source": source, "error": error}).encode(),
+    )
 
 
 def read_failures(job: JobDir) -> list[dict]:

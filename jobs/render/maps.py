@@ -15,6 +15,7 @@ A patch stands for its grid cell (``min(stride, patch_size)`` target pixels a si
 patch), the same area :mod:`idcmap.jobs.render.summaries` counts, so a region's polygon area is its patch count
 times the patch area. Polygon outlines follow patch edges exactly (no corner cutting).
 """
+
 from __future__ import annotations
 
 import io
@@ -45,8 +46,8 @@ IDC_COLOR_RGB = (220, 30, 30)
 COLORMAP = cv2.COLORMAP_INFERNO
 GLASS_BGR = (255, 255, 255)
 LEGEND_HEIGHT = 44
-MIN_IMAGE_WIDTH = 320          # room for the colour bar and its labels
-HEATMAP_TARGET_SIDE = 768      # the heatmap's longer side is upscaled towards this many pixels
+MIN_IMAGE_WIDTH = 320  # room for the colour bar and its labels
+HEATMAP_TARGET_SIDE = 768  # the heatmap's longer side is upscaled towards this many pixels
 MAX_CELL_PX = 16
 COLUMNS = ["x", "y", "col", "row", "level0_patch_size", "prob_idc"]
 
@@ -144,19 +145,18 @@ def paint_patches(shape: tuple[int, int], x0, y0, x1, y1, values) -> np.ndarray:
     canvas = np.full(shape, np.nan, np.float32)
     widths, heights = x1 - x0, y1 - y0
     kx, ky = int(widths.max(initial=0)), int(heights.max(initial=0))
-    if kx * ky <= len(values):     # small boxes: one vectorised pass per pixel offset in a box
+    if kx * ky <= len(values):  # small boxes: one vectorised pass per pixel offset in a box
         for dy in range(ky):
             for dx in range(kx):
                 inside = (dy < heights) & (dx < widths)
                 np.fmax.at(canvas, (y0[inside] + dy, x0[inside] + dx), values[inside])
-    else:                          # few large boxes: one slice per box
+    else:  # few large boxes: one slice per box
         for a, b, c, d, v in zip(y0, y1, x0, x1, values):
             np.fmax(canvas[a:b, c:d], v, out=canvas[a:b, c:d])
     return canvas
 
 
-def overlay_image(thumbnail: np.ndarray, x, y, size0, prob, downsample: float,
-                  threshold: float) -> np.ndarray:
+def overlay_image(thumbnail: np.ndarray, x, y, size0, prob, downsample: float, threshold: float) -> np.ndarray:
     """Patches coloured by probability, blended on ``thumbnail`` (BGR), legend below.
 
     ``x``, ``y``, ``size0``: level-0 top-left and side of each patch; ``downsample``: level-0
@@ -199,8 +199,7 @@ def _drop_redundant(ring: np.ndarray) -> np.ndarray:
     if len(ring) < 3:
         return ring
     prev, nxt = _prev(ring), _next(ring)
-    cross = ((ring[:, 0] - prev[:, 0]) * (nxt[:, 1] - ring[:, 1])
-             - (ring[:, 1] - prev[:, 1]) * (nxt[:, 0] - ring[:, 0]))
+    cross = (ring[:, 0] - prev[:, 0]) * (nxt[:, 1] - ring[:, 1]) - (ring[:, 1] - prev[:, 1]) * (nxt[:, 0] - ring[:, 0])
     return ring[cross != 0]
 
 
@@ -234,17 +233,16 @@ def _edge_ring(contour: np.ndarray) -> np.ndarray:
 def mask_rings(mask: np.ndarray, labels: np.ndarray) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
     """Outer ring and holes (patch units, open rings) of each 8-connected component of ``mask``,
     keyed by its label in ``labels`` (from ``cv2.connectedComponents(mask, connectivity=8)``)."""
-    contours, hierarchy = cv2.findContours(corner_grid(mask.astype(np.uint8)), cv2.RETR_CCOMP,
-                                           cv2.CHAIN_APPROX_NONE)
-    padded = np.pad(labels, 1)   # the 4 patches around corner (x, y) are padded[y:y+2, x:x+2]
+    contours, hierarchy = cv2.findContours(corner_grid(mask.astype(np.uint8)), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    padded = np.pad(labels, 1)  # the 4 patches around corner (x, y) are padded[y:y+2, x:x+2]
     rings: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
     outer_label: dict[int, int] = {}
     parents = hierarchy[0][:, 3] if contours else []
     for i, contour in enumerate(contours):
         if parents[i] != -1:
             continue
-        x, y = contour[0, 0] // 2        # a corner of the outline: its patches are one component
-        label = int(padded[y:y + 2, x:x + 2].max())
+        x, y = contour[0, 0] // 2  # a corner of the outline: its patches are one component
+        label = int(padded[y : y + 2, x : x + 2].max())
         outer_label[i] = label
         rings[label] = (_edge_ring(contour), [])
     for i, contour in enumerate(contours):
@@ -265,19 +263,18 @@ def component_rings(component: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]
 class GridGeometry:
     """Maps patch-grid units (col, row as continuous coordinates) to level-0 pixels."""
 
-    cell_x: float        # level-0 px per grid step
+    cell_x: float  # level-0 px per grid step
     cell_y: float
-    offset_x: float      # level-0 px from the grid origin to the patch's cell
+    offset_x: float  # level-0 px from the grid origin to the patch's cell
     offset_y: float
     width0: int
     height0: int
 
     @classmethod
-    def from_meta(cls, meta: SlideMeta) -> "GridGeometry":
+    def from_meta(cls, meta: SlideMeta) -> GridGeometry:
         ds_x, ds_y = downsample0(meta)
-        shift = (meta.patch_size - meta.stride) / 2   # the cell is centred on the patch
-        return cls(meta.stride * ds_x, meta.stride * ds_y, shift * ds_x, shift * ds_y,
-                   meta.width0, meta.height0)
+        shift = (meta.patch_size - meta.stride) / 2  # the cell is centred on the patch
+        return cls(meta.stride * ds_x, meta.stride * ds_y, shift * ds_x, shift * ds_y, meta.width0, meta.height0)
 
     def to_level0(self, ring: np.ndarray) -> np.ndarray:
         """Level-0 coordinates, clipped to the slide ``[0, width0] x [0, height0]``."""
@@ -290,7 +287,7 @@ class GridGeometry:
 def _geojson_ring(ring: np.ndarray, exterior: bool) -> list[list[float]] | None:
     """A closed ring (first == last), exterior with positive shoelace area, holes negative;
     None when nothing is left of it (clipped away)."""
-    ring = _drop_redundant(ring)   # clipping may have made points repeat or line up
+    ring = _drop_redundant(ring)  # clipping may have made points repeat or line up
     area = _shoelace(ring) if len(ring) >= 3 else 0.0
     if area == 0:
         return None
@@ -314,30 +311,34 @@ def idc_regions(prob: np.ndarray, meta: SlideMeta) -> dict:
     np.maximum.at(maxima, flat, values)
     geometry = GridGeometry.from_meta(meta)
     area_per_patch = patch_area_mm2(meta)
-    features = []
+    features: list[dict] = []
     for label, (outer, holes) in sorted(mask_rings(mask, labels).items()):
         shell = _geojson_ring(geometry.to_level0(outer), exterior=True)
         if shell is None:
             continue
-        rings = [shell] + [r for r in (_geojson_ring(geometry.to_level0(h), False) for h in holes)
-                           if r is not None]
+        rings = [shell] + [r for r in (_geojson_ring(geometry.to_level0(h), False) for h in holes) if r is not None]
         index = len(features) + 1
         count, area = int(counts[label]), round(int(counts[label]) * area_per_patch, 6)
         mean_p = round(float(means[label]), 4)
-        features.append({
-            "type": "Feature",
-            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"idcmap:{meta.patient_id}/{meta.slide_id}/{index}")),
-            "geometry": {"type": "Polygon", "coordinates": rings},
-            "properties": {
-                "objectType": "annotation",
-                "name": f"IDC {index}: {area:.3f} mm², mean p {mean_p:.2f}",
-                "classification": {"name": "IDC", "color": list(IDC_COLOR_RGB)},
-                "isLocked": False,
-                "measurements": {"IDC patches": count, "Area mm^2": area,
-                                 "Mean probability": mean_p,
-                                 "Max probability": round(float(maxima[label]), 4)},
-            },
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"idcmap:{meta.patient_id}/{meta.slide_id}/{index}")),
+                "geometry": {"type": "Polygon", "coordinates": rings},
+                "properties": {
+                    "objectType": "annotation",
+                    "name": f"IDC {index}: {area:.3f} mm², mean p {mean_p:.2f}",
+                    "classification": {"name": "IDC", "color": list(IDC_COLOR_RGB)},
+                    "isLocked": False,
+                    "measurements": {
+                        "IDC patches": count,
+                        "Area mm^2": area,
+                        "Mean probability": mean_p,
+                        "Max probability": round(float(maxima[label]), 4),
+                    },
+                },
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -361,14 +362,15 @@ def slide_map_files(meta: SlideMeta, table: pa.Table) -> dict[str, bytes]:
     x, y, size0, p = _columns(table, ["x", "y", "level0_patch_size", "prob_idc"])
     if not meta.thumbnail_downsample > 0:
         raise ValueError(f"thumbnail_downsample must be positive, got {meta.thumbnail_downsample}")
-    size = (max(1, math.ceil(meta.width0 / meta.thumbnail_downsample)),
-            max(1, math.ceil(meta.height0 / meta.thumbnail_downsample)))
+    size = (
+        max(1, math.ceil(meta.width0 / meta.thumbnail_downsample)),
+        max(1, math.ceil(meta.height0 / meta.thumbnail_downsample)),
+    )
     thumbnail = decode_thumbnail(meta.thumbnail_bytes(), size)
     return {
         "prob.npy": _npy(prob),
         "heatmap.png": _png(heatmap_image(prob, meta.threshold)),
-        "overlay.png": _png(overlay_image(thumbnail, x, y, size0, p, meta.thumbnail_downsample,
-                                          meta.threshold)),
+        "overlay.png": _png(overlay_image(thumbnail, x, y, size0, p, meta.thumbnail_downsample, meta.threshold)),
         "idc.geojson": (json.dumps(idc_regions(prob, meta)) + "\n").encode(),
     }
 

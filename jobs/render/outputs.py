@@ -6,6 +6,7 @@ idempotent: unchanged inputs give byte-identical files, and files whose bytes wo
 not rewritten. A slide's maps are rebuilt only when its predictions file changed (size and mtime,
 recorded in ``maps/P/SLIDE/inputs.json``) or :data:`MAPS_VERSION` changed.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,19 @@ from idcmap.jobs.render.maps import MAP_FILES, MapError, write_slide_maps
 from idcmap.jobs.render.report import write_report
 from idcmap.jobs.render.summaries import SummaryError, load_meta, write_summaries
 
-MAPS_VERSION = 1        # bump when the map files change for the same predictions
+MAPS_VERSION = 1  # bump when the map files change for the same predictions
 MAPS_MANIFEST = "inputs.json"
 
 
 def input_stamp(job_dir, predictions_file: Path) -> dict:
     """What the maps of a slide were built from: the predictions file, its size and mtime."""
     st = predictions_file.stat()
-    return {"maps_version": MAPS_VERSION,
-            "predictions": predictions_file.relative_to(job_dir).as_posix(),
-            "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {
+        "maps_version": MAPS_VERSION,
+        "predictions": predictions_file.relative_to(job_dir).as_posix(),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+    }
 
 
 def maps_up_to_date(out_dir: Path, stamp: dict) -> bool:
@@ -62,5 +66,4 @@ def build_outputs(job_dir, force: bool = False) -> dict:
         except (MapError, SummaryError) as e:
             errors.append(str(e))
     report = write_report(job_dir)
-    return {"summaries": summaries, "report": report, "maps_built": built, "maps_skipped": skipped,
-            "errors": errors}
+    return {"summaries": summaries, "report": report, "maps_built": built, "maps_skipped": skipped, "errors": errors}

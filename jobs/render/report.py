@@ -8,6 +8,7 @@ Sections: the job (id, runs, counts, spec), the model (version, hash, threshold,
 out-of-fold or validation metrics), ``<table id="patients">`` sorted by IDC fraction (highest
 first; failed patients last), ``<table id="slides">``, ``<table id="failed">`` and each patient's overlays.
 """
+
 from __future__ import annotations
 
 import base64
@@ -42,10 +43,15 @@ figcaption{font-size:12px;color:#555}img{border:1px solid #ccc;max-width:100%}
 """
 
 PATIENT_COLUMNS = [  # (header, summaries column, format)
-    ("Patient", "patient_id", "text"), ("Slides", "slides", "int"),
-    ("Tissue patches", "tissue_patches", "int"), ("IDC patches", "idc_patches", "int"),
-    ("IDC fraction", "idc_fraction", "fraction"), ("IDC area (mm²)", "idc_area_mm2", "area"),
-    ("Max prob", "max_prob", "prob"), ("Call", "call", "text"), ("Status", "status", "text"),
+    ("Patient", "patient_id", "text"),
+    ("Slides", "slides", "int"),
+    ("Tissue patches", "tissue_patches", "int"),
+    ("IDC patches", "idc_patches", "int"),
+    ("IDC fraction", "idc_fraction", "fraction"),
+    ("IDC area (mm²)", "idc_area_mm2", "area"),
+    ("Max prob", "max_prob", "prob"),
+    ("Call", "call", "text"),
+    ("Status", "status", "text"),
     ("Error", "error", "text"),
 ]
 SLIDE_COLUMNS = PATIENT_COLUMNS[:1] + [("Slide", "slide_id", "text")] + PATIENT_COLUMNS[2:]
@@ -72,8 +78,7 @@ def format_value(value, kind: str) -> str:
 
 def patient_order(rows: list[dict]) -> list[dict]:
     """Patient rows by IDC fraction, highest first; rows without one (failed) last; then by id."""
-    return sorted(rows, key=lambda r: (r["idc_fraction"] is None, -(r["idc_fraction"] or 0.0),
-                                       r["patient_id"]))
+    return sorted(rows, key=lambda r: (r["idc_fraction"] is None, -(r["idc_fraction"] or 0.0), r["patient_id"]))
 
 
 def _table(table_id: str, columns, rows: list[dict]) -> str:
@@ -82,11 +87,13 @@ def _table(table_id: str, columns, rows: list[dict]) -> str:
     for r in rows:
         cells = "".join(
             f'<td class="{"num" if kind != "text" else esc(key)}">{esc(format_value(r.get(key), kind))}</td>'
-            for _, key, kind in columns)
-        body.append(f'<tr class="call-{esc((r.get("call") or "none").replace(" ", "-"))} '
-                    f'status-{esc(r.get("status"))}">{cells}</tr>')
-    return (f'<table id="{table_id}"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+            for _, key, kind in columns
+        )
+        body.append(
+            f'<tr class="call-{esc((r.get("call") or "none").replace(" ", "-"))} '
+            f'status-{esc(r.get("status"))}">{cells}</tr>'
+        )
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def _kv(pairs) -> str:
@@ -106,8 +113,7 @@ def overlay_data_uri(png_path: Path) -> str | None:
     h, w = image.shape[:2]
     scale = min(1.0, OVERLAY_MAX_SIDE / max(h, w))
     if scale < 1.0:
-        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                           interpolation=cv2.INTER_AREA)
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
 
@@ -122,35 +128,38 @@ def _job_section(job: dict, first_meta, patients, slides, failures) -> str:
     runs = job.get("runs") or []
     done = sum(1 for s in slides if s["status"] == "done")
     known = len(job.get("slides") or []) or len(slides)
-    pairs = [("Job", job.get("job_id") or (first_meta.job_id if first_meta else None)),
-             ("First run started", runs[0].get("started") if runs else None),
-             ("Last run finished", runs[-1].get("finished") if runs else None),
-             ("Runs", len(runs) or None),
-             ("Patients", len(patients)), ("Slides done", done), ("Slides failed", len(failures)),
-             ("Slides pending", max(0, known - done - len(failures)) or None),
-             ("Tissue patches", f"{sum(s['tissue_patches'] or 0 for s in slides):,}")]
+    pairs = [
+        ("Job", job.get("job_id") or (first_meta.job_id if first_meta else None)),
+        ("First run started", runs[0].get("started") if runs else None),
+        ("Last run finished", runs[-1].get("finished") if runs else None),
+        ("Runs", len(runs) or None),
+        ("Patients", len(patients)),
+        ("Slides done", done),
+        ("Slides failed", len(failures)),
+        ("Slides pending", max(0, known - done - len(failures)) or None),
+        ("Tissue patches", f"{sum(s['tissue_patches'] or 0 for s in slides):,}"),
+    ]
     spec = job.get("spec") or (first_meta.job_spec if first_meta else {}) or {}
     spec_html = _kv((k, _json_text(v)) for k, v in sorted(spec.items())) if spec else ""
     versions = job.get("versions") or {}
-    versions_html = (f"<h3>Package versions</h3>{_kv(sorted(versions.items()))}" if versions else "")
-    return (f"<h2>Job</h2>{_kv(pairs)}" + (f"<h3>Spec</h3>{spec_html}" if spec_html else "")
-            + versions_html)
+    versions_html = f"<h3>Package versions</h3>{_kv(sorted(versions.items()))}" if versions else ""
+    return f"<h2>Job</h2>{_kv(pairs)}" + (f"<h3>Spec</h3>{spec_html}" if spec_html else "") + versions_html
 
 
 def _model_section(job: dict, first_meta) -> str:
     bundle = job.get("bundle") or {}
-    pairs = [("Model version", bundle.get("version") or (first_meta.model_version if first_meta else None)),
-             ("Architecture", bundle.get("architecture")),
-             ("Bundle sha256", bundle.get("sha256") or (first_meta.bundle_sha256 if first_meta else None)),
-             ("Decision threshold", bundle.get("threshold", first_meta.threshold if first_meta else None)),
-             ("Minimum IDC area for an IDC call (mm²)",
-              min_idc_area_mm2(first_meta) if first_meta else None)]
+    pairs = [
+        ("Model version", bundle.get("version") or (first_meta.model_version if first_meta else None)),
+        ("Architecture", bundle.get("architecture")),
+        ("Bundle sha256", bundle.get("sha256") or (first_meta.bundle_sha256 if first_meta else None)),
+        ("Decision threshold", bundle.get("threshold", first_meta.threshold if first_meta else None)),
+        ("Minimum IDC area for an IDC call (mm²)", min_idc_area_mm2(first_meta) if first_meta else None),
+    ]
     metrics = bundle.get("metrics") or bundle.get("validation_metrics") or {}
     kind = bundle.get("metrics_kind", "validation")
     metrics_html = ""
     if metrics:
-        metric_pairs = [(k, f"{v:.4f}" if isinstance(v, float) else _json_text(v))
-                        for k, v in sorted(metrics.items())]
+        metric_pairs = [(k, f"{v:.4f}" if isinstance(v, float) else _json_text(v)) for k, v in sorted(metrics.items())]
         metrics_html = f"<h3>{esc(kind.capitalize())} metrics</h3>{_kv(metric_pairs)}"
     return f"<h2>Model</h2>{_kv(pairs)}{metrics_html}"
 
@@ -158,11 +167,15 @@ def _model_section(job: dict, first_meta) -> str:
 def _failed_section(failures: list[dict]) -> str:
     if not failures:
         return '<h2>Failed slides</h2><p class="muted">None.</p>'
-    rows = "".join(f"<tr><td>{esc(f.get('patient_id'))}</td><td>{esc(f.get('slide_id'))}</td>"
-                   f"<td>{esc(f.get('source'))}</td><td>{esc(f.get('error'))}</td></tr>"
-                   for f in failures)
-    return ('<h2>Failed slides</h2><table id="failed"><thead><tr><th>Patient</th><th>Slide</th>'
-            f"<th>Source</th><th>Reason</th></tr></thead><tbody>{rows}</tbody></table>")
+    rows = "".join(
+        f"<tr><td>{esc(f.get('patient_id'))}</td><td>{esc(f.get('slide_id'))}</td>"
+        f"<td>{esc(f.get('source'))}</td><td>{esc(f.get('error'))}</td></tr>"
+        for f in failures
+    )
+    return (
+        '<h2>Failed slides</h2><table id="failed"><thead><tr><th>Patient</th><th>Slide</th>'
+        f"<th>Source</th><th>Reason</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
 
 
 def _overlay_section(job_dir, patients: list[dict], slides: list[dict]) -> str:
@@ -175,10 +188,15 @@ def _overlay_section(job_dir, patients: list[dict], slides: list[dict]) -> str:
         figures = []
         for s in done_by_patient.get(patient["patient_id"], []):
             uri = overlay_data_uri(JobDir(job_dir).maps(s["patient_id"], s["slide_id"]) / "overlay.png")
-            caption = (f"{esc(s['slide_id'])}: {esc(s['call'])}, IDC fraction "
-                       f"{esc(format_value(s['idc_fraction'], 'fraction'))}")
-            img = (f'<img src="{uri}" alt="IDC overlay of {esc(s["slide_id"])}">' if uri
-                   else '<p class="muted">no overlay (run idcmap report)</p>')
+            caption = (
+                f"{esc(s['slide_id'])}: {esc(s['call'])}, IDC fraction "
+                f"{esc(format_value(s['idc_fraction'], 'fraction'))}"
+            )
+            img = (
+                f'<img src="{uri}" alt="IDC overlay of {esc(s["slide_id"])}">'
+                if uri
+                else '<p class="muted">no overlay (run idcmap report)</p>'
+            )
             figures.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
         if figures:
             parts.append(f"<h3>{esc(patient['patient_id'])}</h3>{''.join(figures)}")
@@ -197,19 +215,25 @@ def render_report(job_dir) -> str:
     failed_keys = {(s["patient_id"], s["slide_id"]) for s in slides if s["status"] == "failed"}
     failures = [f for f in read_failures(jd) if (f["patient_id"], f["slide_id"]) in failed_keys]
     title = f"idcmap report: {job.get('job_id') or (first_meta.job_id if first_meta else jd.root.name)}"
-    body = "".join([
-        f"<h1>{esc(title)}</h1>",
-        _job_section(job, first_meta, patients, slides, failures),
-        _model_section(job, first_meta),
-        "<h2>Patients</h2>", _table("patients", PATIENT_COLUMNS, patients),
-        "<h2>Slides</h2>", _table("slides", SLIDE_COLUMNS, slides),
-        _failed_section(failures),
-        _overlay_section(job_dir, patients, slides),
-    ])
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style></head>"
-            f"<body>{body}</body></html>\n")
+    body = "".join(
+        [
+            f"<h1>{esc(title)}</h1>",
+            _job_section(job, first_meta, patients, slides, failures),
+            _model_section(job, first_meta),
+            "<h2>Patients</h2>",
+            _table("patients", PATIENT_COLUMNS, patients),
+            "<h2>Slides</h2>",
+            _table("slides", SLIDE_COLUMNS, slides),
+            _failed_section(failures),
+            _overlay_section(job_dir, patients, slides),
+        ]
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>"
+        f"<body>{body}</body></html>\n"
+    )
 
 
 def write_report(job_dir) -> Path:

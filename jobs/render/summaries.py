@@ -26,11 +26,12 @@ Definitions (the numbers in ``summaries.parquet``, the report and ``idcmap query
 Only the ``prob_idc``, ``col`` and ``row`` columns are read, one file at a time; a patient row
 holds its slides' probabilities (4 bytes per tissue patch) until it is written.
 """
+
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import cv2
@@ -90,8 +91,9 @@ def prob_stats(probs: np.ndarray, idc_patches: int) -> ProbStats:
     n = int(probs.size)
     if n == 0:
         return ProbStats(0, 0, None, None, None, None)
-    return ProbStats(n, idc_patches, idc_patches / n, float(probs.mean()), float(probs.max()),
-                     float(np.percentile(probs, 95)))
+    return ProbStats(
+        n, idc_patches, idc_patches / n, float(probs.mean()), float(probs.max()), float(np.percentile(probs, 95))
+    )
 
 
 def min_region_patches(meta: SlideMeta) -> int:
@@ -122,14 +124,25 @@ def call_for(idc_area_mm2: float, min_area_mm2: float) -> str:
     return "IDC" if idc_area_mm2 >= min_area_mm2 else "no IDC"
 
 
-def _row(level, patient_id, slide_id, slides, patches, stats: ProbStats | None, area, call,
-         status, error) -> dict:
-    stats = stats or ProbStats(None, None, None, None, None, None)
-    return {"level": level, "patient_id": patient_id, "slide_id": slide_id, "slides": slides,
-            "patches": patches, "tissue_patches": stats.tissue_patches,
-            "idc_patches": stats.idc_patches, "idc_fraction": stats.idc_fraction,
-            "idc_area_mm2": area, "mean_prob": stats.mean_prob, "max_prob": stats.max_prob,
-            "p95_prob": stats.p95_prob, "call": call, "status": status, "error": error}
+def _row(level, patient_id, slide_id, slides, patches, stats: ProbStats | None, area, call, status, error) -> dict:
+    s = asdict(stats) if stats else dict.fromkeys(f.name for f in fields(ProbStats))
+    return {
+        "level": level,
+        "patient_id": patient_id,
+        "slide_id": slide_id,
+        "slides": slides,
+        "patches": patches,
+        "tissue_patches": s["tissue_patches"],
+        "idc_patches": s["idc_patches"],
+        "idc_fraction": s["idc_fraction"],
+        "idc_area_mm2": area,
+        "mean_prob": s["mean_prob"],
+        "max_prob": s["max_prob"],
+        "p95_prob": s["p95_prob"],
+        "call": call,
+        "status": status,
+        "error": error,
+    }
 
 
 def read_probs(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,8 +158,9 @@ def load_meta(path: Path) -> SlideMeta:
     try:
         return read_slide_meta(path)
     except (OSError, KeyError, TypeError, ValueError, pa.ArrowException) as e:
-        raise SummaryError(f"{path}: no valid idcmap slide metadata ({type(e).__name__}: {e}); "
-                           "re-score the slide") from e
+        raise SummaryError(
+            f"{path}: no valid idcmap slide metadata ({type(e).__name__}: {e}); re-score the slide"
+        ) from e
 
 
 @dataclass
@@ -159,33 +173,63 @@ class _Patient:
     area: float = 0.0
     done: int = 0
     any_idc: bool = False
-    failed: list = field(default_factory=list)   # (slide_id, error)
+    failed: list = field(default_factory=list)  # (slide_id, error)
 
 
 def slide_row(meta: SlideMeta, probs: np.ndarray, col, row) -> dict:
     """Pure: the summary row of one done slide."""
     stats = prob_stats(probs, int(slide_idc_mask(meta, col, row, probs).sum()))
     area = stats.idc_patches * patch_area_mm2(meta)
-    return _row("slide", meta.patient_id, meta.slide_id, 1, meta.cols * meta.rows, stats, area,
-                call_for(area, min_idc_area_mm2(meta)), "done", None)
+    return _row(
+        "slide",
+        meta.patient_id,
+        meta.slide_id,
+        1,
+        meta.cols * meta.rows,
+        stats,
+        area,
+        call_for(area, min_idc_area_mm2(meta)),
+        "done",
+        None,
+    )
 
 
 def failed_slide_row(failure: dict) -> dict:
-    return _row("slide", failure["patient_id"], failure["slide_id"], 1, None, None, None, None,
-                "failed", failure.get("error") or "unknown error")
+    return _row(
+        "slide",
+        failure["patient_id"],
+        failure["slide_id"],
+        1,
+        None,
+        None,
+        None,
+        None,
+        "failed",
+        failure.get("error") or "unknown error",
+    )
 
 
 def _patient_row(patient_id: str, acc: _Patient) -> dict:
     slides = acc.done + len(acc.failed)
-    error = ("; ".join(f"{sid}: {err}" for sid, err in acc.failed) or None)
+    error = "; ".join(f"{sid}: {err}" for sid, err in acc.failed) or None
     if error:
         error = f"{len(acc.failed)} of {slides} slides failed: {error}"
     if acc.done == 0:
         return _row("patient", patient_id, None, slides, None, None, None, None, "failed", error)
     probs = np.concatenate(acc.probs) if acc.probs else np.empty(0, np.float32)
     stats = prob_stats(probs, acc.idc_patches)
-    return _row("patient", patient_id, None, slides, acc.patches, stats, acc.area,
-                "IDC" if acc.any_idc else "no IDC", "done", error)
+    return _row(
+        "patient",
+        patient_id,
+        None,
+        slides,
+        acc.patches,
+        stats,
+        acc.area,
+        "IDC" if acc.any_idc else "no IDC",
+        "done",
+        error,
+    )
 
 
 def summary_rows(job_dir) -> list[dict]:

@@ -1,4 +1,5 @@
 """Agreement of a slide's IDC probability map with a ground-truth mask at patch resolution."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,10 @@ def map_agreement(prob: np.ndarray, mask: np.ndarray, threshold: float) -> dict:
     p = np.nan_to_num(prob[labelled], nan=0.0)
     pred = p >= threshold
     denom = pred.sum() + truth.sum()
-    return {"patches": int(labelled.sum()), "idc_patches": int(truth.sum()),
-            "scored": int(np.isfinite(prob[labelled]).sum()),
-            "dice": float(2 * (pred & truth).sum() / denom) if denom else 1.0,
-            "auc": float(roc_auc_score(truth, p)) if 0 < truth.sum() < truth.size else float("nan")}
+    return {
+        "patches": int(labelled.sum()),
+        "idc_patches": int(truth.sum()),
+        "scored": int(np.isfinite(prob[labelled]).sum()),
+        "dice": float(2 * (pred & truth).sum() / denom) if denom else 1.0,
+        "auc": float(roc_auc_score(truth, p)) if 0 < truth.sum() < truth.size else float("nan"),
+    }
