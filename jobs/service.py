@@ -152,11 +152,13 @@ def score_job(inputs, job_dir, options: ScoreOptions | None = None) -> JobResult
     One writer per job folder (a second raises :class:`~idcmap.jobs.jobdir.lock.JobLocked`).
     Slides that fail are in ``result.failed`` with their reason; the others are written."""
     from idcmap.model import load_bundle
+    from idcmap.model.backends import check_backend
 
     options = options or ScoreOptions()
     job = JobDir(job_dir)
     tasks, privacy = _tasks(inputs, options)
     bundle = load_bundle(options.model)
+    check_backend(bundle, options.backend)  # before any slide is given to an actor that cannot start
 
     def pending():  # slides without a predictions file; asked again once the lock is held
         return [t for t in tasks if not job.predictions(t.patient_id, t.slide_id).is_file()]

@@ -113,6 +113,16 @@ class OnnxInt8Backend(OnnxBackend):
 _CLASSES = {"keras": KerasBackend, "onnx": OnnxBackend, "onnx-int8": OnnxInt8Backend}
 
 
+def check_backend(bundle: ModelBundle, name: str) -> None:
+    """Raise a one-line error unless ``bundle`` offers backend ``name``."""
+    if name not in _CLASSES:
+        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name not in bundle.backends:
+        spec = bundle.backend_specs.get(name)
+        why = spec.reason if spec and spec.reason else "not in this bundle"
+        raise BundleError(f"backend {name!r} is not offered by {bundle.path}: {why}")
+
+
 def make_backend(
     bundle: ModelBundle,
     name: str = "onnx",
@@ -122,10 +132,5 @@ def make_backend(
 ) -> Backend:
     """An inference backend for a loaded (verified) bundle. ``shared_cores``: other work runs on
     the same cores (a scoring job's tiling), so idle ONNX threads sleep rather than spin."""
-    if name not in _CLASSES:
-        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name not in bundle.backends:
-        spec = bundle.backend_specs.get(name)
-        why = spec.reason if spec and spec.reason else "not in this bundle"
-        raise BundleError(f"backend {name!r} is not offered by {bundle.path}: {why}")
+    check_backend(bundle, name)
     return _CLASSES[name](bundle, threads=threads, batch_size=batch_size, shared_cores=shared_cores)

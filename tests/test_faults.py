@@ -13,6 +13,7 @@ import numpy as np
 import psutil
 
 from idcmap.jobs.jobdir.layout import JobDir
+from idcmap.jobs.jobdir.schema import read_failures
 
 from .conftest import REPO
 from .test_score_job import read_job_table
@@ -37,7 +38,7 @@ def kill_first(title: str, root: psutil.Process, deadline: float, spare: int | N
         if procs:
             procs[0].send_signal(signal.SIGKILL)
             return procs[0].pid
-        time.sleep(0.05)
+        time.sleep(0.01)
     raise AssertionError(f"no {title} process appeared")
 
 
@@ -70,3 +71,35 @@ def test_killed_actors_do_not_lose_or_duplicate_rows(tmp_path, rebuilt, referenc
     for name in ("patient_id", "slide_id", "x", "y", "col", "row", "tissue_fraction"):
         assert got[name].equals(expected[name]), name
     assert np.abs(got["prob_idc"].to_numpy() - expected["prob_idc"].to_numpy()).max() <= 1e-6
+
+
+def test_a_slide_whose_actor_dies_four_times_fails_alone(tmp_path):
+    """One actor (1 CPU), two slides: the actor is SIGKILLed four times while it scores the first
+    slide's first chunk (its only call out). The call is retried three times, then the slide fails
+    with a one-line reason; the second slide is scored by the restarted actor; exit code 1."""
+    slides = REPO / "examples" / "slides"
+    job = tmp_path / "job"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "idcmap", "score", str(slides), "--out", str(job), "--num-cpus", "1"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        root, deadline, killed = psutil.Process(proc.pid), time.time() + 240, None
+        for _ in range(4):
+            killed = kill_first("ray::Scorer.score", root, deadline, spare=killed)
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, stderr[-2000:]
+    failures = read_failures(JobDir(job))
+    assert [(f["patient_id"], f["slide_id"]) for f in failures] == [("patient-8863", "patient-8863")]
+    assert (
+        failures[0]["error"].startswith(str(slides / "patient-8863.tiff") + ": ") and "\n" not in failures[0]["error"]
+    )
+    assert [p.stem for p in JobDir(job).prediction_files()] == ["patient-8916"]
+    assert "FAILED patient-8863/patient-8863: " in stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,12 +176,18 @@ def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, re
     deadline = time.time() + 300
     while time.time() < deadline and len(JobDir(job).prediction_files()) < 3 and proc.poll() is None:
         time.sleep(0.2)
+    status = run("status", job).output.splitlines()  # while it runs: its rate and ETA
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray, mid-job
     proc.wait()
     done_at_kill = len(JobDir(job).prediction_files())
     assert 0 < done_at_kill < 10, "the kill should land mid-job"
     for f in JobDir(job).prediction_files():  # whatever is visible is complete
         assert pq.read_metadata(f).metadata[META_KEY]
+    assert status[0] == f"{job}: running"
+    done, pending = map(int, re.match(r"  slides +(\d+) done, 0 failed, (\d+) pending, 10 in all$", status[1]).groups())
+    assert 3 <= done <= done_at_kill and done + pending == 10
+    rate = re.match(rf"  rate +([\d,]+) patches/s in this run; ETA \d+\.\d min for {pending} slides$", status[3])
+    assert rate and int(rate.group(1).replace(",", "")) > 0
 
     assert run("score", rebuilt / "slides", "--out", job).exit_code == 0
     got = read_job_table(job)
@@ -210,3 +217,22 @@ def test_report_rebuilds_maps_and_report_from_the_parquet_alone(tmp_path, bundle
     assert rebuilt == {k: v for k, v in built.items() if k.name != "inputs.json"}
     assert pq.read_table(job / "summaries.parquet").num_rows == 2  # slide row + patient row
     assert "not an idcmap job folder" in run("report", tmp_path / "nothing").output
+
+
+def test_keras_backend_scores_the_shipped_bundle_like_onnx(tmp_path, bundle, ray_session):
+    slide = EXAMPLES / "patient-8916.tiff"
+    assert run("score", slide, "--out", tmp_path / "onnx").exit_code == 0
+    result = run("score", slide, "--out", tmp_path / "keras", "--backend", "keras")
+    assert result.exit_code == 0, result.output
+    onnx, keras = read_job_table(tmp_path / "onnx"), read_job_table(tmp_path / "keras")
+    assert onnx.num_rows == keras.num_rows == 171 and onnx["col"].equals(keras["col"])
+    assert np.abs(onnx["prob_idc"].to_numpy() - keras["prob_idc"].to_numpy()).max() < 1e-4
+
+
+def test_a_backend_the_bundle_does_not_offer_is_refused_before_anything_is_written(tmp_path, bundle):
+    assert "onnx-int8" not in bundle.backends  # the shipped bundle's int8 model failed its accuracy check
+    result = run("score", EXAMPLES / "patient-8916.tiff", "--out", tmp_path / "job", "--backend", "onnx-int8")
+    reason = bundle.backend_specs["onnx-int8"].reason
+    assert result.exit_code == 1
+    assert result.output == f"Error: backend 'onnx-int8' is not offered by {bundle.path}: {reason}\n"
+    assert not (tmp_path / "job").exists()

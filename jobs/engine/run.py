@@ -16,6 +16,7 @@ when their process dies and their calls are retried.
 from __future__ import annotations
 
 import base64
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -74,8 +75,8 @@ def _one_line(exc: BaseException, source: str) -> str:
     cause = getattr(exc, "cause", None) or exc
     if isinstance(cause, SlideError):
         return str(cause)
-    text = " ".join(str(cause).split()) or type(cause).__name__
-    return f"{source}: {type(cause).__name__}: {text}"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(cause)).split("Traceback (most recent call last)")[0]
+    return f"{source}: {type(cause).__name__}: {' '.join(text.split()) or type(cause).__name__}"
 
 
 # --- the actor -----------------------------------------------------------------------------------
