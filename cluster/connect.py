@@ -54,22 +54,20 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, env_var
     ``env_vars``: the workers' environment (default: :data:`ENV_VARS`, scoring's)."""
     env_vars = ENV_VARS if env_vars is None else env_vars
     address = address or os.environ.get("RAY_ADDRESS")
+    # Ray's own messages and its workers' output only when the idcmap logger is verbose (-v)
+    verbose = logging.getLogger("idcmap").isEnabledFor(logging.DEBUG)
+    quiet = {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
     started = False
     if not ray.is_initialized():
         if address:
             with tempfile.TemporaryDirectory(prefix="idcmap-code-") as staging:  # uploaded by init
-                ray.init(
-                    address=address,
-                    runtime_env=runtime_env(Path(staging), env_vars),
-                    logging_level=logging.WARNING,
-                    log_to_driver=False,
-                )
+                ray.init(address=address, runtime_env=runtime_env(Path(staging), env_vars), **quiet)
         else:
             # workers of an embedded Ray inherit the driver's environment (a runtime_env would
             # start them through Ray's runtime-env agent: about a second later)
             for key, value in env_vars.items():
                 os.environ.setdefault(key, value)
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
         started = True
     try:
         yield int(ray.cluster_resources().get("CPU", 1))
