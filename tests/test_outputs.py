@@ -21,7 +21,7 @@ from idcmap.jobs.render.maps import (
     LEGEND_HEIGHT,
     MIN_IMAGE_WIDTH,
     colorize,
-    component_rings,
+    mask_rings,
     heatmap_scale,
     idc_regions,
     probability_map,
@@ -339,7 +339,7 @@ def test_region_outlines_follow_patch_edges_exactly():
         mask = rng.random((12, 12)) < rng.uniform(0.3, 0.8)
         n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
         for k in range(1, n):
-            outer, holes = component_rings(labels == k)
+            ((outer, holes),) = mask_rings(labels == k, (labels == k).astype(np.int32)).values()
             closed = [np.vstack([r, r[:1]]) for r in [outer] + holes]
             area = abs(_shoelace(closed[0])) - sum(abs(_shoelace(h)) for h in closed[1:])
             assert area == (labels == k).sum()

@@ -253,12 +253,6 @@ def mask_rings(mask: np.ndarray, labels: np.ndarray) -> dict[int, tuple[np.ndarr
     return rings
 
 
-def component_rings(component: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Outer ring and holes (patch units) of one 8-connected boolean component."""
-    (result,) = mask_rings(component, component.astype(np.int32)).values()
-    return result
-
-
 @dataclass(frozen=True)
 class GridGeometry:
     """Maps patch-grid units (col, row as continuous coordinates) to level-0 pixels."""
