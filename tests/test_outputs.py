@@ -21,9 +21,9 @@ from idcmap.jobs.render.maps import (
     LEGEND_HEIGHT,
     MIN_IMAGE_WIDTH,
     colorize,
-    mask_rings,
     heatmap_scale,
     idc_regions,
+    mask_rings,
     probability_map,
 )
 from idcmap.jobs.render.outputs import build_outputs
