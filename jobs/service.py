@@ -31,7 +31,7 @@ from idcmap.jobs.jobdir.layout import JobDir
 from idcmap.jobs.jobdir.lock import is_locked, job_lock
 from idcmap.jobs.jobdir.schema import read_failures
 from idcmap.models import DEFAULT_MODEL
-from idcmap.slide_tiling.tiler import DEFAULT_MIN_TISSUE
+from idcmap.slide_tiling import DEFAULT_MIN_TISSUE
 
 log = logging.getLogger("idcmap")
 
