@@ -29,7 +29,7 @@ from idcmap.jobs.inputs import SlideTask, collect_tasks
 from idcmap.jobs.jobdir.info import package_versions, read_job, write_job
 from idcmap.jobs.jobdir.layout import JobDir
 from idcmap.jobs.jobdir.lock import is_locked, job_lock
-from idcmap.jobs.jobdir.schema import read_failures
+from idcmap.jobs.jobdir.schema import predictions_problem, read_failures
 from idcmap.models import DEFAULT_MODEL
 from idcmap.slide_tiling import DEFAULT_MIN_TISSUE
 
@@ -136,6 +136,21 @@ def _job_record(record: dict, spec: ScoreSpec, bundle, privacy: dict, tasks, run
     }
 
 
+def _done(path: Path) -> bool:
+    """A slide is done when its predictions file exists and reads back (footer, idcmap metadata)."""
+    return path.is_file() and predictions_problem(path) is None
+
+
+def _set_aside_damaged(job: JobDir) -> None:
+    """Rename predictions files that do not read back (an interrupted copy, a failing mount) out of
+    the way, so their slides are scored again; the old bytes are kept for inspection."""
+    for path in job.prediction_files():
+        if (problem := predictions_problem(path)) is not None:
+            aside = path.with_name(f"{path.name}.damaged-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+            path.rename(aside)
+            log.warning("%s; moved aside to %s, scoring the slide again", problem, aside.name)
+
+
 def build_job_outputs(job: JobDir) -> list[str]:
     """Summaries, maps and report; returns the maps that could not be built (each logged)."""
     from idcmap.jobs.render.outputs import build_outputs
@@ -160,8 +175,8 @@ def score_job(inputs, job_dir, options: ScoreOptions | None = None) -> JobResult
     bundle = load_bundle(options.model)
     check_backend(bundle, options.backend)  # before any slide is given to an actor that cannot start
 
-    def pending():  # slides without a predictions file; asked again once the lock is held
-        return [t for t in tasks if not job.predictions(t.patient_id, t.slide_id).is_file()]
+    def pending():  # slides without a readable predictions file; asked again once the lock is held
+        return [t for t in tasks if not _done(job.predictions(t.patient_id, t.slide_id))]
 
     result = JobResult(job, len(tasks))
     if not pending() and job.summaries.exists():  # finished: touch nothing, not even the lock
@@ -171,6 +186,7 @@ def score_job(inputs, job_dir, options: ScoreOptions | None = None) -> JobResult
     with job_lock(job):
         for stale in job.temporary_files():  # left by a killed run; we hold the lock
             stale.unlink()
+        _set_aside_damaged(job)
         record = read_job(job)
         _check_same_job(job, record, bundle, privacy)
         todo = pending()
@@ -231,6 +247,7 @@ class JobStatus:
     running: bool
     done: int
     failed: list[dict]  # failure records of slides not done since
+    damaged: list[str]  # predictions files that do not read back, each with its reason
     pending: int
     slides: int
     patches: int
@@ -247,32 +264,38 @@ def existing_job(job_dir) -> JobDir:
     return job
 
 
+def readable_predictions(job: JobDir) -> tuple[list[Path], list[str]]:
+    """(predictions files that read back, one-line reasons for those that do not)."""
+    files, damaged = [], []
+    for path in job.prediction_files():
+        problem = predictions_problem(path)
+        if problem is None:
+            files.append(path)
+        else:
+            damaged.append(problem)
+    return files, damaged
+
+
 def job_status(job_dir) -> JobStatus:
     """Slides done, failed and pending, patches scored; the running job's rate and ETA."""
     import pyarrow.parquet as pq
 
     job = existing_job(job_dir)
     record = read_job(job)
-    files = job.prediction_files()
+    files, damaged = readable_predictions(job)
     done = {(f.parent.name, f.stem) for f in files}
     failures = [f for f in read_failures(job) if (f["patient_id"], f["slide_id"]) not in done]
     slides = {(s["patient_id"], s["slide_id"]) for s in record.get("slides", [])} | done
     pending = len(slides - done - {(f["patient_id"], f["slide_id"]) for f in failures})
     runs = record.get("runs", [])
-    status = JobStatus(
-        job,
-        is_locked(job),
-        len(done),
-        failures,
-        pending,
-        len(slides),
-        sum(pq.read_metadata(f).num_rows for f in files),
-        runs[-1] if runs else None,
-    )
+    rows = {f: pq.read_metadata(f).num_rows for f in files}
+    last_run = runs[-1] if runs else None
+    done_rows = sum(rows.values())
+    status = JobStatus(job, is_locked(job), len(done), failures, damaged, pending, len(slides), done_rows, last_run)
     if status.running and status.last_run:
         started = datetime.fromisoformat(status.last_run["started"]).timestamp()
         recent = [f for f in files if f.stat().st_mtime >= started]
         elapsed = max(time.time() - started, 1e-6)
-        status.rate = sum(pq.read_metadata(f).num_rows for f in recent) / elapsed
+        status.rate = sum(rows[f] for f in recent) / elapsed
         status.eta_minutes = elapsed / len(recent) * pending / 60 if recent else None
     return status

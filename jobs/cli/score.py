@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import click
 from idcmap.model.backends import BACKENDS
 from idcmap.models import DEFAULT_MODEL
 from idcmap.slide_tiling import DEFAULT_MIN_TISSUE
+
+log = logging.getLogger("idcmap")
 
 
 @click.command()
@@ -115,6 +118,8 @@ def status(job_dir):
         )
     for f in st.failed:
         click.echo(f"  FAILED   {f['patient_id']}/{f['slide_id']}: {f['error']}")
+    for problem in st.damaged:
+        click.echo(f"  DAMAGED  {problem}; the next idcmap score scores the slide again")
 
 
 @click.command()
@@ -125,16 +130,25 @@ def query(job_dir, sql, fmt):
     """Run SQL (DuckDB) over the views `predictions` and `summaries` of a job."""
     import duckdb
 
-    from idcmap.jobs.service import existing_job
+    from idcmap.jobs.jobdir.schema import parquet_problem
+    from idcmap.jobs.service import existing_job, readable_predictions
 
     job = existing_job(job_dir)
+    files, damaged = readable_predictions(job)
+    summaries = job.summaries if job.summaries.exists() else None
+    if summaries and (problem := parquet_problem(summaries)):
+        damaged.append(f"{problem} (idcmap report rebuilds it)")
+        summaries = None
+    for problem in damaged:  # damaged files are left out of the views; the rest are queried
+        log.warning("%s; left out", problem)
     con = duckdb.connect()
-    if job.prediction_files():
-        pattern = str(job.predictions_dir / "*" / "*.parquet").replace("'", "''")
-        con.execute(f"CREATE VIEW predictions AS SELECT * FROM read_parquet('{pattern}', hive_partitioning=false)")
-    if job.summaries.exists():
-        path = str(job.summaries).replace("'", "''")
-        con.execute(f"CREATE VIEW summaries AS SELECT * FROM read_parquet('{path}')")
+    con.execute("SET python_enable_replacements = false")  # SQL sees the two views, never Python variables
+    quoted = lambda p: "'" + str(p).replace("'", "''") + "'"  # noqa: E731
+    if files:
+        listed = ", ".join(map(quoted, files))
+        con.execute(f"CREATE VIEW predictions AS SELECT * FROM read_parquet([{listed}], hive_partitioning=false)")
+    if summaries:
+        con.execute(f"CREATE VIEW summaries AS SELECT * FROM read_parquet({quoted(summaries)})")
     try:
         df = con.execute(sql).fetchdf()
     except duckdb.Error as exc:

@@ -110,6 +110,23 @@ def write_predictions(job: JobDir, table: pa.Table, meta: SlideMeta) -> Path:
     return path
 
 
+def parquet_problem(path: Path, needs: bytes | None = None) -> str | None:
+    """Why a Parquet file cannot be used (cut by an interrupted copy, damaged on a failing mount),
+    in one line; None when its footer (and the ``needs`` metadata key) reads back."""
+    try:
+        metadata = pq.read_metadata(path).metadata or {}
+    except (OSError, pa.ArrowException) as e:
+        return f"{path}: unreadable Parquet ({' '.join(str(e).split())})"
+    if needs is not None and needs not in metadata:
+        return f"{path}: no {needs.decode()} metadata in the file"
+    return None
+
+
+def predictions_problem(path: Path) -> str | None:
+    """:func:`parquet_problem` for a predictions file, whose idcmap slide metadata must read back."""
+    return parquet_problem(path, META_KEY)
+
+
 def read_slide_meta(path) -> SlideMeta:
     raw = pq.read_schema(path).metadata[META_KEY]
     data = json.loads(raw)

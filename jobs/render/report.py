@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from idcmap.jobs.jobdir.info import read_job
 from idcmap.jobs.jobdir.layout import JobDir, write_bytes_atomic
-from idcmap.jobs.jobdir.schema import read_failures
+from idcmap.jobs.jobdir.schema import predictions_problem, read_failures
 from idcmap.jobs.render.summaries import build_summaries, load_meta, min_idc_area_mm2
 
 OVERLAY_MAX_SIDE = 480
@@ -208,7 +208,7 @@ def render_report(job_dir) -> str:
     jd = JobDir(job_dir)
     job = read_job(jd)
     files = jd.prediction_files()
-    first_meta = load_meta(files[0]) if files else None
+    first_meta = next((load_meta(f) for f in files if predictions_problem(f) is None), None)
     rows = load_summary_rows(job_dir)
     patients = patient_order([r for r in rows if r["level"] == "patient"])
     slides = [r for r in rows if r["level"] == "slide"]

@@ -236,9 +236,14 @@ def summary_rows(job_dir) -> list[dict]:
     """Slide and patient rows, ordered by patient id, patient row first, then slides by id."""
     patients: dict[str, _Patient] = defaultdict(_Patient)
     slide_rows: dict[tuple[str, str], dict] = {}
+    failures = read_failures(JobDir(job_dir))
     for path in JobDir(job_dir).prediction_files():
-        meta = load_meta(path)
-        probs, col, grid_row = read_probs(path)
+        try:
+            meta = load_meta(path)
+            probs, col, grid_row = read_probs(path)
+        except SummaryError as e:  # a damaged file: the slide counts as failed, the others go on
+            failures.append({"patient_id": path.parent.name, "slide_id": path.stem, "error": str(e)})
+            continue
         row = slide_row(meta, probs, col, grid_row)
         slide_rows[(meta.patient_id, meta.slide_id)] = row
         acc = patients[meta.patient_id]
@@ -248,7 +253,7 @@ def summary_rows(job_dir) -> list[dict]:
         acc.area += row["idc_area_mm2"]
         acc.done += 1
         acc.any_idc |= row["call"] == "IDC"
-    for failure in read_failures(JobDir(job_dir)):
+    for failure in failures:
         key = (failure["patient_id"], failure["slide_id"])
         if key in slide_rows:  # a stale record of a slide that later succeeded
             continue
