@@ -56,21 +56,35 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, env_var
     address = address or os.environ.get("RAY_ADDRESS")
     # Ray's own messages and its workers' output only when the idcmap logger is verbose (-v)
     verbose = logging.getLogger("idcmap").isEnabledFor(logging.DEBUG)
-    quiet = {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
+    level = logging.INFO if verbose else logging.ERROR
     started = False
     if not ray.is_initialized():
         if address:
             with tempfile.TemporaryDirectory(prefix="idcmap-code-") as staging:  # uploaded by init
-                ray.init(address=address, runtime_env=runtime_env(Path(staging), env_vars), **quiet)
+                ray.init(
+                    address=address,
+                    runtime_env=runtime_env(Path(staging), env_vars),
+                    logging_level=level,
+                    log_to_driver=verbose,
+                )
         else:
             # workers of an embedded Ray inherit the driver's environment (a runtime_env would
             # start them through Ray's runtime-env agent: about a second later)
             for key, value in env_vars.items():
                 os.environ.setdefault(key, value)
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=level, log_to_driver=verbose)
         started = True
     try:
         yield int(ray.cluster_resources().get("CPU", 1))
     finally:
         if started:
             ray.shutdown()
+
+
+def ray_nodes() -> list[dict]:
+    """The live nodes of the Ray session: name (address and id, as the scorer actors give it) and CPUs."""
+    return [
+        {"name": f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})", "cpus": n["Resources"].get("CPU", 0)}
+        for n in ray.nodes()
+        if n["Alive"]
+    ]

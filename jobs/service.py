@@ -213,7 +213,7 @@ def score_job(inputs, job_dir, options: ScoreOptions | None = None) -> JobResult
 def _run(job: JobDir, record: dict, todo, total: int, spec: ScoreSpec, bundle, options: ScoreOptions):
     """Score ``todo`` on Ray; ``job.json`` (``record``) written before and after, with this run's
     times and counts."""
-    from idcmap.cluster import ray_session
+    from idcmap.cluster import ray_nodes, ray_session
     from idcmap.jobs.engine.run import run_scoring
     from idcmap.jobs.progress import Progress
 
@@ -224,8 +224,12 @@ def _run(job: JobDir, record: dict, todo, total: int, spec: ScoreSpec, bundle, o
     t0 = time.time()
     with ray_session(options.address, options.num_cpus) as cpus:
         t1 = time.time()
-        results = run_scoring(job, todo, spec, cpus, progress)
+        nodes: dict[str, dict] = {}  # node -> slides planned, patches scored; CPUs
+        run["nodes"] = nodes
+        results = run_scoring(job, todo, spec, cpus, progress, nodes, on_tick=lambda: write_job(job, record))
         run["scoring_seconds"] = round(time.time() - t1, 2)  # without starting Ray
+        for n in ray_nodes():
+            nodes.setdefault(n["name"], {"slides_planned": 0, "patches": 0})["cpus"] = n["cpus"]
     progress.close()
     failed = sum(not r.ok for r in results)
     run.update(
@@ -254,6 +258,7 @@ class JobStatus:
     last_run: dict | None
     rate: float | None = None  # patches/s of the current run, while running
     eta_minutes: float | None = None  # for the pending slides, while running
+    elapsed: float | None = None  # seconds since the current run started, while running
 
 
 def existing_job(job_dir) -> JobDir:
@@ -295,7 +300,7 @@ def job_status(job_dir) -> JobStatus:
     if status.running and status.last_run:
         started = datetime.fromisoformat(status.last_run["started"]).timestamp()
         recent = [f for f in files if f.stat().st_mtime >= started]
-        elapsed = max(time.time() - started, 1e-6)
+        elapsed = status.elapsed = max(time.time() - started, 1e-6)
         status.rate = sum(rows[f] for f in recent) / elapsed
         status.eta_minutes = elapsed / len(recent) * pending / 60 if recent else None
     return status

@@ -31,6 +31,7 @@ log = logging.getLogger("idcmap")
 #: environment of the training workers: TensorFlow's C++ start-up messages off (its threads are
 #: set per worker in the loop, so not OMP_NUM_THREADS=1 as for scoring)
 TRAINING_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+WORKER_FAILURES = 3  # restarts of the worker group (from its last checkpoint) before a run fails
 
 
 @dataclass
@@ -314,13 +315,34 @@ class _EpochLog:
         )
 
 
+def _fit_logging_epochs(trainer, epochs: _EpochLog):
+    """``trainer.fit()`` in a thread while this one logs the epochs it reports; its result (or its
+    exception, raised here)."""
+    import threading
+
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # raised again below, in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        epochs.drain(timeout=1.0)
+    epochs.drain(timeout=0.01)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def fit(cfg: TrainConfig, run_dir, resume: bool = False, ray_address: str | None = None, label: str = "") -> Path:
     """Run the Ray Train job (in the session of :func:`idcmap.cluster.ray_session`, joining a
     cluster at ``ray_address`` if given); returns the directory of its final checkpoint. Progress:
     one line per epoch on the ``idcmap`` logger."""
-    import threading
-
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     from idcmap.cluster import ray_session
@@ -350,24 +372,11 @@ def fit(cfg: TrainConfig, run_dir, resume: bool = False, ray_address: str | None
                 storage_path=str(run_dir),
                 callbacks=[epochs.callback],  # type: ignore[list-item]  # Ray Train V2 takes UserCallbacks
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                # a worker (or its node) lost: the group restarts from the last checkpoint
+                failure_config=FailureConfig(max_failures=WORKER_FAILURES),
             ),
         )
-        outcome: dict = {}
-
-        def run():
-            try:
-                outcome["result"] = trainer.fit()
-            except BaseException as exc:  # raised again below, in the caller's thread
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        while thread.is_alive():
-            epochs.drain(timeout=1.0)
-        epochs.drain(timeout=0.01)
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome["result"]
+        result = _fit_logging_epochs(trainer, epochs)
     if result.checkpoint is None:
         if cfg.resume_from:  # nothing left to do: the resumed run had already finished
             return Path(cfg.resume_from)

@@ -484,14 +484,15 @@ def test_a_job_whose_slides_all_failed_still_gets_a_report(tmp_path):
     assert "no microns-per-pixel metadata" in rows[0][9]
 
 
-def test_a_corrupt_predictions_file_is_named(tmp_path):
-    from idcmap.jobs.render.summaries import SummaryError
-
+def test_a_corrupt_predictions_file_is_named_and_the_rest_is_built(tmp_path):
     make_slide(tmp_path, "P", "S", 5)
     bad = tmp_path / "predictions" / "P" / "T.parquet"
     bad.write_bytes(b"not parquet")
-    with pytest.raises(SummaryError, match=re.escape(str(bad))):
-        build_outputs(tmp_path)
+    result = build_outputs(tmp_path)
+    assert len(result["errors"]) == 1 and result["errors"][0].startswith(f"{bad}: ")
+    rows = {r["slide_id"]: r for r in pq.read_table(result["summaries"]).to_pylist() if r["level"] == "slide"}
+    assert rows["S"]["status"] == "done"
+    assert rows["T"]["status"] == "failed" and rows["T"]["error"].startswith(f"{bad}: ")
 
 
 # --- a real slide: the example's tiling and thumbnail, probabilities from its ground truth ------

@@ -121,3 +121,33 @@ def test_random_completion_orders_score_every_chunk_once_and_complete_every_slid
         assert len(scored) == len(set(scored))
         for st in completed:
             assert st.failed or len(st.parts) == st.chunks_total == regions[st.task.slide_id]
+
+
+def test_a_lost_call_goes_to_another_actor_until_its_slide_has_lost_four():
+    s = Scheduler([task("A"), task("B")], n_actors=2, max_slides_in_flight=1, min_tissue=0.05, target_mpp=4.0)
+    s.chunk_patches = 32
+    s.planned(s.next_call(), plan(2), FACTS)  # A planned by actor 0
+    first = s.next_call()  # actor 0: A's first chunk
+    assert s.lost(first, "A: lost", limit=4) is True  # its actor died: the chunk is queued again
+    s.set_available(0, False)  # that actor is retired
+    again = s.next_call()  # actor 1 adopts A before planning B
+    assert not isinstance(again, PlanCall) and again.actor == 1 and again.regions == first.regions
+    for _ in range(2):
+        assert s.lost(again, "A: lost", limit=4) is True
+        again = s.next_call()
+        assert again.regions == first.regions
+    assert s.lost(again, "A: lost", limit=4) is False  # the fourth: A fails, alone
+    assert isinstance(s.next_call(), PlanCall)  # B goes on
+    (done,) = s.take_completed()
+    assert done.task.slide_id == "A" and done.failed == "A: lost"
+
+
+def test_fail_remaining_ends_every_slide_not_completed():
+    s = Scheduler([task("A"), task("B"), task("C")], n_actors=1, max_slides_in_flight=1, min_tissue=0.05,
+                  target_mpp=4.0)  # fmt: skip
+    s.chunk_patches = 32
+    s.planned(s.next_call(), plan(3), FACTS)
+    s.scored(s.next_call(), part())
+    s.fail_remaining("no node left")
+    done = {st.task.slide_id: st.failed for st in s.take_completed()}
+    assert done == {"A": "no node left", "B": "no node left", "C": "no node left"} and s.finished

@@ -116,6 +116,10 @@ def status(job_dir):
             f"  last run {last['started']} .. {last.get('finished', 'interrupted')}, "
             f"{last.get('patches', 0):,} patches in {last.get('seconds', '?')} s"
         )
+    for name, n in sorted((st.last_run or {}).get("nodes", {}).items()):
+        rate = f", {n['patches'] / st.elapsed:,.0f} patches/s" if st.running and st.elapsed else ""
+        cpus = f"{n['cpus']:g} CPUs, " if "cpus" in n else ""
+        click.echo(f"  node     {name}: {cpus}{n['slides_planned']} slides planned, {n['patches']:,} patches{rate}")
     for f in st.failed:
         click.echo(f"  FAILED   {f['patient_id']}/{f['slide_id']}: {f['error']}")
     for problem in st.damaged:

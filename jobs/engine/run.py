@@ -16,15 +16,19 @@ when their process dies and their calls are retried.
 from __future__ import annotations
 
 import base64
+import logging
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
 import pyarrow as pa
 import ray
 
+from idcmap.errors import IdcmapError
 from idcmap.jobs.engine.scheduler import PlanCall, Scheduler, ScoredChunk, SlideFacts, SlideState
 from idcmap.jobs.inputs import SlideTask
 from idcmap.jobs.jobdir.layout import JobDir
@@ -41,6 +45,8 @@ from idcmap.slide_tiling import (
     open_slide,
     plan_slide,
 )
+
+log = logging.getLogger("idcmap")
 
 
 @dataclass
@@ -80,18 +86,30 @@ def _one_line(exc: BaseException, source: str) -> str:
 
 
 # --- the actor -----------------------------------------------------------------------------------
-@ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=3)
+@ray.remote(num_cpus=1, max_restarts=0)
 class Scorer:
-    """Holds the model: loaded once per actor (and again after a restart), verified against its hashes.
+    """Holds the model: loaded once per actor, verified against its hashes.
 
-    A call whose actor dies is retried three times; a slide that kills the process a fourth time
-    (a codec crash) fails alone with its reason."""
+    An actor whose process or node dies is replaced by the driver, and the call it was running
+    goes to another actor (``_returned``): up to four times for one slide, so a slide that kills
+    the process every time (a codec crash) fails alone with its reason."""
 
     def __init__(self, bundle_dir: str, backend: str, threads: int, batch_size: int):
-        self.backend = make_backend(
-            load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size, shared_cores=True
-        )
+        context = ray.get_runtime_context()
+        self.node = f"{ray.util.get_node_ip_address()} ({context.get_node_id()[:8]})"  # one machine: many nodes
+        self.multi_node = sum(n["Alive"] for n in ray.nodes()) > 1
+        self.problem = ""  # why this node cannot score (its copy of the bundle), told by ready()
+        try:
+            self.backend = make_backend(
+                load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size, shared_cores=True
+            )
+        except IdcmapError as exc:
+            self.problem = f"node {self.node}: {exc}"
         self._open: tuple[str, object] | None = None  # (source, reader) of the last slide
+
+    def ready(self) -> tuple[str, str]:
+        """(this actor's node: address and id, why it cannot score or "")."""
+        return self.node, self.problem
 
     def _reader(self, source: str):
         """The slide, kept open between calls: its tile cache serves the tiles that a slide's next
@@ -116,6 +134,11 @@ class Scorer:
             reader = self._reader(task.source)
             mpp = task.mpp if task.mpp is not None else (fallback_mpp if reader.mpp is None else None)
             plan = plan_slide(reader, replace(spec, mpp=mpp))
+        except SlideError as exc:
+            self._close()
+            if self.multi_node and not os.path.exists(task.source):  # each node must see the same paths
+                raise SlideError(exc.path, f"{exc.reason} on node {self.node}") from None
+            raise
         except Exception:
             self._close()
             raise
@@ -147,58 +170,155 @@ class Scorer:
 
 
 # --- the driver ------------------------------------------------------------------------------------
+#: how long a job with work left but no live scorer (every node that could run one is gone) waits
+#: for capacity before the remaining slides fail (a re-run resumes them)
+CAPACITY_WAIT_S = 120.0
+GROW_EVERY_S = 5.0  # how often the cluster is looked at for CPUs that joined
+
+
+#: a slide whose calls lost their scorer this many times fails (a slide that crashes the process
+#: does so every time; a node lost mid-call costs a call one)
+MAX_LOST_CALLS = 4
+#: a call's actor died under it: its process (ActorDiedError, or ActorUnavailableError when Ray
+#: cannot tell whether the call ran) or its node
+LOST = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.OwnerDiedError,
+)
+
+
+def _alive_cpus() -> int:
+    return int(sum(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]))
+
+
+class _Pool:
+    """The scorer actors: one per CPU of the cluster (CPUs that join get theirs), an actor given
+    calls once it has answered ``ready``; an actor whose node is lost is retired and the pool grows
+    back where there is room."""
+
+    def __init__(self, spec: ScoreSpec, sched: Scheduler, cpus: int, tiling: TilingSpec):
+        self.spec, self.sched, self.tiling = spec, sched, tiling
+        self.cpus_per_actor = min(1.0, cpus / (spec.actors or cpus))
+        self.handles: dict[int, Any] = {}  # live or starting actors (Ray actor handles)
+        self.node: dict[int, str] = {}  # actor -> its node's address
+        self.starting: dict = {}  # ready() ref -> actor
+        self.broken: set[str] = set()  # nodes that cannot load the bundle
+        self.grown = 0.0
+        self.grow(spec.actors or cpus)
+
+    def grow(self, target: int | None = None) -> None:
+        target = target or self.spec.actors or _alive_cpus() - len(self.broken)
+        self.grown = time.monotonic()
+        for _ in range(target - len(self.handles)):
+            i = self.sched.add_actor()
+            self.handles[i] = Scorer.options(num_cpus=self.cpus_per_actor).remote(  # type: ignore[attr-defined]
+                self.spec.bundle, self.spec.backend, self.spec.threads_per_actor, self.spec.batch_size
+            )
+            self.starting[self.handles[i].ready.remote()] = i
+
+    def answered(self, ref) -> None:
+        """An actor's ready() returned: it gets calls, or is retired (its node cannot score)."""
+        i = self.starting.pop(ref)
+        try:
+            self.node[i], problem = ray.get(ref)
+        except ray.exceptions.RayActorError:  # died while starting (its node lost): the pool grows back
+            return self.retire(i)
+        if problem:
+            log.warning("%s; no scorer runs there", problem)
+            self.broken.add(self.node[i])
+            return self.retire(i)
+        self.sched.set_available(i, True)
+
+    def retire(self, i: int) -> None:
+        if (handle := self.handles.pop(i, None)) is not None:
+            ray.kill(handle, no_restart=True)
+        self.sched.set_available(i, False)
+
+    def call(self, call) -> object:
+        actor = self.handles[call.actor]
+        if isinstance(call, PlanCall):
+            return actor.plan.remote(call.task, self.tiling, self.spec.mpp)
+        return actor.score.remote(call.task.source, call.region_plan())
+
+    def close(self) -> None:
+        for i in list(self.handles):
+            self.retire(i)
+
+
 def run_scoring(
-    job_dir: JobDir, tasks: list[SlideTask], spec: ScoreSpec, cpus: int, progress: Progress
+    job_dir: JobDir,
+    tasks: list[SlideTask],
+    spec: ScoreSpec,
+    cpus: int,
+    progress: Progress,
+    nodes: dict | None = None,
+    on_tick=None,
 ) -> list[SlideResult]:
-    """Score ``tasks`` (the slides not done yet) into ``job_dir``. Ray must be initialised."""
+    """Score ``tasks`` (the slides not done yet) into ``job_dir``. Ray must be initialised.
+    ``nodes`` is filled with each node's slides planned and patches scored as they happen;
+    ``on_tick()`` is called every few seconds meanwhile (to save them)."""
     bundle = load_bundle(spec.bundle)
     size = bundle.patch_size
     tiling = TilingSpec(
         target_mpp=bundle.target_mpp, patch_size=size, stride=spec.stride or size, min_tissue=spec.min_tissue
     )
-    n_actors = spec.actors or cpus
-    actors = [
-        Scorer.options(num_cpus=min(1.0, cpus / n_actors)).remote(  # type: ignore[attr-defined]
-            spec.bundle, spec.backend, spec.threads_per_actor, spec.batch_size
-        )
-        for _ in range(n_actors)
-    ]
-    sched = Scheduler(tasks, n_actors, spec.max_slides_in_flight, tiling.min_tissue, tiling.target_mpp)
+    sched = Scheduler(tasks, 0, spec.max_slides_in_flight, tiling.min_tissue, tiling.target_mpp)
+    pool = _Pool(spec, sched, cpus, tiling)
+    nodes = {} if nodes is None else nodes
     out: dict = {}  # ref -> call
     results: list[SlideResult] = []
+    idle_since = None  # work left, no live actor: since when
     while not sched.finished:
         while (call := sched.next_call()) is not None:
-            actor = actors[call.actor]
-            ref = (
-                actor.plan.remote(call.task, tiling, spec.mpp)
-                if isinstance(call, PlanCall)
-                else actor.score.remote(call.task.source, call.region_plan())
-            )
-            out[ref] = call
+            out[pool.call(call)] = call
         for state in sched.take_completed():  # writing a file takes a while: the actors are busy meanwhile
             results.append(_finish(job_dir, state, spec, tiling, bundle))
             progress.slide_done(state.task.key, results[-1].patches, failed=state.failed)
-        if not out:
+        if time.monotonic() - pool.grown > GROW_EVERY_S:
+            pool.grow()
+            if on_tick:
+                on_tick()
+        idle_since = None if out or any(sched.available) else (idle_since or time.monotonic())
+        if idle_since and time.monotonic() - idle_since > CAPACITY_WAIT_S:
+            sched.fail_remaining(f"no node left to score on (waited {CAPACITY_WAIT_S:.0f} s); re-run to resume")
             continue
-        done, _ = ray.wait(list(out), num_returns=1, timeout=1.0)
+        done, _ = ray.wait(list(out) + list(pool.starting), num_returns=1, timeout=1.0)
         progress.tick()
         for ref in done:
-            call = out.pop(ref)
-            try:
-                value = ray.get(ref)
-            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
-                sched.failed(call, _one_line(exc, call.task.source))
-                continue
-            if isinstance(call, PlanCall):
-                sched.planned(call, *value)
-                progress.slide_started(call.task.key)
+            if ref in pool.starting:
+                pool.answered(ref)
             else:
-                sched.scored(call, value)
-                if value is not None and not call.slide.failed:
-                    progress.patches_scored(len(value.prob_patch))
-    for actor in actors:
-        ray.kill(actor)
+                _returned(ref, out.pop(ref), sched, pool, progress, nodes)
+    pool.close()
     return results
+
+
+def _returned(ref, call, sched: Scheduler, pool: _Pool, progress: Progress, nodes: dict) -> None:
+    """Hand a finished call's outcome to the scheduler (a node lost: its work is queued again)."""
+    try:
+        value = ray.get(ref)
+    except LOST as exc:  # the actor is replaced; the call goes to another one, or its slide fails
+        pool.retire(call.actor)
+        pool.grow()
+        reason = _one_line(exc, call.task.source)
+        if sched.lost(call, f"{reason} (its scorer died {MAX_LOST_CALLS} times on it)", MAX_LOST_CALLS):
+            log.debug("%s: its scorer died, the call goes to another one (%s)", call.task.key, reason)
+        return
+    except ray.exceptions.RayTaskError as exc:  # the slide's own error
+        sched.failed(call, _one_line(exc, call.task.source))
+        return
+    node = nodes.setdefault(pool.node.get(call.actor, "?"), {"slides_planned": 0, "patches": 0})
+    if isinstance(call, PlanCall):
+        sched.planned(call, *value)
+        node["slides_planned"] += 1
+        progress.slide_started(call.task.key)
+    else:
+        sched.scored(call, value)
+        if value is not None and not call.slide.failed:
+            node["patches"] += len(value.prob_patch)
+            progress.patches_scored(len(value.prob_patch))
 
 
 def _finish(job_dir: JobDir, state: SlideState, spec: ScoreSpec, tiling: TilingSpec, bundle) -> SlideResult:

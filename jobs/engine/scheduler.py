@@ -21,6 +21,7 @@ from idcmap.slide_tiling import SlidePlan
 
 CHUNK_PATCHES = 1024  # grid patches per scoring call (before the tissue filter)
 CALLS_PER_ACTOR = 1  # two per actor measured slower (benchmarks/README.md)
+ORPHAN = -2  # the actor of a slide whose actor was lost: the next free actor adopts it
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class Scheduler:
     ):
         self.todo = deque(tasks)
         self.busy = [0] * n_actors  # calls queued or running on each actor
+        self.available = [True] * n_actors  # an actor gets calls only while it is available
+        self.losses: dict[str, int] = {}  # slide -> calls lost with their actor
         self.max_slides_in_flight = max_slides_in_flight
         self.min_tissue, self.target_mpp = min_tissue, target_mpp
         self.planning = 0  # plan calls out
@@ -132,10 +135,14 @@ class Scheduler:
     def next_call(self) -> Call | None:
         """The least busy actor's next call, or None when no actor is free or nothing is left to give."""
         while True:
-            i = min(range(len(self.busy)), key=self.busy.__getitem__)
+            free = [i for i in range(len(self.busy)) if self.available[i]]
+            if not free:
+                return None
+            i = min(free, key=self.busy.__getitem__)
             if self.busy[i] >= self.calls_per_actor:
                 return None
-            own = next((k for k, (state, _) in enumerate(self.ready) if state.actor == i), None)
+            # its own slides' chunks first, and chunks whose actor was lost (it adopts their slide)
+            own = next((k for k, (state, _) in enumerate(self.ready) if state.actor in (i, ORPHAN)), None)
             if own is None and self.todo and self.planning < self.max_slides_in_flight:
                 call: Call = PlanCall(i, self.todo.popleft())
                 self.planning += 1
@@ -145,6 +152,7 @@ class Scheduler:
                     self._chunk_done(state)
                     continue
                 call = ScoreCall(i, state.task, state, tuple(regions))
+                state.actor = i if state.actor == ORPHAN else state.actor
                 self.scoring += 1
             else:
                 return None
@@ -178,6 +186,46 @@ class Scheduler:
         if not call.slide.failed:
             call.slide.failed = reason
         self._chunk_done(call.slide)
+
+    def lost(self, call: Call, reason: str, limit: int) -> bool:
+        """A call's actor died under it (its process or its node): the call is queued again, unless
+        its slide has now lost ``limit`` calls; then the slide fails with ``reason``. Whether it
+        was queued again."""
+        key = call.task.key
+        self.losses[key] = self.losses.get(key, 0) + 1
+        if self.losses[key] >= limit:
+            self.failed(call, reason)
+            return False
+        self.requeue(call)
+        return True
+
+    def requeue(self, call: Call) -> None:
+        """A call lost with its node (not the slide's fault): its work goes back to the queues."""
+        self._returned(call)
+        if isinstance(call, PlanCall):
+            self.todo.appendleft(call.task)
+        else:
+            call.slide.actor = ORPHAN
+            self.ready.insert(0, (call.slide, list(call.regions)))
+
+    def add_actor(self) -> int:
+        """A new actor's index; it gets calls once :meth:`set_available` says it is ready."""
+        self.busy.append(0)
+        self.available.append(False)
+        return len(self.busy) - 1
+
+    def set_available(self, actor: int, available: bool) -> None:
+        self.available[actor] = available
+
+    def fail_remaining(self, reason: str) -> None:
+        """No actor is left to run the rest: every slide not completed fails with ``reason``."""
+        while self.todo:
+            self.completed.append(SlideState(self.todo.popleft(), failed=reason))
+        for state, _ in self.ready:
+            if not state.failed:
+                state.failed = reason
+        while self.ready:
+            self._chunk_done(self.ready.pop()[0])
 
     def take_completed(self) -> list[SlideState]:
         done, self.completed = self.completed, []

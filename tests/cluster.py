@@ -1,0 +1,114 @@
+"""A real Ray cluster on this machine for the tests: `ray start` processes (a head and worker nodes
+of 1 CPU each, bound to 127.0.0.1, with their own ports and temp dir), each node's processes known
+by pid so that a test can kill one node and the fixture stops exactly what it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+#: environment of the cluster's processes and of the drivers that join it (no Ray token: 127.0.0.1 only)
+ENV = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_processes() -> set[int]:
+    found = set()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "raylet" in cmd or "gcs_server" in cmd or "ray/dashboard" in cmd or "ray::" in cmd:
+            found.add(p.info["pid"])
+    return found
+
+
+class LocalCluster:
+    """``ray start`` on 127.0.0.1: ``start()`` the head, ``add_node()`` worker nodes."""
+
+    def __init__(self, temp_dir: Path):
+        self.temp_dir = temp_dir
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.nodes: list[set[int]] = []  # the pids each `ray start` added: [head, worker, ...]
+
+    def _ray_start(self, *args: str) -> set[int]:
+        before = _ray_processes()
+        cmd = ["ray", "start", "--node-ip-address=127.0.0.1", "--num-cpus", "1", *args]
+        proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        time.sleep(1.0)
+        added = _ray_processes() - before
+        self.nodes.append(added)
+        return added
+
+    def start(self) -> LocalCluster:
+        self._ray_start(
+            "--head", "--port", str(self.port), "--temp-dir", str(self.temp_dir),
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+        )  # fmt: skip
+        return self
+
+    def add_node(self) -> set[int]:
+        added = self._ray_start("--address", self.address)
+        deadline = time.time() + 60
+        while time.time() < deadline and self.alive_nodes() < len(self.nodes):
+            time.sleep(0.5)
+        return added
+
+    def alive_nodes(self) -> int:
+        import json
+
+        out = subprocess.run(
+            ["python", "-c", f"import ray, json; ray.init(address='{self.address}', logging_level='ERROR'); "
+             "print(json.dumps(sum(n['Alive'] for n in ray.nodes())))"],
+            env=ENV, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
+
+    def raylet(self, node: int) -> psutil.Process:
+        """The raylet process of node ``node`` (0: the head)."""
+        for pid in self.nodes[node]:
+            try:
+                p = psutil.Process(pid)
+                if "raylet" in " ".join(p.cmdline()) and "ray::" not in p.name():
+                    return p
+            except psutil.Error:
+                pass
+        raise AssertionError(f"node {node} has no raylet")
+
+    def kill_node(self, node: int) -> None:
+        """SIGKILL a node's raylet: its workers die with it, as when a machine is lost."""
+        self.raylet(node).send_signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Stop every process the cluster started (and their children), by pid."""
+        procs = []
+        for pids in self.nodes:
+            for pid in pids:
+                try:
+                    p = psutil.Process(pid)
+                    procs += [p, *p.children(recursive=True)]
+                except psutil.Error:
+                    pass
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
