@@ -5,9 +5,11 @@ by pid so that a test can kill one node and the fixture stops exactly what it st
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +37,9 @@ def _ray_processes() -> set[int]:
 class LocalCluster:
     """``ray start`` on 127.0.0.1: ``start()`` the head, ``add_node()`` worker nodes."""
 
-    def __init__(self, temp_dir: Path):
-        self.temp_dir = temp_dir
+    def __init__(self):
+        # short: Ray's socket paths under it must fit in a unix socket name
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="idcmap-ray-"))
         self.port, self.dashboard_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
@@ -44,7 +47,7 @@ class LocalCluster:
 
     def _ray_start(self, *args: str) -> set[int]:
         before = _ray_processes()
-        cmd = ["ray", "start", "--node-ip-address=127.0.0.1", "--num-cpus", "1", *args]
+        cmd = ["ray", "start", "--node-ip-address=127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", *args]
         proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         time.sleep(1.0)
@@ -112,3 +115,4 @@ class LocalCluster:
                 p.kill()
             except psutil.Error:
                 pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -20,8 +20,8 @@ from .test_score_job import read_job_table
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("ray"))
+def cluster():
+    c = LocalCluster()
     try:
         c.start()
         c.add_node()
@@ -98,3 +98,23 @@ def test_training_runs_its_ray_train_workers_on_the_cluster(cluster, tmp_path):
     bundle = load_bundle(tmp_path / "bundle")
     assert [h["epoch"] for h in bundle.meta["training"]["history"]] == [1]
     assert "onnx" in bundle.backends
+
+
+def test_a_node_that_joins_mid_job_gets_scorers(tmp_path, rebuilt, reference_job):
+    """A cluster of one 1-CPU node; a second node joins while the job runs: it scores too."""
+    small = LocalCluster()
+    try:
+        small.start()
+        job = tmp_path / "job"
+        proc = score(small, rebuilt / "slides", job)
+        deadline = time.time() + 300
+        while time.time() < deadline and not JobDir(job).prediction_files() and proc.poll() is None:
+            time.sleep(0.1)
+        small.add_node()
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        small.stop()
+    assert proc.returncode == 0, stderr[-3000:]
+    same_rows(job, reference_job)
+    nodes = json.loads((job / "job.json").read_text())["runs"][-1]["nodes"]
+    assert len(nodes) == 2 and all(n["patches"] > 0 for n in nodes.values())

@@ -284,7 +284,11 @@ def run_scoring(
         if idle_since and time.monotonic() - idle_since > CAPACITY_WAIT_S:
             sched.fail_remaining(f"no node left to score on (waited {CAPACITY_WAIT_S:.0f} s); re-run to resume")
             continue
-        done, _ = ray.wait(list(out) + list(pool.starting), num_returns=1, timeout=1.0)
+        waiting = list(out) + list(pool.starting)
+        if not waiting:  # no actor running or starting: wait for capacity (or for the limit)
+            time.sleep(1.0)
+            continue
+        done, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
         progress.tick()
         for ref in done:
             if ref in pool.starting:
