@@ -47,7 +47,11 @@ class LocalCluster:
 
     def _ray_start(self, *args: str) -> set[int]:
         before = _ray_processes()
-        cmd = ["ray", "start", "--node-ip-address=127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", *args]
+        # every node its own agent ports: Ray's defaults (52365 ...) may be taken by another Ray on
+        # this machine (the tests' embedded one), and a head without its job agent refuses submissions
+        ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                        "runtime-env-agent-port", "metrics-export-port")]  # fmt: skip
+        cmd = ["ray", "start", "--node-ip-address=127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", *ports, *args]
         proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         time.sleep(1.0)

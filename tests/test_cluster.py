@@ -44,8 +44,6 @@ def same_rows(job, reference_job):
     assert np.abs(got["prob_idc"].to_numpy() - expected["prob_idc"].to_numpy()).max() <= 1e-6
 
 
-# first: on the fresh cluster (after a job has run on it, Ray's job server answered "No available
-# agent to submit job" for minutes in these tests)
 def test_ray_job_submit_runs_a_scoring_job(cluster, tmp_path, bundle):
     job = tmp_path / "job"
     cmd = ["ray", "job", "submit", "--address", cluster.dashboard, "--", sys.executable, "-m", "idcmap", "score",
