@@ -42,18 +42,19 @@ def kill_first(title: str, root: psutil.Process, deadline: float, spare: int | N
     raise AssertionError(f"no {title} process appeared")
 
 
+def start_score(slides, job, cpus: int) -> subprocess.Popen:
+    """`idcmap score` in its own session (so that its whole process group can be killed)."""
+    cmd = [sys.executable, "-m", "idcmap", "score", str(slides), "--out", str(job), "--num-cpus", str(cpus)]
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
 def test_killed_actors_do_not_lose_or_duplicate_rows(tmp_path, rebuilt, reference_job):
     expected = read_job_table(reference_job)
 
     job = tmp_path / "faulty"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "idcmap", "score", str(rebuilt / "slides"), "--out", str(job), "--num-cpus", "2"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_score(rebuilt / "slides", job, cpus=2)
     try:
         root = psutil.Process(proc.pid)
         deadline = time.time() + 240
@@ -79,14 +80,7 @@ def test_a_slide_whose_actor_dies_four_times_fails_alone(tmp_path):
     with a one-line reason; the second slide is scored by the restarted actor; exit code 1."""
     slides = REPO / "examples" / "slides"
     job = tmp_path / "job"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "idcmap", "score", str(slides), "--out", str(job), "--num-cpus", "1"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_score(slides, job, cpus=1)
     try:
         root, deadline, killed = psutil.Process(proc.pid), time.time() + 240, None
         for _ in range(4):
