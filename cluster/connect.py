@@ -82,9 +82,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, env_var
 
 
 def ray_nodes() -> list[dict]:
-    """The live nodes of the Ray session: name (address and id, as the scorer actors give it) and CPUs."""
+    """The live nodes of the Ray session: name (address and id, as the scorer actors give it), CPUs
+    and GPUs (where it has some)."""
     return [
         {"name": f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})", "cpus": n["Resources"].get("CPU", 0)}
+        | ({"gpus": n["Resources"]["GPU"]} if n["Resources"].get("GPU") else {})
         for n in ray.nodes()
         if n["Alive"]
     ]

@@ -47,6 +47,7 @@ class ScoreOptions:
     mpp: float | None = None  # level-0 µm/px for slides whose file does not say
     actors: int | None = None
     num_cpus: int | None = None  # CPUs of an embedded Ray
+    gpus_per_actor: float = 0.0  # > 0: GPU scorers too (see ScoreSpec)
     min_tissue: float = DEFAULT_MIN_TISSUE
     pseudonymize: bool = False
     key_file: Path | None = None  # else IDCMAP_PSEUDONYM_KEY
@@ -197,6 +198,7 @@ def score_job(inputs, job_dir, options: ScoreOptions | None = None) -> JobResult
                 backend=options.backend,
                 batch_size=options.batch_size,
                 actors=options.actors,
+                gpus_per_actor=options.gpus_per_actor,
                 mpp=options.mpp,
                 min_tissue=options.min_tissue,
             )
@@ -214,7 +216,7 @@ def _run(job: JobDir, record: dict, todo, total: int, spec: ScoreSpec, bundle, o
     """Score ``todo`` on Ray; ``job.json`` (``record``) written before and after, with this run's
     times and counts."""
     from idcmap.cluster import ray_nodes, ray_session
-    from idcmap.jobs.engine.run import run_scoring
+    from idcmap.jobs.engine.run import node_record, run_scoring
     from idcmap.jobs.progress import Progress
 
     run = record["runs"][-1]
@@ -229,7 +231,7 @@ def _run(job: JobDir, record: dict, todo, total: int, spec: ScoreSpec, bundle, o
         results = run_scoring(job, todo, spec, cpus, progress, nodes, on_tick=lambda: write_job(job, record))
         run["scoring_seconds"] = round(time.time() - t1, 2)  # without starting Ray
         for n in ray_nodes():
-            nodes.setdefault(n["name"], {"slides_planned": 0, "patches": 0})["cpus"] = n["cpus"]
+            node_record(nodes, n.pop("name")).update(n)
     progress.close()
     failed = sum(not r.ok for r in results)
     run.update(

@@ -4,6 +4,9 @@
 returns float32 (N,): the calibrated probability of IDC (the bundle's temperature applied). Backends: ``keras`` (the
 scoring ``tf.function``), ``onnx`` (ONNX Runtime fp32) and ``onnx-int8`` (ONNX Runtime, static
 int8 quantization; offered only when the bundle says it passed its accuracy check).
+
+``gpu=True`` asks for the GPU (ONNX Runtime's CUDA provider, TensorFlow's GPU device); where there
+is none the backend runs on the CPU, and ``backend.device`` says where it runs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class Backend:
     """Batches uint8 patches through ``_raw`` (-> (n, 2) softmax) and applies the temperature."""
 
     name = "base"
+    device = "CPU"  # where inference runs: "CPU" or "GPU"
 
     def __init__(self, bundle: ModelBundle, batch_size: int = DEFAULT_BATCH):
         self.bundle = bundle
@@ -60,6 +64,7 @@ class KerasBackend(Backend):
         threads: int | None = None,
         batch_size: int = DEFAULT_BATCH,
         shared_cores: bool = False,
+        gpu: bool = False,
     ):
         super().__init__(bundle, batch_size)
         import tensorflow as tf
@@ -72,6 +77,8 @@ class KerasBackend(Backend):
                 tf.config.threading.set_inter_op_parallelism_threads(1)
             except RuntimeError:
                 pass
+        if tf.config.list_physical_devices("GPU"):  # TensorFlow places ops on a GPU it sees (Ray hides
+            self.device = "GPU"  # the GPUs from actors that did not ask for one)
         self._score = scoring_function(load_keras_model(bundle), bundle.normalisation)
 
     def _raw(self, batch):
@@ -88,6 +95,7 @@ class OnnxBackend(Backend):
         threads: int | None = None,
         batch_size: int = DEFAULT_BATCH,
         shared_cores: bool = False,
+        gpu: bool = False,
     ):
         super().__init__(bundle, batch_size)
         import onnxruntime as ort
@@ -98,7 +106,12 @@ class OnnxBackend(Backend):
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(bundle.file(self.file)), opts, providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self._session = ort.InferenceSession(str(bundle.file(self.file)), opts, providers=providers)
+        if self._session.get_providers()[0] == "CUDAExecutionProvider":  # not when CUDA failed to start
+            self.device = "GPU"
         self._input = self._session.get_inputs()[0].name
 
     def _raw(self, batch):
@@ -129,8 +142,10 @@ def make_backend(
     threads: int | None = None,
     batch_size: int = DEFAULT_BATCH,
     shared_cores: bool = False,
+    gpu: bool = False,
 ) -> Backend:
     """An inference backend for a loaded (verified) bundle. ``shared_cores``: other work runs on
-    the same cores (a scoring job's tiling), so idle ONNX threads sleep rather than spin."""
+    the same cores (a scoring job's tiling), so idle ONNX threads sleep rather than spin.
+    ``gpu``: on the GPU where there is one (``backend.device`` tells)."""
     check_backend(bundle, name)
-    return _CLASSES[name](bundle, threads=threads, batch_size=batch_size, shared_cores=shared_cores)
+    return _CLASSES[name](bundle, threads=threads, batch_size=batch_size, shared_cores=shared_cores, gpu=gpu)

@@ -242,6 +242,7 @@ def _manifest(
             "best_epoch": state["best_epoch"] + 1,
             "epochs_run": state["epoch"] + 1,
             "history": state["history"],
+            "restarted_after_epochs": state.get("restarts", []),  # worker groups restarted from a checkpoint
         },
         "backends": backends,
     }

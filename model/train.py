@@ -121,6 +121,8 @@ def _restore(cfg: TrainConfig, model, optimizer) -> tuple[dict, bytes | None]:
     if resume_dir is None:
         return state, None
     state = json.loads((resume_dir / STATE_FILE).read_text())
+    if ckpt is not None:  # the worker group restarted (a worker or its node was lost): on record
+        state.setdefault("restarts", []).append(state["epoch"] + 1)
     model.load_weights(resume_dir / "last.weights.h5")
     saved = np.load(resume_dir / "optimizer.npz")
     for i, v in enumerate(optimizer.variables):
@@ -283,6 +285,11 @@ class _EpochLog:
             def after_report(self, run_context, metrics, checkpoint):
                 queue.put(metrics[0])
 
+            def after_exception(self, run_context, worker_exceptions):
+                rank, exc = min(worker_exceptions.items(), key=lambda item: item[0])
+                first = (str(exc).splitlines() or [""])[0][:200]
+                queue.put({"failed": f"worker {rank}: {type(exc).__name__}: {first}"})
+
         self.callback, self.cfg, self.label = Forward(), cfg, label
         self.seconds: list[float] = []
 
@@ -298,6 +305,14 @@ class _EpochLog:
             pass
 
     def _log(self, m: dict) -> None:
+        if "failed" in m:
+            log.warning(
+                "[train] %s %s; the workers restart from the last checkpoint (at most %d times)",
+                self.label,
+                m["failed"],
+                WORKER_FAILURES,
+            )
+            return
         self.seconds.append(m["epoch_s"])
         eta = (self.cfg.epochs - m["epoch"]) * sum(self.seconds) / len(self.seconds)
         val = f"val_auc {m['val_auc']:.4f} (best {m['best_val_auc']:.4f} @ {m['best_epoch']}) " if m["val_auc"] else ""

@@ -66,8 +66,9 @@ class LocalCluster:
         )  # fmt: skip
         return self
 
-    def add_node(self) -> set[int]:
-        added = self._ray_start("--address", self.address)
+    def add_node(self, *args: str) -> set[int]:
+        """A worker node (``args``: more ``ray start`` options, e.g. ``--num-gpus 1``)."""
+        added = self._ray_start("--address", self.address, *args)
         deadline = time.time() + 60
         while time.time() < deadline and self.alive_nodes() < len(self.nodes):
             time.sleep(0.5)

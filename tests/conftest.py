@@ -57,9 +57,10 @@ def reference_job(tmp_path_factory, bundle, rebuilt, ray_session):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """Ray started once for the whole test session, with 2 CPUs."""
+    """Ray started once for the whole test session, with 2 CPUs and a GPU that is not there (a
+    resource Ray schedules by; nothing here has CUDA)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

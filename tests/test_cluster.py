@@ -1,6 +1,7 @@
-"""On a real local Ray cluster (`ray start`: a head and worker nodes of 1 CPU each): scoring gives
-the embedded run's rows, a worker node lost mid-job costs no slide and no row, `ray job submit`
-runs a job, training runs its workers across nodes."""
+"""On a real local Ray cluster (`ray start`: a head and worker nodes of 1 CPU each, one of them with
+a GPU that is not there): scoring gives the embedded run's rows, with GPU scorers only where the GPU
+is; a worker node lost mid-job costs no slide and no row; `ray job submit` runs a job; training runs
+its workers across nodes and survives losing one; the job lock holds between nodes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 from idcmap.jobs.jobdir.layout import JobDir
@@ -25,15 +27,15 @@ def cluster():
     try:
         c.start()
         c.add_node()
-        c.add_node()
+        c.add_node("--num-gpus", "1")  # a resource Ray schedules by; nothing here has CUDA
         yield c
     finally:
         c.stop()
 
 
-def score(cluster, slides, job, **popen):
-    cmd = [sys.executable, "-m", "idcmap", "score", str(slides), "--out", str(job), "--address", cluster.address]
-    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+def score(cluster, slides, job, *args):
+    cmd = [sys.executable, "-m", "idcmap", "score", str(slides), "--out", str(job), "--address", cluster.address, *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def same_rows(job, reference_job):
@@ -62,33 +64,67 @@ def test_ray_job_submit_runs_a_scoring_job(cluster, tmp_path, bundle):
 def test_scoring_on_the_cluster_gives_the_embedded_rows_and_records_the_nodes(
     cluster, tmp_path, rebuilt, reference_job
 ):
+    """One CPU scorer per node and, with --gpus-per-actor 1, a GPU scorer on the node with the GPU
+    (inferring on the CPU there: no CUDA), the rows of the embedded run."""
     job = tmp_path / "job"
-    proc = score(cluster, rebuilt / "slides", job)
+    proc = score(cluster, rebuilt / "slides", job, "--gpus-per-actor", "1")
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     same_rows(job, reference_job)
     run = json.loads((job / "job.json").read_text())["runs"][-1]
     assert len(run["nodes"]) == 3 and all(n["cpus"] == 1 for n in run["nodes"].values())
+    (gpu_node,) = [name for name, n in run["nodes"].items() if "gpus" in n]
+    assert [(n.get("gpu_scorers"), n.get("gpu_device")) for n in run["nodes"].values()].count((None, None)) == 2
+    assert (run["nodes"][gpu_node]["gpu_scorers"], run["nodes"][gpu_node]["gpu_device"]) == (1, "CPU")
+    assert f"node {gpu_node}: its GPU scorers infer on the CPU" in stderr
     assert sum(n["patches"] for n in run["nodes"].values()) == read_job_table(job).num_rows
     assert sum(n["slides_planned"] for n in run["nodes"].values()) == 10
     assert sum(n["patches"] > 0 for n in run["nodes"].values()) >= 2  # the work was spread
 
 
-def test_training_runs_its_ray_train_workers_on_the_cluster(cluster, tmp_path):
-    """Two Ray Train workers of 1 CPU on nodes of 1 CPU: they run on two nodes; a valid bundle."""
+def train_worker_node(cluster) -> int | None:
+    """A worker node (not the head) running a Ray Train worker, or None."""
+    for node in range(1, len(cluster.nodes)):
+        try:
+            children = cluster.raylet(node).children(recursive=True)
+        except (AssertionError, psutil.Error):
+            continue
+        for p in children:
+            try:
+                if "RayTrainWorker" in " ".join(p.cmdline()):
+                    return node
+            except psutil.Error:
+                pass
+    return None
+
+
+def test_training_runs_across_nodes_and_survives_losing_one(cluster, tmp_path):
+    """Two Ray Train workers of 1 CPU on nodes of 1 CPU run on two nodes; the node of one of them
+    is lost after the first checkpoint: the workers restart from it on the nodes left, and the
+    run gives a valid bundle with every epoch once."""
     from idcmap.model import load_bundle
 
     from .conftest import shared_path
 
+    cluster.add_node()  # room for both workers once a node is lost
     data = [a for d in (shared_path("idc", "patients"), shared_path("idc", "sparse")) for a in ("--data", str(d))]
-    cmd = [sys.executable, "-m", "idcmap", "train", *data, "--epochs", "1", "--folds", "0", "--num-workers", "2",
-           "--batch-size", "32", "--limit-per-patient", "2", "--out", str(tmp_path / "bundle"),
-           "--run-dir", str(tmp_path / "runs"), "--address", cluster.address]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    bundle = load_bundle(tmp_path / "bundle")
-    assert [h["epoch"] for h in bundle.meta["training"]["history"]] == [1]
-    assert "onnx" in bundle.backends
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "idcmap", "train", *data, "--epochs", "3", "--folds", "0", "--num-workers", "2",
+           "--batch-size", "32", "--limit-per-patient", "16", "--out", str(tmp_path / "bundle"),
+           "--run-dir", str(runs), "--address", cluster.address]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not any(runs.rglob("state.json")):
+        time.sleep(0.2)
+    node = train_worker_node(cluster)
+    assert node is not None and proc.poll() is None, "no worker node ran a training worker mid-run"
+    cluster.kill_node(node)
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "the workers restart from the last checkpoint" in stderr
+    training = load_bundle(tmp_path / "bundle").meta["training"]
+    assert [h["epoch"] for h in training["history"]] == [1, 2, 3]
+    assert len(training["restarted_after_epochs"]) == 1 and training["restarted_after_epochs"][0] >= 1
 
 
 def test_a_worker_node_lost_mid_job_costs_no_slide_and_no_row(cluster, tmp_path, rebuilt, reference_job):
@@ -123,3 +159,55 @@ def test_a_node_that_joins_mid_job_gets_scorers(tmp_path, rebuilt, reference_job
     same_rows(job, reference_job)
     nodes = json.loads((job / "job.json").read_text())["runs"][-1]["nodes"]
     assert len(nodes) == 2 and all(n["patches"] > 0 for n in nodes.values())
+
+
+LOCK_FROM_TWO_NODES = """
+import json, sys, time
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from idcmap.cluster import ray_session
+
+def on(node):
+    return NodeAffinitySchedulingStrategy(node, soft=False)
+
+@ray.remote(num_cpus=0)
+def hold(job, seconds):
+    from idcmap.jobs.jobdir.layout import JobDir
+    from idcmap.jobs.jobdir.lock import job_lock
+    with job_lock(JobDir(job)):
+        time.sleep(seconds)
+    return ray.get_runtime_context().get_node_id()
+
+@ray.remote(num_cpus=0)
+def take(job):
+    from idcmap.jobs.jobdir.layout import JobDir
+    from idcmap.jobs.jobdir.lock import JobLocked, job_lock
+    try:
+        with job_lock(JobDir(job)):
+            return "taken"
+    except JobLocked as exc:
+        return str(exc)
+
+with ray_session(sys.argv[1]):
+    a, b = [n["NodeID"] for n in ray.nodes() if n["Alive"]][:2]
+    held = hold.options(scheduling_strategy=on(a)).remote(sys.argv[2], 8)
+    while not open(sys.argv[2] + "/.lock").read():
+        time.sleep(0.1)
+    refused = ray.get(take.options(scheduling_strategy=on(b)).remote(sys.argv[2]))
+    holder = ray.get(held)
+    print(json.dumps([refused, ray.get(take.options(scheduling_strategy=on(b)).remote(sys.argv[2])), holder == a]))
+"""
+
+
+def test_the_job_lock_holds_between_nodes(cluster, tmp_path):
+    """A job folder locked by a process on one node cannot be locked from another node until it is
+    released (one machine here: the two nodes share a kernel, as machines share an NFS server)."""
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / ".lock").write_text("")
+    proc = subprocess.run([sys.executable, "-c", LOCK_FROM_TWO_NODES, cluster.address, str(job)],
+                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    refused, taken, held_on_first = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert refused.startswith(f"{job}: another idcmap score (pid ") and "is writing this job" in refused
+    assert taken == "taken" and held_on_first

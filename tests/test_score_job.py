@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -162,7 +163,26 @@ def test_second_writer_is_refused(tmp_path, bundle):
     with job_lock(JobDir(job)):
         result = run("score", EXAMPLES / "patient-8916.tiff", "--out", job)
     assert result.exit_code == 1
-    assert f"another idcmap score (pid {os.getpid()}) is writing this job" in result.output
+    assert f"another idcmap score (pid {os.getpid()} on {socket.gethostname()}) is writing this job" in result.output
+
+
+def test_a_job_folder_where_files_cannot_be_locked_is_refused_in_one_line(tmp_path, monkeypatch):
+    """flock on NFS mounted without locking answers ENOLCK: score refuses before writing anything."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    job = tmp_path / "job"
+    result = run("score", EXAMPLES / "patient-8916.tiff", "--out", job)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {job / '.lock'}: this file system cannot lock files ({os.strerror(errno.ENOLCK)}), so two "
+        "writers could not be kept apart; put the job folder where locks work (a local disk, NFS with locking)\n"
+    )
+    assert not JobDir(job).prediction_files() and not (job / "job.json").exists()
 
 
 def test_kill_midway_and_rerun_gives_exactly_the_uninterrupted_rows(tmp_path, rebuilt, reference_job):
@@ -227,6 +247,24 @@ def test_keras_backend_scores_the_shipped_bundle_like_onnx(tmp_path, bundle, ray
     onnx, keras = read_job_table(tmp_path / "onnx"), read_job_table(tmp_path / "keras")
     assert onnx.num_rows == keras.num_rows == 171 and onnx["col"].equals(keras["col"])
     assert np.abs(onnx["prob_idc"].to_numpy() - keras["prob_idc"].to_numpy()).max() < 1e-4
+
+
+def test_gpu_scorers_run_beside_the_cpu_ones_and_infer_on_the_cpu_without_cuda(tmp_path, bundle, ray_session):
+    """The session's Ray has one GPU that is not there: ``--gpus-per-actor 0.5`` starts two GPU
+    scorers beside the two CPU ones; ONNX Runtime here has no CUDA provider, so they infer on the
+    CPU and say so; the rows are the CPU-only job's."""
+    slide = EXAMPLES / "patient-8916.tiff"
+    assert run("score", slide, "--out", tmp_path / "cpu").exit_code == 0
+    result = run("score", slide, "--out", tmp_path / "gpu", "--gpus-per-actor", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "its GPU scorers infer on the CPU: the onnx backend found no usable GPU there" in result.output
+    (node,) = json.loads((tmp_path / "gpu" / "job.json").read_text())["runs"][-1]["nodes"].values()
+    assert (node["cpus"], node["gpus"], node["gpu_scorers"], node["gpu_device"]) == (2, 1, 2, "CPU")
+    cpu, gpu = read_job_table(tmp_path / "cpu"), read_job_table(tmp_path / "gpu")
+    assert gpu.num_rows == cpu.num_rows == 171 and gpu["col"].equals(cpu["col"]) and gpu["row"].equals(cpu["row"])
+    assert np.abs(gpu["prob_idc"].to_numpy() - cpu["prob_idc"].to_numpy()).max() <= 1e-6
+    status = run("status", tmp_path / "gpu")
+    assert "2 CPUs, 1 GPUs, 2 GPU scorers (inferring on CPU), 1 slides planned, 171 patches" in status.output
 
 
 def test_a_backend_the_bundle_does_not_offer_is_refused_before_anything_is_written(tmp_path, bundle):

@@ -59,6 +59,12 @@ log = logging.getLogger("idcmap")
     help="Scorer actors, each planning, tiling and scoring with one inference thread (default: one per CPU).",
 )
 @click.option("--num-cpus", type=click.IntRange(1, 4096), default=None, help="CPUs of the embedded Ray.")
+@click.option(
+    "--gpus-per-actor",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Also run GPU scorers, each taking this share of a GPU (0.25: four per GPU), beside the CPU ones.",
+)
 @click.option("--min-tissue", type=float, default=DEFAULT_MIN_TISSUE, show_default=True)
 @click.option(
     "--pseudonymize", is_flag=True, help="Replace patient and slide ids in all outputs and messages by keyed HMACs."
@@ -70,7 +76,19 @@ log = logging.getLogger("idcmap")
     help="File holding the pseudonym key (default: the IDCMAP_PSEUDONYM_KEY environment variable).",
 )
 def score(
-    inputs, job_dir, model_dir, address, backend, batch_size, mpp, actors, num_cpus, min_tissue, pseudonymize, key_file
+    inputs,
+    job_dir,
+    model_dir,
+    address,
+    backend,
+    batch_size,
+    mpp,
+    actors,
+    num_cpus,
+    gpus_per_actor,
+    min_tissue,
+    pseudonymize,
+    key_file,
 ):
     """Score slides for IDC into JOB_DIR; re-run the same command to resume."""
     from idcmap.jobs.service import ScoreOptions, score_job
@@ -88,6 +106,7 @@ def score(
             mpp=mpp,
             actors=actors,
             num_cpus=num_cpus,
+            gpus_per_actor=gpus_per_actor or 0.0,
             min_tissue=min_tissue,
             pseudonymize=pseudonymize,
             key_file=key_file,
@@ -119,6 +138,8 @@ def status(job_dir):
     for name, n in sorted((st.last_run or {}).get("nodes", {}).items()):
         rate = f", {n['patches'] / st.elapsed:,.0f} patches/s" if st.running and st.elapsed else ""
         cpus = f"{n['cpus']:g} CPUs, " if "cpus" in n else ""
+        cpus += f"{n['gpus']:g} GPUs, " if "gpus" in n else ""
+        cpus += f"{n['gpu_scorers']} GPU scorers (inferring on {n['gpu_device']}), " if "gpu_scorers" in n else ""
         click.echo(f"  node     {name}: {cpus}{n['slides_planned']} slides planned, {n['patches']:,} patches{rate}")
     for f in st.failed:
         click.echo(f"  FAILED   {f['patient_id']}/{f['slide_id']}: {f['error']}")

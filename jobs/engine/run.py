@@ -57,6 +57,7 @@ class ScoreSpec:
     batch_size: int = 8  # patches per inference call: small batches stay in the core's L2
     actors: int | None = None  # scorer actors; default: one per CPU
     threads_per_actor: int = 1  # inference threads of each actor
+    gpus_per_actor: float = 0.0  # > 0: GPU scorers too, each taking this much of a GPU
     mpp: float | None = None  # level-0 mpp for slides whose file (and manifest) does not say
     stride: int | None = None  # default: the bundle's patch size (no overlap)
     min_tissue: float = DEFAULT_MIN_TISSUE
@@ -94,22 +95,22 @@ class Scorer:
     goes to another actor (``_returned``): up to four times for one slide, so a slide that kills
     the process every time (a codec crash) fails alone with its reason."""
 
-    def __init__(self, bundle_dir: str, backend: str, threads: int, batch_size: int):
+    def __init__(self, bundle_dir: str, backend: str, threads: int, batch_size: int, gpu: bool = False):
         context = ray.get_runtime_context()
         self.node = f"{ray.util.get_node_ip_address()} ({context.get_node_id()[:8]})"  # one machine: many nodes
         self.multi_node = sum(n["Alive"] for n in ray.nodes()) > 1
         self.problem = ""  # why this node cannot score (its copy of the bundle), told by ready()
         try:
             self.backend = make_backend(
-                load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size, shared_cores=True
+                load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size, shared_cores=True, gpu=gpu
             )
         except IdcmapError as exc:
             self.problem = f"node {self.node}: {exc}"
         self._open: tuple[str, object] | None = None  # (source, reader) of the last slide
 
-    def ready(self) -> tuple[str, str]:
-        """(this actor's node: address and id, why it cannot score or "")."""
-        return self.node, self.problem
+    def ready(self) -> tuple[str, str, str]:
+        """(this actor's node: address and id, why it cannot score or "", where it infers: CPU or GPU)."""
+        return self.node, self.problem, "" if self.problem else self.backend.device
 
     def _reader(self, source: str):
         """The slide, kept open between calls: its tile cache serves the tiles that a slide's next
@@ -174,6 +175,7 @@ class Scorer:
 #: for capacity before the remaining slides fail (a re-run resumes them)
 CAPACITY_WAIT_S = 120.0
 GROW_EVERY_S = 5.0  # how often the cluster is looked at for CPUs that joined
+GPU_BATCH = 256  # patches per inference call of a GPU scorer (at least)
 
 
 #: a slide whose calls lost their scorer this many times fails (a slide that crashes the process
@@ -189,51 +191,88 @@ LOST = (
 )
 
 
-def _alive_cpus() -> int:
-    return int(sum(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]))
+def _alive(resource: str) -> float:
+    return sum(n["Resources"].get(resource, 0) for n in ray.nodes() if n["Alive"])
+
+
+def node_record(nodes: dict, name: str) -> dict:
+    """The entry of ``job.json``'s run["nodes"] for node ``name``."""
+    return nodes.setdefault(name, {"slides_planned": 0, "patches": 0})
 
 
 class _Pool:
-    """The scorer actors: one per CPU of the cluster (CPUs that join get theirs), an actor given
-    calls once it has answered ``ready``; an actor whose node is lost is retired and the pool grows
-    back where there is room."""
+    """The scorer actors: one per CPU of the cluster (CPUs that join get theirs) and, with
+    ``gpus_per_actor``, GPU scorers beside them (each takes that much of a GPU and no CPU of Ray's
+    count: its tiling shares the node's cores); an actor is given calls once it has answered
+    ``ready``; an actor whose node is lost is retired and the pool grows back where there is room."""
 
-    def __init__(self, spec: ScoreSpec, sched: Scheduler, cpus: int, tiling: TilingSpec):
-        self.spec, self.sched, self.tiling = spec, sched, tiling
+    def __init__(self, spec: ScoreSpec, sched: Scheduler, cpus: int, tiling: TilingSpec, nodes: dict):
+        self.spec, self.sched, self.tiling, self.nodes = spec, sched, tiling, nodes
         self.cpus_per_actor = min(1.0, cpus / (spec.actors or cpus))
         self.handles: dict[int, Any] = {}  # live or starting actors (Ray actor handles)
+        self.gpu: set[int] = set()  # the GPU scorers among them
         self.node: dict[int, str] = {}  # actor -> its node's address
         self.starting: dict = {}  # ready() ref -> actor
         self.broken: set[str] = set()  # nodes that cannot load the bundle
+        self.told_no_gpu = False
         self.grown = 0.0
-        self.grow(spec.actors or cpus)
+        self.grow()
 
-    def grow(self, target: int | None = None) -> None:
-        target = target or self.spec.actors or _alive_cpus() - len(self.broken)
+    def grow(self) -> None:
+        """Start the scorers the cluster has room for and does not have yet."""
         self.grown = time.monotonic()
-        for _ in range(target - len(self.handles)):
+        cpu_target = self.spec.actors or int(_alive("CPU")) - len(self.broken)
+        self._add(cpu_target - (len(self.handles) - len(self.gpu)), gpu=False)
+        if self.spec.gpus_per_actor:
+            gpu_target = int(_alive("GPU") / self.spec.gpus_per_actor + 1e-9)
+            if not gpu_target and not self.told_no_gpu:
+                log.warning("--gpus-per-actor: the cluster has no GPU; scoring on CPUs (GPUs that join are used)")
+                self.told_no_gpu = True
+            self._add(gpu_target - len(self.gpu), gpu=True)
+
+    def _add(self, n: int, gpu: bool) -> None:
+        resources = {"num_cpus": 0, "num_gpus": self.spec.gpus_per_actor} if gpu else {"num_cpus": self.cpus_per_actor}
+        for _ in range(n):
             i = self.sched.add_actor()
-            self.handles[i] = Scorer.options(num_cpus=self.cpus_per_actor).remote(  # type: ignore[attr-defined]
-                self.spec.bundle, self.spec.backend, self.spec.threads_per_actor, self.spec.batch_size
+            self.handles[i] = Scorer.options(**resources).remote(  # type: ignore[attr-defined]
+                self.spec.bundle,
+                self.spec.backend,
+                self.spec.threads_per_actor,
+                max(self.spec.batch_size, GPU_BATCH) if gpu else self.spec.batch_size,
+                gpu,
             )
+            if gpu:
+                self.gpu.add(i)
             self.starting[self.handles[i].ready.remote()] = i
 
     def answered(self, ref) -> None:
         """An actor's ready() returned: it gets calls, or is retired (its node cannot score)."""
         i = self.starting.pop(ref)
         try:
-            self.node[i], problem = ray.get(ref)
+            self.node[i], problem, device = ray.get(ref)
         except ray.exceptions.RayActorError:  # died while starting (its node lost): the pool grows back
             return self.retire(i)
         if problem:
             log.warning("%s; no scorer runs there", problem)
             self.broken.add(self.node[i])
             return self.retire(i)
+        if i in self.gpu:
+            record = node_record(self.nodes, self.node[i])
+            if device != "GPU" and "gpu_scorers" not in record:
+                log.warning(
+                    "node %s: its GPU scorers infer on the CPU: the %s backend found no usable GPU there%s",
+                    self.node[i],
+                    self.spec.backend,
+                    " (onnxruntime-gpu installed?)" if self.spec.backend.startswith("onnx") else "",
+                )
+            record["gpu_scorers"] = record.get("gpu_scorers", 0) + 1
+            record["gpu_device"] = device
         self.sched.set_available(i, True)
 
     def retire(self, i: int) -> None:
         if (handle := self.handles.pop(i, None)) is not None:
             ray.kill(handle, no_restart=True)
+        self.gpu.discard(i)
         self.sched.set_available(i, False)
 
     def call(self, call) -> object:
@@ -265,8 +304,8 @@ def run_scoring(
         target_mpp=bundle.target_mpp, patch_size=size, stride=spec.stride or size, min_tissue=spec.min_tissue
     )
     sched = Scheduler(tasks, 0, spec.max_slides_in_flight, tiling.min_tissue, tiling.target_mpp)
-    pool = _Pool(spec, sched, cpus, tiling)
     nodes = {} if nodes is None else nodes
+    pool = _Pool(spec, sched, cpus, tiling, nodes)
     out: dict = {}  # ref -> call
     results: list[SlideResult] = []
     idle_since = None  # work left, no live actor: since when
@@ -313,7 +352,7 @@ def _returned(ref, call, sched: Scheduler, pool: _Pool, progress: Progress, node
     except ray.exceptions.RayTaskError as exc:  # the slide's own error
         sched.failed(call, _one_line(exc, call.task.source))
         return
-    node = nodes.setdefault(pool.node.get(call.actor, "?"), {"slides_planned": 0, "patches": 0})
+    node = node_record(nodes, pool.node.get(call.actor, "?"))
     if isinstance(call, PlanCall):
         sched.planned(call, *value)
         node["slides_planned"] += 1

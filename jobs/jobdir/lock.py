@@ -1,13 +1,23 @@
-"""One writer per job folder: an flock on its ``.lock``, which the kernel releases if the holder dies."""
+"""One writer per job folder: an flock on its ``.lock``, which the kernel releases if the holder dies.
+
+On a shared mount the lock holds between machines where the file system locks for all of its
+clients (NFS with locking: Linux maps flock to NFS byte-range locks); where it refuses locks,
+``score`` refuses rather than write unguarded (mounts that lock each machine alone, NFS ``nolock``
+or SMB ``nobrl``, cannot be told apart from here: the README warns against them)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import socket
 from contextlib import contextmanager
 
 from idcmap.errors import JobError
 from idcmap.jobs.jobdir.layout import JobDir
+
+#: what flock answers on a file system that refuses locks (an NFSv3 client without lockd, ...)
+CANNOT_LOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 class JobLocked(JobError):
@@ -26,13 +36,20 @@ def job_lock(job: JobDir):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "?"
             raise JobLocked(
-                f"{job}: another idcmap score (pid {holder}) is writing this job; "
+                f"{job}: another idcmap score ({holder}) is writing this job; "
                 "wait for it to finish or use another --out"
             ) from None
+        except OSError as exc:
+            if exc.errno not in CANNOT_LOCK:
+                raise
+            raise JobLocked(
+                f"{path}: this file system cannot lock files ({exc.strerror}), so two writers could "
+                "not be kept apart; put the job folder where locks work (a local disk, NFS with locking)"
+            ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing releases the lock
