@@ -53,13 +53,22 @@ def score(cluster: LocalCluster, inputs: Path, work: Path) -> dict:
 
 
 def sizing(per_cpu: float, efficiency: float, cores_per_node: int) -> list[list]:
-    """Rows of the sizing table: slides per night -> patches, CPUs at ``per_cpu`` patches/s, and
-    nodes of ``cores_per_node`` CPUs each scaling with ``efficiency`` (speed-up per CPU)."""
+    """Rows of the sizing table: slides per night -> tissue patches, CPU-hours at ``per_cpu``
+    patches/s, hours on one node of ``cores_per_node`` CPUs each scaling with ``efficiency``
+    (speed-up per CPU), and the nodes that score them in the 8-hour night."""
     rows = []
-    for slides in (100, 500, 2000, 10000):
+    node_rate = per_cpu * cores_per_node * efficiency
+    for slides in (100, 1_000, 10_000, 50_000):
         patches = slides * TISSUE_PATCHES_PER_40X_SLIDE
-        cpus = patches / (per_cpu * NIGHT_S)
-        rows.append([f"{slides:,}", f"{patches:,}", f"{cpus:.1f}", math.ceil(cpus / (cores_per_node * efficiency))])
+        rows.append(
+            [
+                f"{slides:,}",
+                f"{patches:,}",
+                f"{patches / per_cpu / 3600:,.1f}",
+                f"{patches / node_rate / 3600:,.2f}",
+                math.ceil(patches / (node_rate * NIGHT_S)),
+            ]
+        )
     return rows
 
 
@@ -117,7 +126,9 @@ def main():
     print(f"\n## Sizing: an 8-hour night, {TISSUE_PATCHES_PER_40X_SLIDE:,} tissue patches per 40x slide, "
           f"{per_cpu:,.0f} patches/s per CPU, nodes of {args.cores_per_node} CPUs at the 2-node "
           f"efficiency {efficiency:.0%}")  # fmt: skip
-    table(["slides per night", "tissue patches", "CPUs", "nodes"], sizing(per_cpu, efficiency, args.cores_per_node))
+    one_node = f"hours on one {args.cores_per_node}-CPU node"
+    header = ["slides per night", "tissue patches", "CPU-hours", one_node, "nodes for 8 h"]
+    table(header, sizing(per_cpu, efficiency, args.cores_per_node))
     if args.json:
         args.json.write_text(
             json.dumps({"scaling": {str(n): r for n, r in results.items()}, "one_cpu_40x": one_cpu_40x}, indent=1)

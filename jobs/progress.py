@@ -1,7 +1,9 @@
-"""Progress of a scoring job on stderr: slides done/total, patches/s, ETA, and each failure."""
+"""Progress of a scoring job on stderr: slides done/total, patches/s, ETA, and each failure (only
+the failures under ``idcmap -q``)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -19,6 +21,7 @@ class Progress:
         self.tty = self.stream.isatty()
         self.interval = interval if interval is not None else (0.5 if self.tty else 10.0)
         self.start = self._last = time.monotonic()
+        self.quiet = not logging.getLogger("idcmap").isEnabledFor(logging.INFO)
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.start
@@ -40,7 +43,7 @@ class Progress:
 
     def tick(self, force: bool = False):
         now = time.monotonic()
-        if force or now - self._last >= self.interval:
+        if not self.quiet and (force or now - self._last >= self.interval):
             self._last = now
             self._print(self.line(), newline=False)
 
@@ -60,4 +63,5 @@ class Progress:
         self.tick(force=True)
 
     def close(self):
-        self._print(self.line(), newline=True)
+        if not self.quiet:
+            self._print(self.line(), newline=True)

@@ -29,7 +29,7 @@ def _ray_processes() -> set[int]:
     found = set()
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "raylet" in cmd or "gcs_server" in cmd or "ray/dashboard" in cmd or "ray::" in cmd:
+        if "/site-packages/ray/" in cmd or "ray::" in cmd:  # raylet, GCS, dashboard, agents, log monitor
             found.add(p.info["pid"])
     return found
 

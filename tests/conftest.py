@@ -64,3 +64,25 @@ def ray_session():
         ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+SERVE_KEY = "0123456789abcdef-serve-test-key"
+
+
+@pytest.fixture(scope="session")
+def served_jobs(tmp_path_factory, bundle, ray_session):
+    """Jobs for `idcmap serve`: the two example slides ('job'), and one of them pseudonymised with
+    SERVE_KEY ('private')."""
+    from click.testing import CliRunner
+
+    from idcmap.jobs.cli import cli
+    from idcmap.jobs.pseudonym import KEY_ENV
+
+    root = tmp_path_factory.mktemp("served")
+    slides = REPO / "examples" / "slides"
+    result = CliRunner().invoke(cli, ["score", str(slides), "--out", str(root / "job")])
+    assert result.exit_code == 0, result.output
+    args = ["score", str(slides / "patient-8916.tiff"), "--out", str(root / "private"), "--pseudonymize"]
+    result = CliRunner().invoke(cli, args, env={KEY_ENV: SERVE_KEY})
+    assert result.exit_code == 0, result.output
+    return root / "job", root / "private"

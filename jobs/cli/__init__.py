@@ -16,6 +16,7 @@ from idcmap import __version__
 from idcmap.errors import IdcmapError
 from idcmap.jobs.cli.model import evaluate, train
 from idcmap.jobs.cli.score import query, report, score, status
+from idcmap.jobs.cli.serve import serve
 from idcmap.jobs.cli.tiling import build_slide_cmd, info, tile
 
 
@@ -61,7 +62,7 @@ def cli(verbose, quiet):
     configure_logging(1 if verbose else -1 if quiet else 0)
 
 
-for _command in (score, status, query, report, info, tile, build_slide_cmd, train, evaluate):
+for _command in (score, status, query, report, serve, info, tile, build_slide_cmd, train, evaluate):
     cli.add_command(_command)
 
 

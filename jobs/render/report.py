@@ -4,9 +4,11 @@ Everything is inline: CSS in a ``<style>`` element, each slide's overlay as a do
 URI. All text from the job (ids, errors, spec values) is escaped. The page holds no time of its own
 making: times come from ``job.json``, so rebuilding it from unchanged inputs gives the same bytes.
 
-Sections: the job (id, runs, counts, spec), the model (version, hash, threshold, its
-out-of-fold or validation metrics), ``<table id="patients">`` sorted by IDC fraction (highest
-first; failed patients last), ``<table id="slides">``, ``<table id="failed">`` and each patient's overlays.
+Sections, in the order a reader needs them: ``<table id="patients">`` sorted by IDC fraction
+(highest first; failed patients last), each patient's overlays, ``<table id="slides">``,
+``<table id="failed">``; then, folded away (``<details id="about">``), the job (id, runs, counts,
+spec, package versions) and the model (version, hash, threshold, its out-of-fold or validation
+metrics).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ dl.kv{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size
 dl.kv dt{font-weight:600}dl.kv dd{margin:0;word-break:break-all}
 figure{display:inline-block;margin:6px 12px 12px 0;vertical-align:top}
 figcaption{font-size:12px;color:#555}img{border:1px solid #ccc;max-width:100%}
-.muted{color:#777}
+.muted{color:#777}details#about{margin-top:28px}details#about summary{cursor:pointer;font-weight:600}
 """
 
 PATIENT_COLUMNS = [  # (header, summaries column, format)
@@ -218,14 +220,16 @@ def render_report(job_dir) -> str:
     body = "".join(
         [
             f"<h1>{esc(title)}</h1>",
-            _job_section(job, first_meta, patients, slides, failures),
-            _model_section(job, first_meta),
             "<h2>Patients</h2>",
             _table("patients", PATIENT_COLUMNS, patients),
+            _overlay_section(job_dir, patients, slides),
             "<h2>Slides</h2>",
             _table("slides", SLIDE_COLUMNS, slides),
             _failed_section(failures),
-            _overlay_section(job_dir, patients, slides),
+            '<details id="about"><summary>Job, model and package versions</summary>',
+            _job_section(job, first_meta, patients, slides, failures),
+            _model_section(job, first_meta),
+            "</details>",
         ]
     )
     return (

@@ -1,0 +1,1 @@
+"""The web viewer of scoring jobs (``idcmap serve``): see :mod:`idcmap.jobs.serve.app`."""
