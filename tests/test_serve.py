@@ -298,3 +298,18 @@ def test_a_job_being_scored_is_served_with_its_progress(rebuilt, tmp_path, serve
     assert running and all(p["slides"] == 10 for p in running)
     assert any(0 < p["done"] < 10 for p in running), "never saw the job part-way"
     assert any(p["patches_per_s"] for p in running if p["done"])
+
+
+def test_a_failed_slide_shows_its_reason_without_the_folder(tmp_path, ray_session):
+    slides = tmp_path / "secret-folder"
+    slides.mkdir()
+    (slides / "empty.tiff").write_bytes(b"")
+    assert run("score", slides, "--out", tmp_path / "failing").exit_code == 1
+    app = App([tmp_path / "failing"])
+    server, client = start(app)
+    try:
+        page = client.request("/")[2].decode()
+    finally:
+        server.shutdown()
+    assert "empty.tiff: file is empty (0 bytes)" in page and "secret-folder" not in page
+    assert 'class="status-failed"' in page

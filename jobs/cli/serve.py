@@ -16,6 +16,7 @@ TOKEN_ENV = "IDCMAP_SERVE_TOKEN"
 
 def read_token(token_file: Path | None) -> str | None:
     """The access token: from ``token_file``, else the environment, else None."""
+    token: str | None
     if token_file is not None:
         try:
             token = token_file.read_text().strip()

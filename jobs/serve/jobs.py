@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,9 +82,13 @@ class SlideData:
 class ServedJob:
     """One job folder, read only."""
 
+    #: how long the list of a job's slides is reused (every tile request looks its slide up)
+    SLIDES_TTL_S = 2.0
+
     def __init__(self, root: Path, name: str):
         self.job, self.name = JobDir(root), name
         self._data: dict[Path, tuple[float, SlideData]] = {}
+        self._slides: tuple[float, dict] = (-self.SLIDES_TTL_S, {})
         self._lock = threading.Lock()
 
     def record(self) -> dict:
@@ -95,6 +100,16 @@ class ServedJob:
 
     def slides(self) -> dict[tuple[str, str], Slide]:
         """Every slide the job knows (job.json, and predictions files written by any run)."""
+        with self._lock:
+            read_at, known = self._slides
+            if time.monotonic() - read_at < self.SLIDES_TTL_S:
+                return known
+        known = self._read_slides()
+        with self._lock:
+            self._slides = (time.monotonic(), known)
+        return known
+
+    def _read_slides(self) -> dict[tuple[str, str], Slide]:
         record = self.record()
         hidden = bool(record.get("privacy", {}).get("pseudonymized"))
         known = {
@@ -148,6 +163,8 @@ class ServedJob:
         else:  # being scored, or never summarised: from the predictions files as they are
             rows = build_summaries(self.job.root).to_pylist()
         slides = {(r["patient_id"], r["slide_id"]): r for r in rows if r["level"] == "slide"}
-        for key in self.slides():
-            slides.setdefault(key, {"patient_id": key[0], "slide_id": key[1], "status": "pending"})
+        for key, slide in self.slides().items():
+            row = slides.setdefault(key, {"patient_id": key[0], "slide_id": key[1], "status": "pending"})
+            if row.get("error") and slide.source:  # a failure names its file: by name only, no path
+                row["error"] = row["error"].replace(str(Path(slide.source).parent) + "/", "")
         return sorted(slides.values(), key=lambda r: (r["patient_id"], r["slide_id"]))

@@ -36,8 +36,9 @@ def multipart_fields(content_type: str, body: bytes) -> dict[str, tuple[str, byt
     fields = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
         if name:
-            fields[str(name)] = (part.get_filename() or "", part.get_payload(decode=True) or b"")
+            fields[str(name)] = (part.get_filename() or "", payload if isinstance(payload, bytes) else b"")
     return fields
 
 
