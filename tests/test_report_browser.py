@@ -96,9 +96,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # what a reader needs first: patients and their overlays; job, spec, versions and metrics folded away last
     about = dom.index('<details id="about">')
     assert dom.index('id="patients"') < dom.index("<h2>IDC overlays</h2>") < dom.index('id="slides"') < about
-    assert all(
-        dom.index(h) > about for h in ("<h2>Job</h2>", "<h3>Spec</h3>", "<h3>Package versions</h3>", "<h2>Model</h2>")
-    )
+    assert about < dom.index("<h2>Job</h2>") < dom.index("<h2>Model</h2>") < dom.index("</details>")
 
     shot = tmp_path / "report.png"
     chromium(tmp_path, url, f"--screenshot={shot}", "--window-size=1280,2000", "--hide-scrollbars")
