@@ -43,7 +43,8 @@ form.addEventListener("submit", async (event) => {
   result.className = "";
   const what = answer.kind === "patch" ? "IDC probability" :
     `${answer.patches.length} tissue patches, ${answer.idc_patches} at or above the threshold; highest IDC probability`;
-  result.innerHTML = `<span class="call"></span>: ${what} <b class="prob"></b> ` +
+  result.innerHTML = `<span class="call"></span>: ${what} <b class="prob"></b> <span class="model"></span>`;
+  result.querySelector(".model").textContent =
     `(threshold ${answer.threshold.toFixed(3)}, model ${answer.model_version})`;
   result.querySelector(".call").textContent = answer.call;
   result.querySelector(".call").className = `call ${answer.call === "IDC" ? "IDC" : ""}`;
