@@ -91,19 +91,20 @@ def served(served_jobs):
     assert [files_of(j) for j in served_jobs] == before, "the server wrote into a job folder"
 
 
-def test_index_lists_jobs_slides_and_summaries_without_paths(served, served_jobs):
+def test_index_lists_jobs_patients_slides_and_summaries_without_paths(served, served_jobs):
     status, headers, body = served.request("/")
     page = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/html")
-    summaries = {
-        r["slide_id"]: r
-        for r in pq.read_table(served_jobs[0] / "summaries.parquet").to_pylist()
-        if r["level"] == "slide"
-    }
-    for slide_id, row in summaries.items():
-        assert f'href="/jobs/job/slides/{slide_id}/{slide_id}"' in page
-        assert f'data-sort="{row["idc_fraction"]}">{row["idc_fraction"]:.4f}<' in page
-        assert f">{row['call']}<" in page
+    rows = pq.read_table(served_jobs[0] / "summaries.parquet").to_pylist()
+    job_part = page[page.index('data-job="job"') : page.index('data-job="private"')]
+    patients, slides = job_part.split("<h3>Slides</h3>")
+    for row in rows:  # each patient in the patients table, each slide in the slides table (linked)
+        part = patients if row["level"] == "patient" else slides
+        assert f'data-sort="{row["idc_fraction"]}">{row["idc_fraction"]:.4f}<' in part
+        assert f'data-sort="{row["tissue_patches"]}">{row["tissue_patches"]:,}<' in part
+        assert f">{row['call']}<" in part
+        if row["level"] == "slide":
+            assert f'href="/jobs/job/slides/{row["patient_id"]}/{row["slide_id"]}"' in slides
     assert str(SLIDES) not in page and ".tiff" not in page
     assert "default-src 'self'" in headers["Content-Security-Policy"]
 

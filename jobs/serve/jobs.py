@@ -154,8 +154,9 @@ class ServedJob:
     def status(self) -> JobStatus:
         return job_status(self.job.root)
 
-    def summary_rows(self) -> list[dict]:
-        """A row per slide: its summary columns when done, its status and reason otherwise."""
+    def summary_rows(self) -> tuple[list[dict], list[dict]]:
+        """(a row per patient, a row per slide): the summary columns of what is done, the status
+        and reason of the rest; failure reasons name their files without the folders."""
         st = self.status()
         path = self.job.summaries
         if not st.running and path.exists() and parquet_problem(path) is None:
@@ -163,8 +164,14 @@ class ServedJob:
         else:  # being scored, or never summarised: from the predictions files as they are
             rows = build_summaries(self.job.root).to_pylist()
         slides = {(r["patient_id"], r["slide_id"]): r for r in rows if r["level"] == "slide"}
+        folders = set()
         for key, slide in self.slides().items():
-            row = slides.setdefault(key, {"patient_id": key[0], "slide_id": key[1], "status": "pending"})
-            if row.get("error") and slide.source:  # a failure names its file: by name only, no path
-                row["error"] = row["error"].replace(str(Path(slide.source).parent) + "/", "")
-        return sorted(slides.values(), key=lambda r: (r["patient_id"], r["slide_id"]))
+            slides.setdefault(key, {"patient_id": key[0], "slide_id": key[1], "status": "pending"})
+            if slide.source:
+                folders.add(str(Path(slide.source).parent) + "/")
+        patients = [r for r in rows if r["level"] == "patient"]
+        for row in [*patients, *slides.values()]:
+            for folder in folders:
+                if row.get("error"):
+                    row["error"] = row["error"].replace(folder, "")
+        return sorted(patients, key=lambda r: r["patient_id"]), sorted(slides.values(), key=lambda r: r["slide_id"])

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from idcmap.jobs.render.report import SLIDE_COLUMNS, esc, format_value
+from idcmap.jobs.render.report import PATIENT_COLUMNS, SLIDE_COLUMNS, esc, format_value
 from idcmap.jobs.serve.jobs import ServedJob, Slide
 
 
@@ -17,30 +17,32 @@ def _page(title: str, body: str, script: str, head: str = "") -> str:
     )
 
 
-def _slide_table(job: ServedJob) -> str:
-    head = "".join(f'<th data-kind="{kind}">{esc(h)}</th>' for h, _, kind in SLIDE_COLUMNS)
-    rows = []
-    for r in job.summary_rows():
+def _table(job: ServedJob, columns, rows: list[dict]) -> str:
+    """A sortable table; a done slide's id links to its viewer."""
+    head = "".join(f'<th data-kind="{kind}">{esc(h)}</th>' for h, _, kind in columns)
+    body = []
+    for r in rows:
         cells = []
-        for _, key, kind in SLIDE_COLUMNS:
+        for _, key, kind in columns:
             text = esc(format_value(r.get(key), kind))
-            value = r.get(key)
-            sort = esc(value) if value is not None else ""
+            sort = esc(r.get(key)) if r.get(key) is not None else ""
             if key == "slide_id" and r.get("status") == "done":
                 href = f"/jobs/{esc(job.name)}/slides/{esc(r['patient_id'])}/{esc(r['slide_id'])}"
                 text = f'<a href="{href}">{text}</a>'
             cells.append(f'<td class="{"num" if kind != "text" else esc(key)}" data-sort="{sort}">{text}</td>')
-        rows.append(f'<tr class="status-{esc(r.get("status"))}">{"".join(cells)}</tr>')
-    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        body.append(f'<tr class="status-{esc(r.get("status"))}">{"".join(cells)}</tr>')
+    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def index(jobs: dict[str, ServedJob]) -> str:
     parts = ["<h1>idcmap jobs</h1>"]
     for name, job in jobs.items():
+        patients, slides = job.summary_rows()
         parts.append(
             f'<section class="job" data-job="{esc(name)}"><h2>{esc(name)}</h2>'
-            '<p class="progress" aria-live="polite"></p>'
-            f"{_slide_table(job)}</section>"
+            '<p class="progress" aria-live="polite"></p><div class="tables">'
+            f"<h3>Patients</h3>{_table(job, PATIENT_COLUMNS, patients)}"
+            f"<h3>Slides</h3>{_table(job, SLIDE_COLUMNS, slides)}</div></section>"
         )
     if not jobs:
         parts.append('<p class="muted">No jobs served.</p>')

@@ -50,9 +50,9 @@ async function refresh() {
     const key = `${p.done}/${p.failed}`;
     if (seen[p.job] !== undefined && seen[p.job] !== key) {  // slides finished: new rows
       const page = new DOMParser().parseFromString(await (await fetch("/")).text(), "text/html");
-      const fresh = page.querySelector(`section.job[data-job="${CSS.escape(p.job)}"] table`);
+      const fresh = page.querySelector(`section.job[data-job="${CSS.escape(p.job)}"] .tables`);
       if (fresh) {
-        section.querySelector("table").replaceWith(fresh);
+        section.querySelector(".tables").replaceWith(fresh);
         makeSortable(section);
       }
     }
