@@ -11,13 +11,17 @@ from .reader import SlideError, SlideReader
 MAX_IMAGE_PIXELS = 1 << 30
 
 
-def png_size(path) -> tuple[int, int] | None:
-    """(width, height) from a PNG's IHDR chunk without decoding it; None if it is not a PNG."""
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if head[:8] != b"\x89PNG\r\n\x1a\n":
+def png_header_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first 24 bytes of a PNG (its IHDR chunk); None if not a PNG."""
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or len(head) < 24:
         return None
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def png_size(path) -> tuple[int, int] | None:
+    """(width, height) of a PNG file without decoding it; None if it is not a PNG."""
+    with open(path, "rb") as f:
+        return png_header_size(f.read(24))
 
 
 class ImageReader(SlideReader):

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from idcmap.jobs.jobdir.info import read_job
 from idcmap.jobs.jobdir.layout import JobDir
+from idcmap.jobs.jobdir.lock import is_locked
 from idcmap.jobs.jobdir.schema import SlideMeta, parquet_problem, predictions_problem
 from idcmap.jobs.render.maps import COLORMAP
 from idcmap.jobs.render.summaries import build_summaries, downsample0, load_meta
@@ -94,10 +95,6 @@ class ServedJob:
     def record(self) -> dict:
         return read_job(self.job)
 
-    @property
-    def pseudonymized(self) -> bool:
-        return bool(self.record().get("privacy", {}).get("pseudonymized"))
-
     def slides(self) -> dict[tuple[str, str], Slide]:
         """Every slide the job knows (job.json, and predictions files written by any run)."""
         with self._lock:
@@ -157,9 +154,8 @@ class ServedJob:
     def summary_rows(self) -> tuple[list[dict], list[dict]]:
         """(a row per patient, a row per slide): the summary columns of what is done, the status
         and reason of the rest; failure reasons name their files without the folders."""
-        st = self.status()
         path = self.job.summaries
-        if not st.running and path.exists() and parquet_problem(path) is None:
+        if not is_locked(self.job) and path.exists() and parquet_problem(path) is None:
             rows = pq.read_table(path).to_pylist()
         else:  # being scored, or never summarised: from the predictions files as they are
             rows = build_summaries(self.job.root).to_pylist()

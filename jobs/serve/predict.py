@@ -17,7 +17,7 @@ from idcmap.errors import InputError
 from idcmap.model import ModelBundle, make_backend
 from idcmap.model.scoring import with_context
 from idcmap.slide_tiling import SlideError, TilingSpec, iter_patches, open_slide, plan_slide
-from idcmap.slide_tiling.image_reader import MAX_IMAGE_PIXELS
+from idcmap.slide_tiling.image_reader import MAX_IMAGE_PIXELS, png_header_size
 
 MAX_UPLOAD_BYTES = 20 << 20
 MAX_UPLOAD_PIXELS = 8192 * 8192  # declared in the header: checked before anything is decoded
@@ -44,8 +44,8 @@ def multipart_fields(content_type: str, body: bytes) -> dict[str, tuple[str, byt
 
 def declared_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) a PNG or JPEG header declares, or None when it cannot be read."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if (size := png_header_size(data[:24])) is not None:
+        return size
     if data[:3] == b"\xff\xd8\xff":  # walk the JPEG segments to a start-of-frame
         i = 2
         while i + 9 < len(data) and data[i] == 0xFF:
