@@ -276,10 +276,14 @@ class _EpochLog:
     controller) forwards worker 0's metrics through a Ray queue, which the driver reads."""
 
     def __init__(self, cfg: TrainConfig, label: str):
+        import ray
         from ray.train import UserCallback
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        queue = self.queue = Queue()
+        # on the driver's node: a queue on a worker node would die with it, and the driver with it
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        queue = self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
         class Forward(UserCallback):
             def after_report(self, run_context, metrics, checkpoint):
