@@ -125,20 +125,35 @@ def load_patches(data_dirs, limit_per_patient: int | None = None, threads: int =
     )
 
 
-def load_patches_cached(data_dirs, cache_dir=None, **kw) -> PatchSet:
-    """:func:`load_patches`, memoised as an .npz under ``cache_dir`` keyed by the data fingerprint."""
+def load_patches_cached(data_dirs, cache_dir=None, stain_normalised: bool = False, **kw) -> PatchSet:
+    """:func:`load_patches`, memoised as an .npz under ``cache_dir`` keyed by the data fingerprint.
+    ``stain_normalised``: each patient's patches Macenko-normalised to
+    :data:`idcmap.model.stain.REFERENCE` (memoised apart)."""
     if cache_dir is None:
-        return load_patches(data_dirs, **kw)
-    key = hashlib.sha256((CACHE_FORMAT + fingerprint(data_dirs) + repr(sorted(kw.items()))).encode()).hexdigest()[:16]
+        ps = load_patches(data_dirs, **kw)
+        return normalise_patients(ps) if stain_normalised else ps
+    tag = CACHE_FORMAT + ("-macenko-v1" if stain_normalised else "")
+    key = hashlib.sha256((tag + fingerprint(data_dirs) + repr(sorted(kw.items()))).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"patches-{key}.npz"
     if path.exists():
         z = np.load(path, allow_pickle=False)
         return PatchSet(z["images"], z["labels"], z["patient_ids"], z["sources"], z["xy"])
-    ps = load_patches(data_dirs, **kw)
+    if stain_normalised:
+        ps = normalise_patients(load_patches_cached(data_dirs, cache_dir, **kw))
+    else:
+        ps = load_patches(data_dirs, **kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=ps.images, labels=ps.labels, patient_ids=ps.patient_ids, sources=ps.sources, xy=ps.xy)
     return ps
+
+
+def normalise_patients(ps: PatchSet) -> PatchSet:
+    """``ps`` with each patient's patches Macenko-normalised on that patient's own patches."""
+    from .stain import normalise_groups
+
+    images, _ = normalise_groups(ps.images, ps.patient_ids)
+    return PatchSet(images, ps.labels, ps.patient_ids, ps.sources, ps.xy)
 
 
 def _patient_rank(patient_id: str) -> str:

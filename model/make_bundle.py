@@ -359,6 +359,7 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
                 "held_out": held_out,
                 "trained_on": fcfg.split["train"],
                 "logit_offset": offset,
+                "stain_normalised": cfg.stain_normalise,
                 "normalisation": fcfg.normalisation,
                 "history": state["history"],
             },
@@ -384,7 +385,9 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
 def cross_validate(cfg: TrainConfig, k: int, run_dir, ray_address=None, patches=None) -> tuple[pd.DataFrame, dict]:
     """(out-of-fold table, patient -> fold) of a k-fold patient-level cross-validation."""
     if patches is None:
-        patches = datalib.load_patches_cached(cfg.data_dirs, cfg.cache_dir, limit_per_patient=cfg.limit_per_patient)
+        patches = datalib.load_patches_cached(
+            cfg.data_dirs, cfg.cache_dir, cfg.stain_normalise, limit_per_patient=cfg.limit_per_patient
+        )
     folds = assign_folds(patches.patient_ids, patches.sources, patches.labels, k)
     oof = pd.concat([train_fold(cfg, patches, folds, f, run_dir, ray_address) for f in range(k)], ignore_index=True)
     return oof, folds
@@ -395,8 +398,15 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
     threshold fitted on all their out-of-fold scores); the bundle's network is then trained the
     same way on every patient."""
     run_dir = Path(run_dir).resolve()
-    patches = datalib.load_patches_cached(cfg.data_dirs, cfg.cache_dir, limit_per_patient=cfg.limit_per_patient)
+    patches = datalib.load_patches_cached(
+        cfg.data_dirs, cfg.cache_dir, cfg.stain_normalise, limit_per_patient=cfg.limit_per_patient
+    )
     oof, folds = cross_validate(cfg, k, run_dir, ray_address, patches)
+    if cfg.stain_normalise:
+        raise InputError(
+            f"{run_dir}: the {k} folds' out-of-fold scores are written; no bundle, since scoring "
+            "does not stain-normalise slides yet (--stain-normalise measures the folds only)"
+        )
     report = out_of_fold_report(oof)
     context_weight = choose_context_weight(oof)
     z, y = context_logits(oof, context_weight), oof["label"].to_numpy()

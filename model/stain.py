@@ -80,6 +80,11 @@ class StainFitError(ValueError):
     """Too few stained tissue pixels to estimate stain vectors."""
 
 
+#: the reference stains patches are normalised to: Macenko's published H&E reference, a constant
+#: chosen on none of our patients
+REFERENCE = StainVectors((0.5626, 0.7201, 0.4062), (0.2159, 0.8012, 0.5581), 1.9705, 1.0308)
+
+
 def macenko(rgb, min_pixels: int = 500) -> StainVectors:
     """Macenko stain vectors of the tissue pixels among ``rgb`` (any shape ending in 3)."""
     od = optical_density(rgb).reshape(-1, 3)
@@ -111,3 +116,20 @@ def transfer(rgb, source: StainVectors, target: StainVectors) -> np.ndarray:
     conc = source.concentrations(rgb)
     conc = conc * np.array([target.max_h / source.max_h, target.max_e / source.max_e])
     return rgb_from_od(conc @ target.matrix)
+
+
+def normalise_groups(rgb, groups, reference: StainVectors = REFERENCE) -> tuple[np.ndarray, dict]:
+    """Each group's images (a patient's patches, a slide's) re-drawn with ``reference``'s stains
+    from the group's own Macenko fit: (images, group -> StainVectors, or None where too few
+    stained pixels to fit, that group left as it was)."""
+    out, fitted = np.array(rgb, copy=True), {}
+    groups = np.asarray(groups)
+    for g in np.unique(groups):
+        m = groups == g
+        try:
+            fitted[g] = macenko(out[m])
+        except StainFitError:
+            fitted[g] = None
+            continue
+        out[m] = transfer(out[m], fitted[g], reference)
+    return out, fitted

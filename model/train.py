@@ -46,6 +46,7 @@ class TrainConfig:
     colour_strength: float = 1.0  # scales the colour jitter ranges of the augmentation
     stain_strength: float = 0.0  # scales the HED (stain space) jitter and gamma; 0: off
     artefact_strength: float = 0.0  # scales the blur and JPEG augmentation; 0: off
+    stain_normalise: bool = False  # each patient's patches Macenko-normalised (folds only, for now)
     num_workers: int = 1
     cpus: int = 2  # threads shared by the workers
     seed: int = 0
@@ -59,7 +60,9 @@ class TrainConfig:
 
 def load_split_data(cfg: TrainConfig):
     """(train, validation) patch sets for ``cfg`` (its split, or a fresh one)."""
-    ps = datalib.load_patches_cached(cfg.data_dirs, cfg.cache_dir, limit_per_patient=cfg.limit_per_patient)
+    ps = datalib.load_patches_cached(
+        cfg.data_dirs, cfg.cache_dir, cfg.stain_normalise, limit_per_patient=cfg.limit_per_patient
+    )
     split = cfg.split or datalib.split_patients(ps)
     return datalib.apply_split(ps, split) + (split,)
 

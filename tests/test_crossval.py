@@ -97,19 +97,23 @@ def test_out_of_fold_report_pooled_per_patient_and_intervals():
 
 
 # --- stain space ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def he_patch():
+def _he_image(nuclei: int = 12, seed: int = 3) -> np.ndarray:
     """A synthetic H&E-like image: nuclei (haematoxylin) in eosin stroma, white glass at the top."""
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     conc = np.zeros((60, 60, 3))
     conc[..., 1] = rng.uniform(0.6, 1.2, (60, 60))  # eosin stroma with a little haematoxylin
     conc[..., 0] = rng.uniform(0.15, 0.3, (60, 60))
     yy, xx = np.mgrid[0:60, 0:60]
-    for cy, cx in rng.integers(15, 55, (12, 2)):
+    for cy, cx in rng.integers(15, 55, (nuclei, 2)):
         nucleus = ((yy - cy) ** 2 + (xx - cx) ** 2) < 9
         conc[nucleus, 0], conc[nucleus, 1] = 1.0, 0.1
     conc[:10] = 0
     return np.clip(np.rint(256 * np.exp(-(conc @ RGB_FROM_HED)) - 1), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def he_patch():
+    return _he_image()
 
 
 def test_restain_is_identity_at_neutral_and_scales_one_stain(he_patch):
@@ -152,3 +156,29 @@ def test_macenko_finds_the_stains_it_was_given_and_transfer_restores_them(he_pat
     tissue = optical_density(he_patch).sum(-1) > 0.3
     assert np.abs(back.astype(int) - he_patch.astype(int))[tissue].mean() < 3.0
     assert np.abs(pale.astype(int) - he_patch.astype(int))[tissue].mean() > 10.0
+
+
+def test_normalising_each_group_alone_undoes_its_stain_and_ignores_how_much_nuclei_it_holds(he_patch):
+    from idcmap.model.stain import REFERENCE, normalise_groups
+
+    # a patient, the same patient paler in haematoxylin, one with four times the nuclei, and glass
+    few, many = he_patch[10:], _he_image(nuclei=48, seed=4)[10:]
+    assert (optical_density(many) @ HED_FROM_RGB)[..., 0].mean() > 1.3 * (optical_density(few) @ HED_FROM_RGB)[
+        ..., 0
+    ].mean()
+    glass = np.full_like(few, 250)
+    images = np.stack([few, restain(few, h_scale=0.6), many, glass])
+    out, fitted = normalise_groups(images, np.array(["a", "a-pale", "b", "glass"]))
+    assert fitted["glass"] is None and np.array_equal(out[3], glass)  # nothing to fit: left as it was
+    assert np.dot(fitted["a"].h, fitted["a-pale"].h) > 0.99 and np.dot(fitted["a"].h, fitted["b"].h) > 0.99
+    tissue = optical_density(few).sum(-1) > 0.3
+    # most of the paler haematoxylin is undone (Macenko's fit moves a little with the stain)
+    diff = np.abs(out[1].astype(int) - out[0].astype(int))[tissue].mean()
+    assert diff < 0.5 * np.abs(images[1].astype(int) - images[0].astype(int))[tissue].mean()
+    # the reference's stains: a normalised group's own fit comes out as the reference
+    again = macenko(out[0], min_pixels=100)
+    assert np.dot(again.h, REFERENCE.h) > 0.98 and np.dot(again.e, REFERENCE.e) > 0.98
+    assert again.max_h == pytest.approx(REFERENCE.max_h, rel=0.05)
+    # a group's normalisation does not depend on the other groups
+    alone, _ = normalise_groups(images[:1], np.array(["a"]))
+    assert np.array_equal(alone[0], out[0])

@@ -97,6 +97,12 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=Tru
     help="Scale of the blur and JPEG-compression augmentation; 0 turns it off.",
 )
 @click.option(
+    "--stain-normalise",
+    is_flag=True,
+    help="Macenko-normalise each patient's patches before training (cross-validation folds only: "
+    "scoring does not normalise yet, so no bundle is written).",
+)
+@click.option(
     "--folds",
     type=click.IntRange(0),
     default=3,
@@ -137,6 +143,7 @@ def train(
     colour_strength,
     stain_strength,
     artefact_strength,
+    stain_normalise,
     folds,
     cpus,
     limit_per_patient,
@@ -160,6 +167,7 @@ def train(
         colour_strength=colour_strength,
         stain_strength=stain_strength,
         artefact_strength=artefact_strength,
+        stain_normalise=stain_normalise,
         num_workers=num_workers,
         cpus=cpus,
         limit_per_patient=limit_per_patient,
@@ -168,6 +176,8 @@ def train(
     run_dir = run_dir or Path("runs") / out_dir.name
     if folds == 1:
         raise click.ClickException("--folds must be 0 (one validation split) or at least 2")
+    if stain_normalise and not folds:
+        raise click.ClickException("--stain-normalise measures cross-validation folds only: give --folds >= 2")
     if folds:  # a run resumes by itself: every fold and the final model keep their checkpoints
         bundle = train_crossvalidated_bundle(cfg, folds, out_dir, run_dir, ray_address=address)
     else:
