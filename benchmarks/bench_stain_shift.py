@@ -15,7 +15,11 @@ It also plots each out-of-fold patient's ROC AUC and sensitivity against its mea
 
 ``--normalise`` measures stain normalisation at scoring time on the same models: each patient's
 (shifted) patches are re-drawn by Macenko with the median stain vectors of its fold model's
-training patients before they are scored.
+training patients before they are scored. A run trained on normalised patches
+(``idcmap train --stain-normalise``) has each patient's shifted patches normalised as in its
+training (Macenko, fitted on the patient's own patches, to the fixed reference) and adds the
+IDC-proportion check: each whole patient's patches split into an IDC-rich and an IDC-poor half,
+each half normalised alone, against the patient normalised whole.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from idcmap.model.stain import (
     StainFitError,
     StainVectors,
     macenko,
+    normalise_groups,
     optical_density,
     restain,
     transfer,
@@ -92,16 +97,25 @@ def _reference(vectors, patients) -> StainVectors:
     )
 
 
-def _normalised(images, patient_ids, reference):
-    """Each patient's patches re-drawn with ``reference``'s stains (Macenko normalisation)."""
-    out = images.copy()
+def _normalised(images, patient_ids, reference=None):
+    """Each patient's patches re-drawn with ``reference``'s stains (default: the fixed reference
+    of ``idcmap train --stain-normalise``)."""
+    return normalise_groups(images, patient_ids, *([reference] if reference else []))[0]
+
+
+def _halves(labels, patient_ids, seed: int = 0):
+    """Each patient with >= PER_PATIENT_MIN patches of each class split in two halves of equal
+    size: one with as much IDC as it can hold, one with the rest. Group label per patch: 'P:rich'
+    or 'P:poor' ('' for patients left out)."""
+    rng = np.random.default_rng(seed)
+    group = np.full(len(labels), "", object)
     for p in np.unique(patient_ids):
-        m = patient_ids == p
-        try:
-            out[m] = transfer(images[m], macenko(images[m]), reference)
-        except StainFitError:
-            pass
-    return out
+        idx = np.flatnonzero(patient_ids == p)
+        if min(labels[idx].sum(), (1 - labels[idx]).sum()) < PER_PATIENT_MIN:
+            continue
+        idx = idx[np.lexsort((rng.random(len(idx)), -labels[idx]))]  # IDC first, random within
+        group[idx[: len(idx) // 2]], group[idx[len(idx) // 2 :]] = f"{p}:rich", f"{p}:poor"
+    return group.astype(str)
 
 
 def _transferred(images, patient_ids, vectors):
@@ -217,14 +231,18 @@ def main():
     shifts = dict(SHIFTS, **{"other patients' stains": lambda x: _transferred(x, pids, vectors)})
     names = QUICK if args.quick else list(shifts)
 
-    results = {}
-    for name in names:
-        shifted = shifts[name](images)
+    trained_normalised = all(info.get("stain_normalised") for info, _, _ in folds)
+
+    def probabilities(shifted, groups=pids):
+        """Each fold model's calibrated probabilities of its held-out patients' ``shifted`` patches
+        (normalised by ``groups`` as the run's training was)."""
         logit = np.empty(len(oof))
         for info, score, _ in folds:
             m = fold_of == info["fold"]
             x = shifted[m]
-            if args.normalise:
+            if trained_normalised:
+                x = _normalised(x, groups[m])
+            elif args.normalise:
                 x = _normalised(x, pids[m], _reference(vectors, set(pids[~m])))
             logit[m] = idc_logit(predict_batches(score, x)) - info["logit_offset"]
         prob = np.empty(len(oof), np.float32)
@@ -232,11 +250,38 @@ def main():
             m = fold_of == f
             z = context_logits(oof.assign(logit=logit), cal["context_self_weight"])
             prob[m] = sigmoid(z[m] / cal["temperature"])
+        return prob
+
+    results = {}
+    for name in names:
+        prob = probabilities(shifts[name](images))
         r = classification_metrics(labels, prob, thr)
         results[name] = {k: r[k] for k in ("roc_auc", "sensitivity", "specificity", "balanced_accuracy", "ece")}
         print(f"{name:24s} " + "  ".join(f"{k} {v:.4f}" for k, v in results[name].items()), flush=True)
         if name == "none":
-            table = per_patient_table(labels, prob, thr, pids)
+            table, unshifted = per_patient_table(labels, prob, thr, pids), prob
+    proportion = None
+    if trained_normalised:  # does a patient's normalisation depend on how much of it is IDC?
+        halves = _halves(labels, pids)
+        kept = halves != ""
+        alone = probabilities(images, np.where(kept, halves, pids))
+        rich = np.char.endswith(halves, ":rich")
+        proportion = {
+            "patients": int(len(set(pids[kept]))),
+            "idc_share_rich": float(labels[rich].mean()),
+            "idc_share_poor": float(labels[kept & ~rich].mean()),
+            "mean_abs_prob_change": float(np.abs(alone - unshifted)[kept].mean()),
+            "mean_prob_change_rich": float((alone - unshifted)[rich].mean()),
+            "mean_prob_change_poor": float((alone - unshifted)[kept & ~rich].mean()),
+            "calls_changed": float(((alone >= thr) != (unshifted >= thr))[kept].mean()),
+        }
+        print(
+            "IDC-rich and IDC-poor halves normalised alone ({patients} patients; IDC share {idc_share_rich:.2f} "
+            "and {idc_share_poor:.2f}): mean |prob change| {mean_abs_prob_change:.4f}, mean change rich "
+            "{mean_prob_change_rich:+.4f}, poor {mean_prob_change_poor:+.4f}, calls changed {calls_changed:.4f}".format(
+                **proportion
+            )
+        )
     base = results["none"]
     for r in results.values():
         r["auc_change"] = r["roc_auc"] - base["roc_auc"]
@@ -258,7 +303,8 @@ def main():
             json.dumps(
                 {
                     "run_dir": str(args.run_dir),
-                    "normalised": args.normalise,
+                    "normalised": "trained" if trained_normalised else args.normalise,
+                    "idc_proportion": proportion,
                     "shifts": results,
                     "per_patient": table.to_dict(orient="records"),
                 },

@@ -122,14 +122,14 @@ def normalise_groups(rgb, groups, reference: StainVectors = REFERENCE) -> tuple[
     """Each group's images (a patient's patches, a slide's) re-drawn with ``reference``'s stains
     from the group's own Macenko fit: (images, group -> StainVectors, or None where too few
     stained pixels to fit, that group left as it was)."""
-    out, fitted = np.array(rgb, copy=True), {}
-    groups = np.asarray(groups)
+    out, groups = np.array(rgb, copy=True), np.asarray(groups)
+    fitted: dict[str, StainVectors | None] = {}
     for g in np.unique(groups):
         m = groups == g
         try:
-            fitted[g] = macenko(out[m])
+            vectors = fitted[g] = macenko(out[m])
         except StainFitError:
             fitted[g] = None
             continue
-        out[m] = transfer(out[m], fitted[g], reference)
+        out[m] = transfer(out[m], vectors, reference)
     return out, fitted
