@@ -275,3 +275,22 @@ def test_shipped_bundle_reproduces_its_out_of_fold_figures_and_meets_the_floors(
     # reached (models/README.md, "What fell short"), so ranking is held to a plain sanity floor
     assert report["balanced_accuracy"] >= 0.86 and report["ece"] <= 0.03
     assert report["roc_auc"] >= 0.90 and report["roc_auc"] > report["patch_only_roc_auc"]
+
+
+def test_stain_normalised_patches_are_cached_apart_and_train_refuses_them_without_folds(tmp_path):
+    from idcmap.jobs.cli import cli
+    from idcmap.model import data as datalib
+
+    sparse = [str(shared_path("idc", "sparse"))]
+    raw = datalib.load_patches_cached(sparse, tmp_path, limit_per_patient=2)
+    normalised = datalib.load_patches_cached(sparse, tmp_path, stain_normalised=True, limit_per_patient=2)
+    assert len(list(tmp_path.glob("patches-*.npz"))) == 2  # the raw patches and the normalised ones
+    assert np.array_equal(normalised.images, datalib.normalise_patients(raw).images)
+    assert not np.array_equal(normalised.images, raw.images) and np.array_equal(normalised.labels, raw.labels)
+    again = datalib.load_patches_cached(sparse, tmp_path, stain_normalised=True, limit_per_patient=2)
+    assert np.array_equal(again.images, normalised.images)  # read back from its own cache file
+
+    res = CliRunner().invoke(
+        cli, ["train", "--data", sparse[0], "--stain-normalise", "--folds", "0", "--out", str(tmp_path / "b")]
+    )
+    assert res.exit_code != 0 and "--stain-normalise measures cross-validation folds only" in res.output
