@@ -77,7 +77,8 @@ def chosen_patients(quick: bool) -> list[Path]:
 
 
 def slides_40x(work: Path, patients: list[Path]) -> tuple[Path, Path]:
-    """(idcmap's input: WORK/40x/P/P.tiff, WSInfer's: a folder holding only the slides, as links)."""
+    """Each patient rebuilt once as WORK/40x-qQ/P/P.tiff; (idcmap's input: a folder of these
+    patients' folders, WSInfer's: a folder holding only their slides), both made of links."""
     tree, flat = work / f"40x-q{QUALITY}", work / f"40x-q{QUALITY}-flat-{len(patients)}"
     for d in patients:
         tiff = tree / d.name / f"{d.name}.tiff"
@@ -211,11 +212,13 @@ def run_idcmap(inputs: Path, work: Path, bundle: Path) -> tuple[dict, pd.DataFra
 
 def run_wsinfer(flat: Path, work: Path, model: Path, config: Path) -> tuple[dict, pd.DataFrame]:
     out = Path(tempfile.mkdtemp(prefix="wsinfer-", dir=work))
-    registry = Path.home() / ".wsinfer-zoo" / "wsinfer-zoo-registry.json"
-    if not registry.exists():  # its CLI loads the model zoo's registry, which needs the internet
-        registry.parent.mkdir(parents=True, exist_ok=True)
-        registry.write_text(json.dumps({"models": {}}))
-    env = dict(os.environ, WSINFER_FORCE_CPU="1", HF_HUB_OFFLINE="1")
+    # its CLI loads the model zoo's registry from HOME/.wsinfer-zoo, downloading it if absent: an
+    # empty one in a HOME of its own (no internet needed; the user's home left alone)
+    home = work / "wsinfer-home"
+    registry = home / ".wsinfer-zoo" / "wsinfer-zoo-registry.json"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text(json.dumps({"models": {}}))
+    env = dict(os.environ, HOME=str(home), WSINFER_FORCE_CPU="1", HF_HUB_OFFLINE="1")
     wsinfer = Path(sys.executable).with_name("wsinfer")
     cmd = [str(wsinfer), "run", "-i", str(flat), "-o", str(out), "-c", str(config), "-p", str(model)]
     r = measure(cmd, env=env)
