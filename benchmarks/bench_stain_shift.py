@@ -18,7 +18,7 @@ It also plots each out-of-fold patient's ROC AUC and sensitivity against its mea
 training patients before they are scored. A run trained on normalised patches
 (``idcmap train --stain-normalise``) has each patient's shifted patches normalised as in its
 training (Macenko, fitted on the patient's own patches, to the fixed reference) and adds the
-IDC-proportion check: each whole patient's patches split into an IDC-rich and an IDC-poor half,
+IDC-proportion check: each patient's patches (>= 10 of each class) split into IDC-rich and IDC-poor halves,
 each half normalised alone, against the patient normalised whole.
 """
 
