@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,8 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
-from bench_scoring import pss_bytes, table
+from bench_scoring import measure, table
 
 from idcmap.model import load_bundle
 from idcmap.model.scoring import calibrated_probability
@@ -66,6 +64,7 @@ CHECK_TOLERANCE = 1e-4
 PEER_BATCH = 32  # both peers' documented default
 CORES = len(os.sched_getaffinity(0))
 PIL_BOX = 4  # PIL.Image.Resampling.BOX
+SEED_LOOP = Path(__file__).with_name("seed_loop.py")
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -170,28 +169,6 @@ def wsinfer_config(bundle: Path, out: Path) -> Path:
     return path
 
 
-# --- one fresh process, measured -------------------------------------------------------------------
-def measure(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> dict:
-    """Run ``cmd``; its wall time, exit status, output and the peak PSS of it and its children."""
-    t0 = time.perf_counter()
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            pids = [root.pid] + [p.pid for p in root.children(recursive=True)]
-        except psutil.Error:
-            pids = []
-        peak = max(peak, sum(pss_bytes(pid) for pid in pids))
-        time.sleep(0.25)
-    wall = time.perf_counter() - t0
-    log.seek(0)
-    output = log.read()
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{output[-3000:]}")
-    return {"wall_s": wall, "peak_mib": peak / 2**20, "output": output}
-
-
 def run_idcmap(inputs: Path, work: Path, bundle: Path) -> tuple[dict, pd.DataFrame]:
     job = Path(tempfile.mkdtemp(prefix="idcmap-", dir=work))
     r = measure([sys.executable, "-m", "idcmap", "score", str(inputs), "--out", str(job), "--model", str(bundle)])
@@ -249,25 +226,6 @@ def run_tiatoolbox(python: str, slides: list[Path], work: Path, bundle: Path) ->
 
 
 # --- the same-model table --------------------------------------------------------------------------
-LOOP = """
-import sys, time, cv2, numpy as np, keras
-from pathlib import Path
-from idcmap.model import load_bundle
-bundle = load_bundle(sys.argv[1])
-model = keras.saving.load_model(Path(sys.argv[1]) / "model.keras", safe_mode=True)
-mean, std = (np.asarray(bundle.normalisation[k], np.float32) for k in ("mean", "std"))
-files = [f for d in sys.argv[2:] for f in sorted(Path(d).glob("*/*.png"))]
-images = []
-for f in files:
-    img = cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)
-    if img.shape[:2] != (50, 50):
-        img = cv2.copyMakeBorder(img, 0, 50 - img.shape[0], 0, 50 - img.shape[1], cv2.BORDER_CONSTANT, value=(255,) * 3)
-    images.append(img)
-model.predict((np.stack(images).astype(np.float32) - mean) / std, verbose=0)
-print(len(files))
-"""
-
-
 def same_model(work: Path, patients: list[Path], repeats: int) -> dict:
     kaggle = kaggle_folders(work, patients)
     out: dict = {}
@@ -276,7 +234,10 @@ def same_model(work: Path, patients: list[Path], repeats: int) -> dict:
         for _ in range(repeats):
             r, _ = run_idcmap(kaggle, work, bundle)
             runs["idcmap"].append(r)
-            loop = measure([sys.executable, "-c", LOOP, str(bundle)] + [str(p) for p in patients])
+            loop = measure(
+                [sys.executable, str(Path(__file__).with_name("seed_loop.py")), str(bundle)]
+                + [str(p) for p in patients]
+            )
             runs["loop"].append(
                 {"patches": int(loop["output"].split()[-1]), "wall_s": loop["wall_s"], "peak_mib": loop["peak_mib"]}
             )

@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import psutil
+import seed_loop
 from bench_inference import rates_in_processes
 from bench_tiling_memory import mosaic
 
@@ -97,17 +97,12 @@ def pss_bytes(pid: int) -> int:
         return 0
 
 
-def score(inputs: Path, work: Path, cpus: int | None = None, model: Path = MODEL) -> dict:
-    """Run ``idcmap score`` in a fresh process into a fresh JOB_DIR; patches, rates, peak PSS.
-
-    ``cpus``: pin the command and everything it starts to that many cores (``taskset``) and give
-    Ray as many CPUs."""
-    job = Path(tempfile.mkdtemp(prefix="job-", dir=work))
-    cmd = [sys.executable, "-m", "idcmap", "score", str(inputs), "--out", str(job), "--model", str(model)]
-    if cpus:
-        cmd = ["taskset", "-c", ",".join(map(str, range(cpus)))] + cmd + ["--num-cpus", str(cpus)]
+def measure(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> dict:
+    """Run ``cmd``; its wall time, output (stdout and stderr) and the peak PSS of it and every
+    process it starts, sampled every 0.25 s. Exits with the output's tail if ``cmd`` fails."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
@@ -117,15 +112,29 @@ def score(inputs: Path, work: Path, cpus: int | None = None, model: Path = MODEL
         peak = max(peak, sum(pss_bytes(pid) for pid in pids))
         time.sleep(0.25)
     wall = time.perf_counter() - t0
-    err = proc.stderr.read()
+    log.seek(0)
+    output = log.read()
     if proc.returncode:
-        raise SystemExit(f"idcmap score {inputs} failed:\n{err[-2000:]}")
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{output[-3000:]}")
+    return {"wall_s": wall, "peak_mib": peak / 2**20, "output": output}
+
+
+def score(inputs: Path, work: Path, cpus: int | None = None, model: Path = MODEL) -> dict:
+    """Run ``idcmap score`` in a fresh process into a fresh JOB_DIR; patches, rates, peak PSS.
+
+    ``cpus``: pin the command and everything it starts to that many cores (``taskset``) and give
+    Ray as many CPUs."""
+    job = Path(tempfile.mkdtemp(prefix="job-", dir=work))
+    cmd = [sys.executable, "-m", "idcmap", "score", str(inputs), "--out", str(job), "--model", str(model)]
+    if cpus:
+        cmd = ["taskset", "-c", ",".join(map(str, range(cpus)))] + cmd + ["--num-cpus", str(cpus)]
+    r = measure(cmd)
     run = json.loads((job / "job.json").read_text())["runs"][-1]
     return {
         "patches": run["patches"],
         "rate": run["patches"] / run["scoring_seconds"],
-        "wall_rate": run["patches"] / wall,
-        "peak_mib": peak / 2**20,
+        "wall_rate": run["patches"] / r["wall_s"],
+        "peak_mib": r["peak_mib"],
     }
 
 
@@ -153,27 +162,13 @@ def backend_alone(npy: Path, model: Path, seconds: float = 2.0) -> float:
 
 
 def reference(patient_dirs: list[Path]) -> tuple[int, float]:
-    """The reference approach: glob the patch PNGs, cv2.imread each, Keras seed_cnn model.predict."""
-    import keras
-
-    from idcmap.model import load_bundle
-
-    bundle = load_bundle(SEED)
-    model = keras.saving.load_model(SEED / "model.keras", safe_mode=True)
-    mean, std = (np.asarray(bundle.normalisation[k], np.float32) for k in ("mean", "std"))
+    """The reference approach (``seed_loop.py`` with seed_cnn), timed after its model is loaded and
+    warmed up: (patches, patches/s)."""
+    model, mean, std = seed_loop.load(SEED)
     model.predict(np.zeros((64, 50, 50, 3), np.float32), verbose=0)  # warm-up
     t = time.perf_counter()
-    files = [f for d in patient_dirs for f in sorted(d.glob("*/*.png"))]
-    images = []
-    for f in files:
-        img = cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB)
-        if img.shape[:2] != (50, 50):  # the dataset's edge patches: pad like the pipeline does
-            img = cv2.copyMakeBorder(
-                img, 0, 50 - img.shape[0], 0, 50 - img.shape[1], cv2.BORDER_CONSTANT, value=(255, 255, 255)
-            )
-        images.append(img)
-    model.predict((np.stack(images).astype(np.float32) - mean) / std, verbose=0)
-    return len(files), len(files) / (time.perf_counter() - t)
+    n = seed_loop.predict(model, mean, std, patient_dirs)
+    return n, n / (time.perf_counter() - t)
 
 
 def table(header: list[str], rows: list[list]) -> None:
