@@ -17,13 +17,12 @@ import hashlib
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from idcmap.errors import InputError
 from idcmap.slide_tiling import PATCH_SIZE
 
 from .calibration import choose_threshold, fit_temperature
-from .metrics import classification_metrics, expected_calibration_error
+from .metrics import classification_metrics, expected_calibration_error, roc_auc, score_groups
 from .scoring import CONTEXT_SELF_WEIGHT, mix_neighbours, sigmoid
 
 FOLD_SALT = "idcmap-cv-v1"
@@ -80,7 +79,7 @@ def choose_context_weight(oof: pd.DataFrame, weights=CONTEXT_WEIGHTS) -> float:
     """The self weight among ``weights`` whose context logits rank ``oof``'s patches best (ROC
     AUC; ties to the larger weight, i.e. less context)."""
     y = oof["label"].to_numpy()
-    return max(sorted(weights), key=lambda w: roc_auc_score(y, context_logits(oof, w)))
+    return max(sorted(weights), key=lambda w: roc_auc(y, context_logits(oof, w)))
 
 
 def fit_calibration(z: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -131,7 +130,7 @@ def per_patient_table(labels, prob, thr, patient_ids) -> pd.DataFrame:
                 "patient_id": p,
                 "patches": len(g),
                 "idc_patches": n1,
-                "roc_auc": float(roc_auc_score(g.y, g.prob)) if n1 and n0 else None,
+                "roc_auc": roc_auc(g.y, g.prob) if n1 and n0 else None,
                 "sensitivity": sens,
                 "specificity": spec,
                 "balanced_accuracy": (sens + spec) / 2 if sens is not None and spec is not None else None,
@@ -156,25 +155,27 @@ def spread(table: pd.DataFrame, min_per_class: int = PER_PATIENT_MIN) -> dict:
 
 
 def bootstrap_intervals(labels, prob, thr, patient_ids, n: int = BOOTSTRAP, seed: int = 0) -> dict:
-    """95 % intervals of the pooled figures, resampling whole patients with replacement."""
-    labels, prob, thr = np.asarray(labels).astype(int), np.asarray(prob), np.asarray(thr)
-    _, inverse = np.unique(np.asarray(patient_ids), return_inverse=True)
-    members = [np.flatnonzero(inverse == i) for i in range(inverse.max() + 1)]
+    """95 % intervals of the pooled figures, resampling whole patients with replacement (a patient
+    drawn k times weighs its patches k times)."""
+    y, prob = np.asarray(labels).astype(bool), np.asarray(prob, np.float64)
+    call = prob >= np.asarray(thr)
+    _, patient = np.unique(np.asarray(patient_ids), return_inverse=True)
+    n_patients, groups = patient.max() + 1, score_groups(prob)
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {
         k: [] for k in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
     }
     for _ in range(n):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
-        y, p, call = labels[idx], prob[idx], prob[idx] >= thr[idx]
-        if y.min() == y.max():
+        w = np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)[patient].astype(np.float64)
+        n_pos, n_neg = w[y].sum(), w[~y].sum()
+        if not n_pos or not n_neg:
             continue
-        sens, spec = call[y == 1].mean(), 1 - call[y == 0].mean()
-        samples["roc_auc"].append(roc_auc_score(y, p))
+        sens, spec = w[y & call].sum() / n_pos, 1 - w[~y & call].sum() / n_neg
+        samples["roc_auc"].append(roc_auc(y, prob, w, groups))
         samples["sensitivity"].append(sens)
         samples["specificity"].append(spec)
         samples["balanced_accuracy"].append((sens + spec) / 2)
-        samples["ece"].append(expected_calibration_error(p, y))
+        samples["ece"].append(expected_calibration_error(prob, y, weights=w))
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in samples.items()}
 
 
@@ -197,7 +198,7 @@ def out_of_fold_report(oof: pd.DataFrame, bootstrap: int = BOOTSTRAP, per_patien
         n_patients=int(len(table)),
         n_folds=len(per_fold),
         folds=per_fold,
-        patch_only_roc_auc=float(roc_auc_score(y, oof["logit"])),
+        patch_only_roc_auc=roc_auc(y, oof["logit"]),
         per_patient_spread=spread(table),
         intervals_95=bootstrap_intervals(y, prob, thr, patients, bootstrap),
         by_source={

@@ -8,13 +8,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from sklearn.metrics import auc, roc_auc_score, roc_curve
+from sklearn.metrics import auc, roc_curve
 
 from .backends import make_backend
 from .bundle import OOF_FILE, BundleError, ModelBundle, load_bundle
 from .crossval import cross_fitted, out_of_fold_report
 from .data import load_patches
-from .metrics import expected_calibration_error, metrics_report, reliability_bins
+from .metrics import expected_calibration_error, metrics_report, reliability_bins, roc_auc
 from .scoring import with_context
 
 _SIZE, _MARGIN = 480, 60
@@ -40,7 +40,7 @@ def evaluate(
     prob = with_context(patch_prob, *patches.grid, bundle.context_weight)
     report = metrics_report(patches.labels, prob, patches.patient_ids, bundle.threshold)
     if len(np.unique(patches.labels)) == 2:
-        report["patch_only_roc_auc"] = float(roc_auc_score(patches.labels, patch_prob))
+        report["patch_only_roc_auc"] = roc_auc(patches.labels, patch_prob)
     report.update(
         model=bundle.version,
         backend=backend,

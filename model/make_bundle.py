@@ -38,7 +38,7 @@ from .crossval import (
     fit_calibration,
     out_of_fold_report,
 )
-from .metrics import classification_metrics
+from .metrics import average_precision, classification_metrics, roc_auc
 from .scoring import (
     CONTEXT_SELF_WEIGHT,
     calibrated_probability,
@@ -93,14 +93,12 @@ def _onnx_probs(path, images: np.ndarray, batch: int = 512) -> np.ndarray:
 
 def _int8_backend(folder: Path, train, val, final, fp32_auc: float, seed: int) -> dict:
     """Quantize, then keep the int8 model only if it passes the AUC check on validation."""
-    from sklearn.metrics import roc_auc_score
-
     from .export import quantize_int8
 
     rng = np.random.default_rng(seed)
     calib = train.images[np.sort(rng.choice(len(train), min(INT8_CALIBRATION_PATCHES, len(train)), replace=False))]
     path = quantize_int8(folder / ONNX_FILE, folder / ONNX_INT8_FILE, calib)
-    auc = float(roc_auc_score(val.labels, final(_onnx_probs(path, val.images))))
+    auc = roc_auc(val.labels, final(_onnx_probs(path, val.images)))
     spec = {
         "file": ONNX_INT8_FILE,
         "quantization": f"static int8 (QDQ, per-channel weights), calibrated on {len(calib)} training patches",
@@ -138,8 +136,6 @@ class Calibrated:
 
 def calibrate_on_validation(model, cfg: TrainConfig, train, val) -> Calibrated:
     """Temperature and threshold fitted on the validation patients, metrics on them too."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     val_probs = predict_batches(scoring_function(model, cfg.normalisation), val.images)
     offset = prior_offset(datalib.class_weights(train.labels)) if cfg.imbalance != "none" else 0.0
     rows, cols, groups = val.grid
@@ -153,8 +149,8 @@ def calibrate_on_validation(model, cfg: TrainConfig, train, val) -> Calibrated:
     metrics["n_patients"] = len(cfg.split["validation"])
     patch_only = calibrated_probability(val_probs, cal["temperature"], offset)
     metrics["patch_only"] = {
-        "roc_auc": float(roc_auc_score(val.labels, patch_only)),
-        "pr_auc": float(average_precision_score(val.labels, patch_only)),
+        "roc_auc": roc_auc(val.labels, patch_only),
+        "pr_auc": average_precision(val.labels, patch_only),
     }
     return Calibrated(
         cal["temperature"],
@@ -171,8 +167,6 @@ def calibrate_on_validation(model, cfg: TrainConfig, train, val) -> Calibrated:
 def _export_backends(folder: Path, model, cfg: TrainConfig, train, cal: Calibrated) -> dict:
     """Save the Keras model, export ONNX (and int8 when it passes), each checked on ``cal.check``
     as scoring uses it; the manifest's ``backends``."""
-    from sklearn.metrics import roc_auc_score
-
     from .export import export_onnx
 
     check = cal.check
@@ -185,7 +179,7 @@ def _export_backends(folder: Path, model, cfg: TrainConfig, train, cal: Calibrat
     model.save(folder / KERAS_FILE)
     export_onnx(score, folder / ONNX_FILE)
     onnx_prob = final(_onnx_probs(folder / ONNX_FILE, check.images))
-    fp32_auc = float(roc_auc_score(check.labels, onnx_prob))
+    fp32_auc = roc_auc(check.labels, onnx_prob)
     return {
         "onnx": {
             "file": ONNX_FILE,

@@ -1,32 +1,59 @@
-"""Classification metrics for IDC probabilities (scikit-learn), overall and per patient."""
+"""Classification metrics for IDC probabilities, overall and per patient.
+
+Computed with numpy from counts and ranks (equal to scikit-learn's definitions, which the tests
+check): the bootstrap over patients evaluates them a thousand times, and scikit-learn's input
+checks made that most of an evaluation's time. ``weights`` counts each patch that many times, as a
+bootstrap resample that draws its patient that often does."""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
 
 ECE_BINS = 15
 
 
-def expected_calibration_error(prob: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+def _weights(weights, n: int) -> np.ndarray:
+    return np.ones(n) if weights is None else np.asarray(weights, np.float64)
+
+
+def score_groups(scores) -> np.ndarray:
+    """Each score's rank among the distinct scores (tied scores share one): what :func:`roc_auc`
+    needs of the scores, to compute once when the same scores are weighted many ways."""
+    return np.unique(np.asarray(scores, np.float64), return_inverse=True)[1]
+
+
+def roc_auc(labels, scores, weights=None, groups=None) -> float:
+    """ROC AUC (Mann-Whitney: the chance a random IDC patch outscores a random other, ties half);
+    NaN when the labels hold a single class. ``groups``: :func:`score_groups` of the scores."""
+    y, w = np.asarray(labels).astype(bool), _weights(weights, len(labels))
+    group = score_groups(scores) if groups is None else groups
+    pos, neg = np.bincount(group, w * y), np.bincount(group, w * ~y)
+    below = np.cumsum(neg) - neg  # negative weight strictly below each group
+    n_pos, n_neg = pos.sum(), neg.sum()
+    return float((pos * (below + neg / 2)).sum() / (n_pos * n_neg)) if n_pos and n_neg else float("nan")
+
+
+def average_precision(labels, scores) -> float:
+    """Area under the precision-recall curve as scikit-learn defines it: sum over score thresholds
+    of (recall gained) x precision."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, np.float64)
+    order = np.argsort(-s, kind="stable")
+    last = np.r_[np.flatnonzero(np.diff(s[order])), len(s) - 1]  # last patch of each distinct score
+    tp = np.cumsum(y[order])[last]
+    precision = tp / (last + 1)
+    recall_gain = np.diff(np.r_[0, tp]) / y.sum()
+    return float((recall_gain * precision).sum())
+
+
+def expected_calibration_error(prob, labels, bins: int = ECE_BINS, weights=None) -> float:
     """ECE of the IDC probability: sum over equal-width bins of |mean prob - IDC rate| x share."""
     prob, labels = np.asarray(prob, np.float64), np.asarray(labels, np.float64)
+    w = _weights(weights, len(prob))
     which = np.minimum((prob * bins).astype(int), bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            ece += m.mean() * abs(prob[m].mean() - labels[m].mean())
-    return float(ece)
+    n = np.bincount(which, w, bins)
+    gap = np.abs(np.bincount(which, w * prob, bins) - np.bincount(which, w * labels, bins))
+    return float(gap.sum() / n.sum())
 
 
 def reliability_bins(prob: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
@@ -51,24 +78,27 @@ def reliability_bins(prob: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS)
 def classification_metrics(labels: np.ndarray, prob: np.ndarray, threshold) -> dict:
     """All metrics at ``threshold`` (IDC when prob >= threshold; a float, or one per patch). Ranking
     metrics are None when the labels hold a single class."""
-    y = np.asarray(labels).astype(int)
-    pred = (np.asarray(prob) >= threshold).astype(int)
-    both = len(np.unique(y)) == 2
-    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    y = np.asarray(labels).astype(bool)
+    pred = np.asarray(prob) >= threshold
+    tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
+    fn, tn = int(y.sum()) - tp, int((~y).sum()) - fp
+    sens = tp / (tp + fn) if tp + fn else None
+    spec = tn / (tn + fp) if tn + fp else None
+    both = sens is not None and spec is not None
     return {
         "n_patches": int(len(y)),
-        "n_idc": int(y.sum()),
+        "n_idc": tp + fn,
         "threshold": float(threshold) if np.ndim(threshold) == 0 else None,  # None: one per patch
-        "accuracy": float(accuracy_score(y, pred)),
-        "sensitivity": float(recall_score(y, pred, zero_division=0)) if y.any() else None,
-        "specificity": float(recall_score(1 - y, 1 - pred, zero_division=0)) if (1 - y).any() else None,
-        "precision": float(precision_score(y, pred, zero_division=0)),
-        "f1": float(f1_score(y, pred, zero_division=0)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if both else None,
-        "roc_auc": float(roc_auc_score(y, prob)) if both else None,
-        "pr_auc": float(average_precision_score(y, prob)) if both else None,
+        "accuracy": (tp + tn) / len(y) if len(y) else 0.0,
+        "sensitivity": sens,
+        "specificity": spec,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+        "balanced_accuracy": (sens + spec) / 2 if both else None,
+        "roc_auc": roc_auc(y, prob) if both else None,
+        "pr_auc": average_precision(y, prob) if both else None,
         "ece": expected_calibration_error(prob, y),
-        "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
+        "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
     }
 
 

@@ -25,6 +25,7 @@ from idcmap.errors import InputError
 
 from . import data as datalib
 from .architectures import TRAINING, build
+from .metrics import roc_auc
 
 STATE_FILE = "state.json"
 log = logging.getLogger("idcmap")
@@ -181,12 +182,10 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
 
 def _validation_auc(predict, val) -> float | None:
     """ROC AUC on the validation patches (None: nothing held out; nan: one class only)."""
-    from sklearn.metrics import roc_auc_score
-
     if not len(val):
         return None
     scores = np.concatenate([predict(val.images[i : i + 512]).numpy() for i in range(0, len(val), 512)])
-    return float(roc_auc_score(val.labels, scores)) if len(set(val.labels.tolist())) == 2 else float("nan")
+    return roc_auc(val.labels, scores)
 
 
 def train_loop_per_worker(config: dict):

@@ -9,7 +9,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from idcmap.errors import InputError
-from idcmap.model.crossval import assign_folds, cross_fitted, out_of_fold_report
+from idcmap.model.crossval import assign_folds, bootstrap_intervals, cross_fitted, out_of_fold_report
+from idcmap.model.metrics import expected_calibration_error
 from idcmap.model.stain import HED_FROM_RGB, RGB_FROM_HED, macenko, optical_density, restain, transfer
 
 
@@ -94,6 +95,26 @@ def test_out_of_fold_report_pooled_per_patient_and_intervals():
     )
     assert spread["roc_auc"]["worst_tenth"] <= spread["roc_auc"]["median"]
     assert sum(m["n_patches"] for m in r["per_patient"].values()) == len(oof)
+
+
+def test_bootstrap_weights_equal_resampling_patients_by_copying_their_patches():
+    oof = _oof()
+    prob, thr, _ = cross_fitted(oof)
+    y, patients = oof.label.to_numpy(), oof.patient_id.to_numpy()
+    got = bootstrap_intervals(y, prob, thr, patients, n=40, seed=7)
+    ids, inverse = np.unique(patients, return_inverse=True)
+    rng, samples = np.random.default_rng(7), {k: [] for k in got}
+    for _ in range(40):  # the same draws, as copies of each drawn patient's patches
+        idx = np.concatenate([np.flatnonzero(inverse == i) for i in rng.integers(0, len(ids), len(ids))])
+        call = prob[idx] >= thr[idx]
+        sens, spec = call[y[idx] == 1].mean(), 1 - call[y[idx] == 0].mean()
+        samples["roc_auc"].append(roc_auc_score(y[idx], prob[idx]))
+        samples["sensitivity"].append(sens)
+        samples["specificity"].append(spec)
+        samples["balanced_accuracy"].append((sens + spec) / 2)
+        samples["ece"].append(expected_calibration_error(prob[idx], y[idx]))
+    for key, (lo, hi) in got.items():
+        assert [lo, hi] == pytest.approx([np.percentile(samples[key], 2.5), np.percentile(samples[key], 97.5)]), key
 
 
 # --- stain space ---------------------------------------------------------------------------------

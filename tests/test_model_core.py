@@ -20,7 +20,13 @@ from idcmap.errors import InputError
 from idcmap.model.bundle import BundleError, load_bundle, write_manifest
 from idcmap.model.calibration import calibrate, choose_threshold, fit_temperature, nll
 from idcmap.model.data import PatchSet, apply_split, class_weights, split_patients
-from idcmap.model.metrics import classification_metrics, expected_calibration_error, metrics_report
+from idcmap.model.metrics import (
+    average_precision,
+    classification_metrics,
+    expected_calibration_error,
+    metrics_report,
+    roc_auc,
+)
 from idcmap.model.scoring import calibrated_probability, idc_logit, logit, mix_neighbours, sigmoid, with_context
 
 # --- architectures ---------------------------------------------------------------------------
@@ -157,6 +163,22 @@ def test_metrics_equal_sklearn():
     assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
     assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p))
     assert m["pr_auc"] == pytest.approx(average_precision_score(y, p))
+
+
+def test_ranking_metrics_equal_sklearn_with_ties_and_weights():
+    """Tied scores, and weights that count a patch that many times (as a bootstrap resample does)."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 500)
+    p = np.round(rng.random(500) * 0.6 + 0.3 * y, 1)  # rounded: many ties
+    assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert average_precision(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+    w = rng.integers(0, 4, 500)
+    copies = np.repeat(np.arange(500), w)
+    assert roc_auc(y, p, w) == pytest.approx(roc_auc_score(y[copies], p[copies]), abs=1e-12)
+    assert expected_calibration_error(p, y, weights=w) == pytest.approx(
+        expected_calibration_error(p[copies], y[copies])
+    )
+    assert np.isnan(roc_auc(np.zeros(5), np.arange(5)))
 
 
 def test_ece_known_values():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+
+from idcmap.model.metrics import roc_auc
 
 #: grey levels of the ground-truth masks written by ``idcmap build-slide``
 NO_PATCH, NO_IDC, IDC = 0, 128, 255
@@ -27,5 +28,5 @@ def map_agreement(prob: np.ndarray, mask: np.ndarray, threshold: float) -> dict:
         "idc_patches": int(truth.sum()),
         "scored": int(np.isfinite(prob[labelled]).sum()),
         "dice": float(2 * (pred & truth).sum() / denom) if denom else 1.0,
-        "auc": float(roc_auc_score(truth, p)) if 0 < truth.sum() < truth.size else float("nan"),
+        "auc": roc_auc(truth, p),
     }
