@@ -110,7 +110,7 @@ def test_training_runs_across_nodes_and_survives_losing_one(cluster, tmp_path):
     data = [a for d in (shared_path("idc", "patients"), shared_path("idc", "sparse")) for a in ("--data", str(d))]
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "idcmap", "train", *data, "--epochs", "2", "--folds", "0", "--num-workers", "2",
-           "--batch-size", "32", "--limit-per-patient", "16", "--out", str(tmp_path / "bundle"),
+           "--batch-size", "32", "--limit-per-patient", "8", "--out", str(tmp_path / "bundle"),
            "--run-dir", str(runs), "--address", cluster.address]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600

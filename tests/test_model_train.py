@@ -15,6 +15,7 @@ from idcmap.model import load_bundle
 from tests.conftest import shared_path
 
 PATCHES_PER_PATIENT = 4  # 147 patients -> ~590 real patches
+FOLDS = 2  # the fewest that cross-validate: each training run here costs most of a minute
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def trained(ray_session, data_dirs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def crossvalidated(ray_session, data_dirs, tmp_path_factory):
-    """3-fold cross-validation (one epoch each, stain augmentation on), then the bundle's network
+    """2-fold cross-validation (one epoch each, stain augmentation on), then the bundle's network
     trained on every patient, on a few hundred real patches."""
     from idcmap.model.make_bundle import train_crossvalidated_bundle
     from idcmap.model.train import TrainConfig
@@ -60,7 +61,7 @@ def crossvalidated(ray_session, data_dirs, tmp_path_factory):
         limit_per_patient=PATCHES_PER_PATIENT,
         stain_strength=1.0,
     )
-    return {"bundle": train_crossvalidated_bundle(cfg, 3, root / "bundle", root / "runs"), "root": root}
+    return {"bundle": train_crossvalidated_bundle(cfg, FOLDS, root / "bundle", root / "runs"), "root": root}
 
 
 def test_crossvalidated_bundle_scores_each_patient_with_a_model_that_never_saw_it(crossvalidated):
@@ -72,10 +73,10 @@ def test_crossvalidated_bundle_scores_each_patient_with_a_model_that_never_saw_i
     m = b.meta
     oof = pd.read_parquet(b.file("oof_predictions.parquet"))
     folds = m["split"]["folds"]
-    assert len(folds) == 147 and set(oof.patient_id) == set(folds) and set(folds.values()) == {0, 1, 2}
+    assert len(folds) == 147 and set(oof.patient_id) == set(folds) and set(folds.values()) == set(range(FOLDS))
     assert oof.groupby("patient_id").fold.nunique().max() == 1  # no patient in two folds
     assert all(folds[p] == f for p, f in zip(oof.patient_id, oof.fold))
-    for k in range(3):
+    for k in range(FOLDS):
         info = json.loads((crossvalidated["root"] / "runs" / f"fold-{k}" / "fold.json").read_text())
         assert set(info["held_out"]) == {p for p, f in folds.items() if f == k}
         assert not set(info["held_out"]) & set(info["trained_on"])
@@ -84,7 +85,7 @@ def test_crossvalidated_bundle_scores_each_patient_with_a_model_that_never_saw_i
     assert m["split"]["validation"] == [] and len(m["split"]["train"]) == 147
     assert "validation_metrics" not in m and b.metrics[0] == "out-of-fold"
     assert m["out_of_fold_metrics"]["n_patients"] == 147 and m["out_of_fold_metrics"]["n_patches"] == len(oof)
-    assert m["calibration"]["fitted_on"].startswith("out-of-fold scores of the 3 fold models")
+    assert m["calibration"]["fitted_on"].startswith(f"out-of-fold scores of the {FOLDS} fold models")
     assert m["training"]["config"]["stain_strength"] == 1.0 and len(m["training"]["history"]) == 1
 
 
