@@ -391,7 +391,7 @@ def fit(cfg: TrainConfig, run_dir, resume: bool = False, ray_address: str | None
             run_config=RunConfig(
                 name=f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                 storage_path=str(run_dir),
-                callbacks=[epochs.callback],  # type: ignore[list-item]  # Ray Train V2 takes UserCallbacks
+                callbacks=[epochs.callback],  # Ray Train V2 takes UserCallbacks
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 # a worker (or its node) lost: the group restarts from the last checkpoint
                 failure_config=FailureConfig(max_failures=WORKER_FAILURES),
