@@ -1,9 +1,9 @@
 """Classification metrics for IDC probabilities, overall and per patient.
 
-Computed with numpy from counts and ranks (equal to scikit-learn's definitions, which the tests
-check): the bootstrap over patients evaluates them a thousand times, and scikit-learn's input
-checks made that most of an evaluation's time. ``weights`` counts each patch that many times, as a
-bootstrap resample that draws its patient that often does."""
+Computed with numpy from counts and ranks, equal to scikit-learn's definitions (the tests check):
+the bootstrap over patients evaluates them a thousand times and a per-patient table once per
+patient, and scikit-learn's input checks made that most of an evaluation's time. ``weights`` counts
+each patch that many times, as a bootstrap resample that draws its patient that often does."""
 
 from __future__ import annotations
 
