@@ -234,10 +234,7 @@ def same_model(work: Path, patients: list[Path], repeats: int) -> dict:
         for _ in range(repeats):
             r, _ = run_idcmap(kaggle, work, bundle)
             runs["idcmap"].append(r)
-            loop = measure(
-                [sys.executable, str(Path(__file__).with_name("seed_loop.py")), str(bundle)]
-                + [str(p) for p in patients]
-            )
+            loop = measure([sys.executable, str(SEED_LOOP), str(bundle)] + [str(p) for p in patients])
             runs["loop"].append(
                 {"patches": int(loop["output"].split()[-1]), "wall_s": loop["wall_s"], "peak_mib": loop["peak_mib"]}
             )

@@ -84,7 +84,7 @@ def classification_metrics(labels: np.ndarray, prob: np.ndarray, threshold) -> d
     fn, tn = int(y.sum()) - tp, int((~y).sum()) - fp
     sens = tp / (tp + fn) if tp + fn else None
     spec = tn / (tn + fp) if tn + fp else None
-    both = sens is not None and spec is not None  # both classes present
+    balanced = (sens + spec) / 2 if sens is not None and spec is not None else None  # None: one class
     return {
         "n_patches": int(len(y)),
         "n_idc": tp + fn,
@@ -94,9 +94,9 @@ def classification_metrics(labels: np.ndarray, prob: np.ndarray, threshold) -> d
         "specificity": spec,
         "precision": tp / (tp + fp) if tp + fp else 0.0,
         "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
-        "balanced_accuracy": (sens + spec) / 2 if sens is not None and spec is not None else None,
-        "roc_auc": roc_auc(y, prob) if both else None,
-        "pr_auc": average_precision(y, prob) if both else None,
+        "balanced_accuracy": balanced,
+        "roc_auc": roc_auc(y, prob) if balanced is not None else None,
+        "pr_auc": average_precision(y, prob) if balanced is not None else None,
         "ece": expected_calibration_error(prob, y),
         "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
     }
