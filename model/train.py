@@ -47,6 +47,7 @@ class TrainConfig:
     colour_strength: float = 1.0  # scales the colour jitter ranges of the augmentation
     stain_strength: float = 0.0  # scales the HED (stain space) jitter and gamma; 0: off
     artefact_strength: float = 0.0  # scales the blur and JPEG augmentation; 0: off
+    consistency: float = 0.0  # weight of the two-view consistency loss (Jensen-Shannon); 0: off
     stain_normalise: bool = False  # each patient's patches Macenko-normalised (folds only, for now)
     num_workers: int = 1
     cpus: int = 2  # threads shared by the workers
@@ -144,14 +145,18 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
 
     loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
 
+    def view(x):
+        x = augment(tf.cast(x, tf.float32), cfg.colour_strength, cfg.stain_strength, cfg.artefact_strength)
+        return normalise(x, cfg.normalisation)
+
     def replica_step(x, y, w):
-        x = normalise(
-            augment(tf.cast(x, tf.float32), cfg.colour_strength, cfg.stain_strength, cfg.artefact_strength),
-            cfg.normalisation,
-        )
         with tf.GradientTape() as tape:
-            per_patch = loss_fn(y, model(x, training=True)) * w
-            loss = tf.nn.compute_average_loss(per_patch, global_batch_size=cfg.global_batch_size)
+            if cfg.consistency > 0:  # two augmented views of each patch, one forward pass
+                p1, p2 = tf.split(model(tf.concat([view(x), view(x)], 0), training=True), 2)
+                per_patch = 0.5 * (loss_fn(y, p1) + loss_fn(y, p2)) + cfg.consistency * jensen_shannon(p1, p2)
+            else:
+                per_patch = loss_fn(y, model(view(x), training=True))
+            loss = tf.nn.compute_average_loss(per_patch * w, global_batch_size=cfg.global_batch_size)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -178,6 +183,15 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
             v.assign(strategy.experimental_local_results(r)[0])
 
     return train_step, predict, average_statistics
+
+
+def jensen_shannon(p, q):
+    """Per row, the Jensen-Shannon divergence between two class-probability vectors (nats)."""
+    import tensorflow as tf
+
+    p, q = tf.clip_by_value(p, 1e-7, 1.0), tf.clip_by_value(q, 1e-7, 1.0)
+    m = 0.5 * (p + q)
+    return 0.5 * tf.reduce_sum(p * tf.math.log(p / m) + q * tf.math.log(q / m), axis=-1)
 
 
 def _validation_auc(predict, val) -> float | None:

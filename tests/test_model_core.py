@@ -68,6 +68,21 @@ def test_augmentation_keeps_pixels_and_range():
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 255
 
 
+def test_consistency_loss_is_the_jensen_shannon_divergence():
+    from scipy.spatial.distance import jensenshannon
+
+    from idcmap.model.train import jensen_shannon
+
+    rng = np.random.default_rng(2)
+    p, q = rng.dirichlet([1, 1], 64).astype(np.float32), rng.dirichlet([1, 1], 64).astype(np.float32)
+    js = jensen_shannon(p, q).numpy()
+    np.testing.assert_allclose(js, jensenshannon(p, q, axis=1) ** 2, atol=1e-5)  # scipy's is its square root
+    np.testing.assert_allclose(jensen_shannon(q, p).numpy(), js, atol=1e-7)
+    assert np.abs(jensen_shannon(p, p).numpy()).max() < 1e-7
+    one_hot = np.eye(2, dtype=np.float32)
+    assert jensen_shannon(one_hot[:1], one_hot[1:]).numpy()[0] == pytest.approx(np.log(2), abs=1e-5)
+
+
 # --- calibration -----------------------------------------------------------------------------
 
 

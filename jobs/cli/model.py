@@ -97,6 +97,14 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=Tru
     help="Scale of the blur and JPEG-compression augmentation; 0 turns it off.",
 )
 @click.option(
+    "--consistency",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Train on two augmented views of each patch and add this weight times the Jensen-Shannon "
+    "divergence of their predictions to the loss (each step then costs twice); 0 turns it off.",
+)
+@click.option(
     "--stain-normalise",
     is_flag=True,
     help="Macenko-normalise each patient's patches before training (cross-validation folds only: "
@@ -143,6 +151,7 @@ def train(
     colour_strength,
     stain_strength,
     artefact_strength,
+    consistency,
     stain_normalise,
     folds,
     cpus,
@@ -167,6 +176,7 @@ def train(
         colour_strength=colour_strength,
         stain_strength=stain_strength,
         artefact_strength=artefact_strength,
+        consistency=consistency,
         stain_normalise=stain_normalise,
         num_workers=num_workers,
         cpus=cpus,
