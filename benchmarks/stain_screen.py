@@ -1,0 +1,81 @@
+"""One fold's stain-shift screen: cheap to run on a training run whose other folds are not done yet.
+
+    python benchmarks/stain_screen.py RUN_DIR [RUN_DIR ...] [--fold 0] [--cache-dir /path/to/cache]
+
+For each run, fold N's model scores fold N's held-out patients (patch alone: no neighbour context,
+no calibration; each patient normalised first where the run trained so) unshifted and under the
+shifts of ``bench_stain_shift.py``; it reports the ROC AUC, the specificity at the operating point
+that gives sensitivity 0.89 unshifted (each run's own), and how ROC AUC and sensitivity at that
+point change under each shift. The runs must share the fold (same patients and seed: ``idcmap
+train --folds 3`` on the same data). Not the full benchmark: one fold (a third of the patients),
+and a threshold set on the scores it is measured on; use it to decide which arms deserve all
+folds, then ``bench_stain_shift.py`` on those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from bench_stain_shift import DATA, SHIFTS, _normalised, _transferred, _vectors_of
+
+from idcmap.model import data as datalib
+from idcmap.model.make_bundle import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches
+from idcmap.model.metrics import roc_auc
+from idcmap.model.scoring import idc_logit, scoring_function
+
+SENSITIVITY = 0.89  # the shipped model's out-of-fold sensitivity, rounded: the operating point
+NAMES = ["none", "H x0.6", "H x0.5", "E x0.6", "JPEG q50"]
+
+
+def main():
+    import keras
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dirs", type=Path, nargs="+")
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--cache-dir", default=None, help="decoded-patch cache, as for idcmap train")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    oof = pd.read_parquet(args.run_dirs[0] / f"fold-{args.fold}" / FOLD_OOF)
+    patches = datalib.load_patches_cached(DATA, args.cache_dir)
+    key = pd.MultiIndex.from_arrays([patches.patient_ids, patches.xy[:, 0], patches.xy[:, 1]])
+    images = patches.images[key.get_indexer(pd.MultiIndex.from_arrays([oof.patient_id, oof.x, oof.y]))]
+    y, pids = oof.label.to_numpy(), oof.patient_id.to_numpy()
+    shifted = {n: SHIFTS[n](images) for n in NAMES}
+    shifted["other patients' stains"] = _transferred(images, pids, _vectors_of(images, pids))
+
+    results = {}
+    for run in args.run_dirs:
+        d = run / f"fold-{args.fold}"
+        if not pd.read_parquet(d / FOLD_OOF)[["patient_id", "x", "y"]].equals(oof[["patient_id", "x", "y"]]):
+            raise SystemExit(f"{run}: fold {args.fold} holds other patches than {args.run_dirs[0]}'s")
+        info = json.loads((d / FOLD_INFO).read_text())
+        score = scoring_function(keras.saving.load_model(d / FOLD_MODEL, compile=False), info["normalisation"])
+        prepare = (lambda x: _normalised(x, pids)) if info.get("stain_normalised") else (lambda x: x)
+        z = {n: idc_logit(predict_batches(score, prepare(x))) for n, x in shifted.items()}
+        thr = np.quantile(z["none"][y == 1], 1.0 - SENSITIVITY)
+        r = {n: {"roc_auc": roc_auc(y, v), "sensitivity": float((v[y == 1] >= thr).mean())} for n, v in z.items()}
+        r["none"]["specificity"] = float((z["none"][y == 0] < thr).mean())
+        results[str(run)] = r
+        base = r["none"]
+        print(
+            f"{run.name}: ROC AUC {base['roc_auc']:.4f}, specificity {base['specificity']:.3f} at sensitivity "
+            f"{base['sensitivity']:.3f}; "
+            + "; ".join(
+                f"{n} {v['roc_auc'] - base['roc_auc']:+.4f} / {v['sensitivity'] - base['sensitivity']:+.3f}"
+                for n, v in r.items()
+                if n != "none"
+            ),
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"fold": args.fold, "runs": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
