@@ -47,7 +47,7 @@ class TrainConfig:
     colour_strength: float = 1.0  # scales the colour jitter ranges of the augmentation
     stain_strength: float = 0.0  # scales the HED (stain space) jitter and gamma; 0: off
     artefact_strength: float = 0.0  # scales the blur and JPEG augmentation; 0: off
-    consistency: float = 0.0  # weight of the light/strong-view consistency loss (Jensen-Shannon); 0: off
+    consistency: float = 0.0  # weight of the two-view consistency loss (Jensen-Shannon); 0: off
     stain_normalise: bool = False  # each patient's patches Macenko-normalised (folds only, for now)
     num_workers: int = 1
     cpus: int = 2  # threads shared by the workers
@@ -145,19 +145,17 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
 
     loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
 
-    def view(x, stain_strength, artefact_strength):
-        x = augment(tf.cast(x, tf.float32), cfg.colour_strength, stain_strength, artefact_strength)
+    def view(x):
+        x = augment(tf.cast(x, tf.float32), cfg.colour_strength, cfg.stain_strength, cfg.artefact_strength)
         return normalise(x, cfg.normalisation)
 
     def replica_step(x, y, w):
-        strong = view(x, cfg.stain_strength, cfg.artefact_strength)
         with tf.GradientTape() as tape:
-            if cfg.consistency > 0:  # AugMix's loss: classify a lightly augmented view, agree on a strong one
-                light = view(x, 0.0, 0.0)
-                p_light, p_strong = tf.split(model(tf.concat([light, strong], 0), training=True), 2)
-                per_patch = loss_fn(y, p_light) + cfg.consistency * jensen_shannon(p_light, p_strong)
+            if cfg.consistency > 0:  # two augmented views of each patch, one forward pass
+                p1, p2 = tf.split(model(tf.concat([view(x), view(x)], 0), training=True), 2)
+                per_patch = 0.5 * (loss_fn(y, p1) + loss_fn(y, p2)) + cfg.consistency * jensen_shannon(p1, p2)
             else:
-                per_patch = loss_fn(y, model(strong, training=True))
+                per_patch = loss_fn(y, model(view(x), training=True))
             loss = tf.nn.compute_average_loss(per_patch * w, global_batch_size=cfg.global_batch_size)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))

@@ -101,9 +101,8 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=Tru
     type=click.FloatRange(0),
     default=0.0,
     show_default=True,
-    help="AugMix-style training: classify a lightly augmented view of each patch (symmetries and "
-    "colour jitter) and add this weight times the Jensen-Shannon divergence between its prediction "
-    "and that of a view with the stain and artefact augmentation (each step costs twice); 0: off.",
+    help="Train on two augmented views of each patch and add this weight times the Jensen-Shannon "
+    "divergence of their predictions to the loss (each step then costs twice); 0 turns it off.",
 )
 @click.option(
     "--stain-normalise",
