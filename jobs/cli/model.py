@@ -60,7 +60,14 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=Tru
     default=None,
     help="Ray Train storage for checkpoints [default: runs/<bundle name>].",
 )
-@click.option("--batch-size", type=click.IntRange(2), default=64, show_default=True, help="Global batch size.")
+@click.option(
+    "--batch-size",
+    "global_batch_size",
+    type=click.IntRange(2),
+    default=64,
+    show_default=True,
+    help="Global batch size.",
+)
 @click.option(
     "--patience",
     type=click.IntRange(1),
@@ -136,57 +143,21 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=Tru
     help="Keep decoded patches here as .npz between runs.",
 )
 @click.option("--address", default=None, help="Ray cluster address [default: embedded local Ray].")
-def train(
-    data_dirs,
-    arch,
-    width,
-    epochs,
-    num_workers,
-    out_dir,
-    resume,
-    run_dir,
-    batch_size,
-    patience,
-    imbalance,
-    colour_strength,
-    stain_strength,
-    artefact_strength,
-    consistency,
-    stain_normalise,
-    folds,
-    cpus,
-    limit_per_patient,
-    cache_dir,
-    address,
-):
+def train(data_dirs, out_dir, resume, run_dir, folds, cache_dir, address, **options):
     """Train a model with Ray Train and write a verified model bundle."""
     from idcmap.model.make_bundle import train_bundle, train_crossvalidated_bundle
     from idcmap.model.train import TrainConfig
 
-    if batch_size % num_workers:
-        raise click.ClickException(f"--batch-size {batch_size} is not divisible by --num-workers {num_workers}")
-    cfg = TrainConfig(
-        data_dirs=[str(d) for d in data_dirs],
-        arch=arch,
-        width=width,
-        epochs=epochs,
-        global_batch_size=batch_size,
-        patience=patience,
-        imbalance=imbalance,
-        colour_strength=colour_strength,
-        stain_strength=stain_strength,
-        artefact_strength=artefact_strength,
-        consistency=consistency,
-        stain_normalise=stain_normalise,
-        num_workers=num_workers,
-        cpus=cpus,
-        limit_per_patient=limit_per_patient,
-        cache_dir=str(cache_dir) if cache_dir else None,
-    )
+    # the other options are TrainConfig's fields by name
+    cfg = TrainConfig(data_dirs=[str(d) for d in data_dirs], cache_dir=str(cache_dir) if cache_dir else None, **options)
+    if cfg.global_batch_size % cfg.num_workers:
+        raise click.ClickException(
+            f"--batch-size {cfg.global_batch_size} is not divisible by --num-workers {cfg.num_workers}"
+        )
     run_dir = run_dir or Path("runs") / out_dir.name
     if folds == 1:
         raise click.ClickException("--folds must be 0 (one validation split) or at least 2")
-    if stain_normalise and not folds:
+    if cfg.stain_normalise and not folds:
         raise click.ClickException("--stain-normalise measures cross-validation folds only: give --folds >= 2")
     if folds:  # a run resumes by itself: every fold and the final model keep their checkpoints
         bundle = train_crossvalidated_bundle(cfg, folds, out_dir, run_dir, ray_address=address)
