@@ -149,6 +149,16 @@ SHIFTS = {
 QUICK = ["none", "H x0.6", "E x0.6", "other patients' stains", "JPEG q50"]
 
 
+def oof_images(oof: pd.DataFrame, cache_dir=None) -> np.ndarray:
+    """The RGB patches of an out-of-fold table's rows, in its order."""
+    patches = datalib.load_patches_cached(DATA, cache_dir)
+    key = pd.MultiIndex.from_arrays([patches.patient_ids, patches.xy[:, 0], patches.xy[:, 1]])
+    rows = key.get_indexer(pd.MultiIndex.from_arrays([oof.patient_id, oof.x, oof.y]))
+    if (rows < 0).any():
+        raise SystemExit("the run's out-of-fold patches are not all in ../shared/data/idc")
+    return patches.images[rows]
+
+
 def _load_folds(run_dir: Path):
     import keras
 
@@ -220,12 +230,7 @@ def main():
     folds = _load_folds(args.run_dir)
     oof = pd.concat([f[2] for f in folds], ignore_index=True)
     _, thr, per_fold = cross_fitted(oof)
-    patches = datalib.load_patches_cached(DATA, args.cache_dir)
-    key = pd.MultiIndex.from_arrays([patches.patient_ids, patches.xy[:, 0], patches.xy[:, 1]])
-    rows = key.get_indexer(pd.MultiIndex.from_arrays([oof.patient_id, oof.x, oof.y]))
-    if (rows < 0).any():
-        raise SystemExit("the run's out-of-fold patches are not all in ../shared/data/idc")
-    images, labels, pids = patches.images[rows], oof.label.to_numpy(), oof.patient_id.to_numpy()
+    images, labels, pids = oof_images(oof, args.cache_dir), oof.label.to_numpy(), oof.patient_id.to_numpy()
     vectors = _vectors_of(images, pids)
     fold_of = oof.fold.to_numpy()
     shifts = dict(SHIFTS, **{"other patients' stains": lambda x: _transferred(x, pids, vectors)})

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_stain_shift import DATA, SHIFTS, _normalised, _transferred, _vectors_of
+from bench_stain_shift import SHIFTS, _normalised, _transferred, _vectors_of, oof_images
 
-from idcmap.model import data as datalib
 from idcmap.model.make_bundle import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches
 from idcmap.model.metrics import roc_auc
 from idcmap.model.scoring import idc_logit, scoring_function
@@ -42,9 +41,7 @@ def main():
     args = ap.parse_args()
 
     oof = pd.read_parquet(args.run_dirs[0] / f"fold-{args.fold}" / FOLD_OOF)
-    patches = datalib.load_patches_cached(DATA, args.cache_dir)
-    key = pd.MultiIndex.from_arrays([patches.patient_ids, patches.xy[:, 0], patches.xy[:, 1]])
-    images = patches.images[key.get_indexer(pd.MultiIndex.from_arrays([oof.patient_id, oof.x, oof.y]))]
+    images = oof_images(oof, args.cache_dir)
     y, pids = oof.label.to_numpy(), oof.patient_id.to_numpy()
     shifted = {n: SHIFTS[n](images) for n in NAMES}
     shifted["other patients' stains"] = _transferred(images, pids, _vectors_of(images, pids))
