@@ -48,6 +48,7 @@ class TrainConfig:
     stain_strength: float = 0.0  # scales the HED (stain space) jitter and gamma; 0: off
     artefact_strength: float = 0.0  # scales the blur and JPEG augmentation; 0: off
     consistency: float = 0.0  # weight of the two-view consistency loss (Jensen-Shannon); 0: off
+    label_smoothing: float = 0.0  # targets 1 - s/2 and s/2 instead of 1 and 0 (coarse region labels)
     stain_normalise: bool = False  # each patient's patches Macenko-normalised (folds only, for now)
     num_workers: int = 1
     cpus: int = 2  # threads shared by the workers
@@ -143,7 +144,7 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
     from .augment import augment
     from .scoring import normalise
 
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+    loss_fn = cross_entropy(cfg.label_smoothing)
 
     def view(x):
         x = augment(tf.cast(x, tf.float32), cfg.colour_strength, cfg.stain_strength, cfg.artefact_strength)
@@ -183,6 +184,16 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
             v.assign(strategy.experimental_local_results(r)[0])
 
     return train_step, predict, average_statistics
+
+
+def cross_entropy(label_smoothing: float = 0.0):
+    """Per-patch cross-entropy of (N, 2) softmax outputs against int labels, the one-hot targets
+    smoothed to 1 - s/2 and s/2 (Keras' convention)."""
+    import keras
+    import tensorflow as tf
+
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=None)
+    return lambda y, p: loss(tf.one_hot(y, 2), p)
 
 
 def jensen_shannon(p, q):

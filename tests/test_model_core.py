@@ -83,6 +83,22 @@ def test_consistency_loss_is_the_jensen_shannon_divergence():
     assert jensen_shannon(one_hot[:1], one_hot[1:]).numpy()[0] == pytest.approx(np.log(2), abs=1e-5)
 
 
+def test_label_smoothing_moves_the_targets_off_zero_and_one():
+    from idcmap.model.train import cross_entropy
+
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet([1, 1], 32).astype(np.float32)
+    y = rng.integers(0, 2, 32)
+    own = p[np.arange(32), y]
+    np.testing.assert_allclose(cross_entropy(0.0)(y, p).numpy(), -np.log(own), rtol=1e-5)
+    smoothed = -(0.95 * np.log(own) + 0.05 * np.log(1 - own))  # s = 0.1: targets 0.95 and 0.05
+    np.testing.assert_allclose(cross_entropy(0.1)(y, p).numpy(), smoothed, rtol=1e-5)
+    # its minimum is at the smoothed target, not at certainty
+    grid = np.stack([1 - np.linspace(0.01, 0.99, 99), np.linspace(0.01, 0.99, 99)], 1).astype(np.float32)
+    best = grid[np.argmin(cross_entropy(0.1)(np.ones(99, int), grid).numpy()), 1]
+    assert best == pytest.approx(0.95, abs=0.01)
+
+
 # --- calibration -----------------------------------------------------------------------------
 
 

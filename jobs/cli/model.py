@@ -112,6 +112,13 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=Tru
     "divergence of their predictions to the loss (each step then costs twice); 0 turns it off.",
 )
 @click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 0.5, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Train towards 1 - S/2 and S/2 instead of 1 and 0 (the labels are coarse region outlines); 0 turns it off.",
+)
+@click.option(
     "--stain-normalise",
     is_flag=True,
     help="Macenko-normalise each patient's patches before training (cross-validation folds only: "
