@@ -26,7 +26,7 @@ def data_dirs():
 @pytest.fixture(scope="module")
 def trained(ray_session, data_dirs, tmp_path_factory):
     """One epoch of idcnet with 2 Ray Train workers on a few hundred real patches (two views of each
-    patch and the consistency loss on)."""
+    patch and the consistency loss on, labels smoothed)."""
     from idcmap.model.make_bundle import train_bundle
     from idcmap.model.train import TrainConfig
 
@@ -40,6 +40,7 @@ def trained(ray_session, data_dirs, tmp_path_factory):
         global_batch_size=32,
         limit_per_patient=PATCHES_PER_PATIENT,
         consistency=12.0,
+        label_smoothing=0.1,
     )
     bundle = train_bundle(cfg, root / "bundle", root / "runs")
     return {"bundle": bundle, "cfg": cfg, "root": root}
@@ -126,7 +127,7 @@ def test_bundle_manifest(trained):
     assert 0.0 < b.threshold < 1.0
     assert len(m["training"]["data_fingerprint"]) == 64
     assert len(m["training"]["history"]) == 1 and m["training"]["history"][0]["patches_per_s"] > 0
-    assert m["training"]["config"]["consistency"] == 12.0
+    assert m["training"]["config"]["consistency"] == 12.0 and m["training"]["config"]["label_smoothing"] == 0.1
     vm = m["validation_metrics"]
     assert vm["n_patches"] == m["training"]["n_validation_patches"] > 50
     assert 0.0 <= vm["roc_auc"] <= 1.0
