@@ -138,7 +138,6 @@ def _restore(cfg: TrainConfig, model, optimizer) -> tuple[dict, bytes | None]:
 
 def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
     """(train_step, predict, average_statistics) as ``tf.function``s."""
-    import keras
     import tensorflow as tf
 
     from .augment import augment
