@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,8 @@ from idcmap.jobs.cli import cli
 from idcmap.jobs.jobdir.layout import JobDir
 from idcmap.jobs.jobdir.lock import job_lock
 from idcmap.jobs.jobdir.schema import META_KEY, PREDICTIONS, SUMMARIES, read_slide_meta
-from idcmap.model import make_backend
+from idcmap.model import load_bundle, make_backend
+from idcmap.model.bundle import write_manifest
 from idcmap.model.scoring import with_context
 from idcmap.slide_tiling import TilingSpec, iter_patches, open_slide, plan_slide
 
@@ -274,9 +276,17 @@ def test_gpu_scorers_run_beside_the_cpu_ones_and_infer_on_the_cpu_without_cuda(
 
 
 def test_a_backend_the_bundle_does_not_offer_is_refused_before_anything_is_written(tmp_path, bundle):
-    assert "onnx-int8" not in bundle.backends  # the shipped bundle's int8 model failed its accuracy check
-    result = run("score", EXAMPLES / "patient-8916.tiff", "--out", tmp_path / "job", "--backend", "onnx-int8")
-    reason = bundle.backend_specs["onnx-int8"].reason
+    """The shipped bundle, re-written as if its int8 model had failed its accuracy check."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle.path, folder)
+    meta = json.loads((folder / "model.json").read_text())
+    reason = "int8 validation ROC AUC 0.9000 is more than 0.005 below fp32 0.9500"
+    meta["backends"]["onnx-int8"].update(file=None, offered=False, reason=reason)
+    (folder / "model.int8.onnx").unlink(missing_ok=True)
+    write_manifest(folder, meta)
+    assert "onnx-int8" not in load_bundle(folder).backends
+    args = ("--out", tmp_path / "job", "--model", folder, "--backend", "onnx-int8")
+    result = run("score", EXAMPLES / "patient-8916.tiff", *args)
     assert result.exit_code == 1
-    assert result.output == f"Error: backend 'onnx-int8' is not offered by {bundle.path}: {reason}\n"
+    assert result.output == f"Error: backend 'onnx-int8' is not offered by {folder}: {reason}\n"
     assert not (tmp_path / "job").exists()
