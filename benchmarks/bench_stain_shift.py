@@ -172,6 +172,17 @@ def _load_folds(run_dir: Path):
     return folds
 
 
+def fold_logits(folds, fold_of: np.ndarray, images: np.ndarray, prepare=None) -> np.ndarray:
+    """Each fold model's IDC logits (its class-weight prior removed) of its own held-out rows of
+    ``images``; ``prepare(x, rows)`` transforms a fold's rows first (stain normalisation)."""
+    logit = np.empty(len(images))
+    for info, score, _ in folds:
+        m = fold_of == info["fold"]
+        x = images[m] if prepare is None else prepare(images[m], m)
+        logit[m] = idc_logit(predict_batches(score, x)) - info["logit_offset"]
+    return logit
+
+
 def plot_by_density(table: pd.DataFrame, path: Path):
     """Per-patient ROC AUC (blue) and sensitivity (red) against mean optical density, for the
     patients with enough patches of each class to have them (the per-patient rule of the bundle)."""
@@ -241,15 +252,15 @@ def main():
     def probabilities(shifted, groups=pids):
         """Each fold model's calibrated probabilities of its held-out patients' ``shifted`` patches
         (normalised by ``groups`` as the run's training was)."""
-        logit = np.empty(len(oof))
-        for info, score, _ in folds:
-            m = fold_of == info["fold"]
-            x = shifted[m]
+
+        def prepare(x, m):
             if trained_normalised:
-                x = _normalised(x, groups[m])
-            elif args.normalise:
-                x = _normalised(x, pids[m], _reference(vectors, set(pids[~m])))
-            logit[m] = idc_logit(predict_batches(score, x)) - info["logit_offset"]
+                return _normalised(x, groups[m])
+            if args.normalise:
+                return _normalised(x, pids[m], _reference(vectors, set(pids[~m])))
+            return x
+
+        logit = fold_logits(folds, fold_of, shifted, prepare)
         prob = np.empty(len(oof), np.float32)
         for f, cal in per_fold.items():  # each fold as calibrated on the other folds' unshifted scores
             m = fold_of == f

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_stain_shift import _load_folds, oof_images
+from bench_stain_shift import _load_folds, _normalised, fold_logits, oof_images
 
 from idcmap.model.crossval import out_of_fold_report
-from idcmap.model.make_bundle import predict_batches
-from idcmap.model.scoring import idc_logit
 
 VARIANTS = {"none": [0], "4 flips": [0, 2, 4, 6], "8 flips and rotations": list(range(8))}
 KEYS = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece", "patch_only_roc_auc")
@@ -41,12 +39,10 @@ def main():
     folds = _load_folds(args.run_dir)
     oof = pd.concat([f[2] for f in folds], ignore_index=True)
     images, fold_of = oof_images(oof, args.cache_dir), oof.fold.to_numpy()
-    logits = np.empty((8, len(oof)))
-    for k in range(8):
-        x = oriented(images, k)
-        for info, score, _ in folds:
-            m = fold_of == info["fold"]
-            logits[k, m] = idc_logit(predict_batches(score, x[m])) - info["logit_offset"]
+    pids = oof.patient_id.to_numpy()
+    normalised = all(info.get("stain_normalised") for info, _, _ in folds)  # as the run trained
+    prepare = (lambda x, m: _normalised(x, pids[m])) if normalised else None
+    logits = np.stack([fold_logits(folds, fold_of, oriented(images, k), prepare) for k in range(8)])
     print(f"unrotated logits reproduce the stored ones to {np.abs(logits[0] - oof.logit).max():.1e}")
     print("| test-time views | " + " | ".join(KEYS) + " | per-patient worst tenth bal. acc. |")
     print("|---" * (len(KEYS) + 2) + "|")
