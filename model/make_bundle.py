@@ -299,6 +299,42 @@ def train_bundle(cfg: TrainConfig, out_dir, run_dir, resume: bool = False, ray_a
 # --- patient-level cross-validation -------------------------------------------------------------
 
 FOLD_MODEL, FOLD_INFO, FOLD_OOF = "model.keras", "fold.json", "oof.parquet"
+RECIPE_FILE = "recipe.json"
+#: the options that decide what a cross-validation run computes (not how many workers or threads)
+RECIPE_KEYS = (
+    "arch",
+    "width",
+    "epochs",
+    "global_batch_size",
+    "imbalance",
+    "colour_strength",
+    "stain_strength",
+    "artefact_strength",
+    "consistency",
+    "label_smoothing",
+    "stain_normalise",
+    "seed",
+    "limit_per_patient",
+)
+
+
+def check_recipe(cfg: TrainConfig, k: int, run_dir: Path) -> None:
+    """Record in ``run_dir`` what its folds are trained with, or refuse a run with other options or
+    data there: a re-run resumes the folds it finds, so they must be the same run's."""
+    recipe = {"folds": k, "data_fingerprint": datalib.fingerprint(cfg.data_dirs)}
+    recipe.update((key, getattr(cfg, key)) for key in RECIPE_KEYS)
+    path = run_dir / RECIPE_FILE
+    if not path.exists():
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(recipe, indent=1))
+        return
+    stored = json.loads(path.read_text())
+    changed = [f"{key} {stored.get(key)!r} there, {v!r} here" for key, v in recipe.items() if stored.get(key) != v]
+    if changed:
+        raise InputError(
+            f"{run_dir} holds a cross-validation run with other options or data ({'; '.join(changed)}): "
+            "give the same options to resume it, or another --run-dir"
+        )
 
 
 def _fixed_epochs_config(cfg: TrainConfig, train_patients, rule: str, images: np.ndarray) -> TrainConfig:
@@ -378,6 +414,7 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
 
 def cross_validate(cfg: TrainConfig, k: int, run_dir, ray_address=None, patches=None) -> tuple[pd.DataFrame, dict]:
     """(out-of-fold table, patient -> fold) of a k-fold patient-level cross-validation."""
+    check_recipe(cfg, k, Path(run_dir))
     if patches is None:
         patches = datalib.load_patches_cached(
             cfg.data_dirs, cfg.cache_dir, cfg.stain_normalise, limit_per_patient=cfg.limit_per_patient

@@ -107,6 +107,30 @@ def test_evaluate_reports_the_stored_out_of_fold_figures(crossvalidated, tmp_pat
     assert res.exit_code == 1 and "use --out-of-fold" in res.output
 
 
+def test_a_run_dir_refuses_a_rerun_with_other_options(crossvalidated, data_dirs):
+    """A cross-validation re-run resumes the folds it finds: with other options it must stop, not
+    mix their scores in."""
+    from idcmap.errors import InputError
+    from idcmap.model.make_bundle import RECIPE_FILE, train_crossvalidated_bundle
+    from idcmap.model.train import TrainConfig
+
+    runs = crossvalidated["root"] / "runs"
+    recipe = json.loads((runs / RECIPE_FILE).read_text())
+    assert recipe["folds"] == FOLDS and recipe["epochs"] == 1 and recipe["stain_strength"] == 1.0
+    before = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
+    cfg = TrainConfig(
+        data_dirs=data_dirs,
+        epochs=2,
+        global_batch_size=32,
+        limit_per_patient=PATCHES_PER_PATIENT,
+        stain_strength=1.0,
+    )
+    with pytest.raises(InputError, match=r"epochs 1 there, 2 here.*another --run-dir"):
+        train_crossvalidated_bundle(cfg, FOLDS, crossvalidated["root"] / "other-bundle", runs)
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == before
+    assert not (crossvalidated["root"] / "other-bundle").exists()
+
+
 def test_bundle_manifest(trained):
     from idcmap.model import load_bundle
 

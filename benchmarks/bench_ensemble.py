@@ -1,0 +1,80 @@
+"""Two networks out of fold, patient by patient: does one rank better, does their mean pay?
+
+    python benchmarks/bench_ensemble.py RUN_DIR [--reference models/idc-default] [--json OUT]
+
+RUN_DIR is a cross-validation run (``idcmap train --folds K --run-dir RUN_DIR``), finished or not:
+its folds done so far are compared with the reference bundle's stored out-of-fold scores on the
+same patients (the fold assignment is the same for every run on the same data). Patch-alone logits,
+so nothing is chosen on the patients measured; the mean of the two networks' logits is the
+ensemble. 95 % intervals of each difference come from resampling whole patients. When every fold
+is done, each variant also gets the bundle's cross-fitted figures (context, temperature, threshold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from idcmap.model.crossval import out_of_fold_report
+from idcmap.model.metrics import roc_auc
+
+KEY = ["patient_id", "x", "y"]
+DRAWS = 1000
+REPORTED = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
+
+
+def paired(run_dir: Path, reference: Path) -> tuple[pd.DataFrame, bool]:
+    """(the reference's out-of-fold rows that the run has scored, with its logit as ``logit_run``;
+    whether the run has scored them all)."""
+    ref = pd.read_parquet(reference / "oof_predictions.parquet")
+    run = pd.concat([pd.read_parquet(p) for p in sorted(run_dir.glob("fold-*/oof.parquet"))], ignore_index=True)
+    both = ref.merge(run[KEY + ["fold", "logit"]], on=KEY, suffixes=("", "_run"))
+    if len(both) != len(run) or (both.fold != both.fold_run).any():
+        raise SystemExit(f"{run_dir}: its folds are not {reference}'s (other data or fold assignment)")
+    return both, len(both) == len(ref)
+
+
+def difference_interval(y, a, b, patients, draws: int = DRAWS, seed: int = 0) -> list[float]:
+    """95 % interval of ROC AUC(b) - ROC AUC(a), resampling whole patients with replacement."""
+    _, patient = np.unique(patients, return_inverse=True)
+    n, rng = patient.max() + 1, np.random.default_rng(seed)
+    diffs = []
+    for _ in range(draws):
+        w = np.bincount(rng.integers(0, n, n), minlength=n)[patient].astype(np.float64)
+        diffs.append(roc_auc(y, b, w) - roc_auc(y, a, w))
+    return [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--reference", type=Path, default=Path("models/idc-default"))
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    both, complete = paired(args.run_dir, args.reference)
+    y, patients = both["label"].to_numpy(), both["patient_id"].to_numpy()
+    ref, run = both["logit"].to_numpy(), both["logit_run"].to_numpy()
+    variants = {"reference": ref, "run": run, "mean of the two": (ref + run) / 2}
+    folds = sorted(int(f) for f in both.fold.unique())
+    print(f"{len(both)} patches of {len(set(patients))} patients, folds {folds}")
+    out: dict = {"folds": folds, "n_patches": len(both), "variants": {}}
+    for name, z in variants.items():
+        row = {"patch_only_roc_auc": roc_auc(y, z)}
+        if name != "reference":
+            row["minus_reference_95"] = difference_interval(y, ref, z, patients)
+        if complete:
+            report = out_of_fold_report(both[KEY + ["source", "label", "fold"]].assign(logit=z))
+            row.update({k: report[k] for k in REPORTED})
+        out["variants"][name] = row
+        print(f"{name:16s} " + ", ".join(f"{k} {np.round(v, 4)}" for k, v in row.items()))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
