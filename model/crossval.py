@@ -14,6 +14,7 @@ them. The shipped bundle's are chosen the same way on all folds' out-of-fold sco
 from __future__ import annotations
 
 import hashlib
+from pathlib import PurePath
 
 import numpy as np
 import pandas as pd
@@ -43,12 +44,17 @@ def assign_folds(patient_ids, sources, labels, k: int = 3) -> dict[str, int]:
 
     Within each data folder, patients are ordered by IDC prevalence (ties by a hash of the id) and
     dealt out in blocks of k, each block in a hash-chosen order of the folds: every fold gets about
-    the same number of patients of each folder across the whole range of prevalence.
+    the same number of patients of each folder across the whole range of prevalence. A folder
+    counts by its name, not its path, so the deal is the same on every machine.
     """
     if k < 2:
         raise InputError(f"cross-validation needs k >= 2 folds, not {k}")
     df = pd.DataFrame(
-        {"patient_id": np.asarray(patient_ids), "source": np.asarray(sources), "label": np.asarray(labels, np.float64)}
+        {
+            "patient_id": np.asarray(patient_ids),
+            "source": [PurePath(str(s)).name for s in sources],
+            "label": np.asarray(labels, np.float64),
+        }
     )
     folds: dict[str, int] = {}
     for source, group in df.groupby("source", sort=True):

@@ -299,7 +299,7 @@ def train_bundle(cfg: TrainConfig, out_dir, run_dir, resume: bool = False, ray_a
 # --- patient-level cross-validation -------------------------------------------------------------
 
 FOLD_MODEL, FOLD_INFO, FOLD_OOF = "model.keras", "fold.json", "oof.parquet"
-RECIPE_FILE = "recipe.json"
+RECIPE_FILE, FOLDS_FILE = "recipe.json", "folds.json"
 #: the options that decide what a cross-validation run computes (not how many workers or threads)
 RECIPE_KEYS = (
     "arch",
@@ -412,6 +412,19 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
     return oof
 
 
+def _run_folds(patches, k: int, run_dir: Path) -> dict[str, int]:
+    """The run's patient -> fold: dealt on its first start and kept in ``run_dir``, where a resumed run
+    finds it. Written there before the first start (a bundle's ``split.folds``), it makes the run
+    use that bundle's folds, to compare with it patient by patient."""
+    path = run_dir / FOLDS_FILE
+    if path.exists():
+        return {p: int(f) for p, f in json.loads(path.read_text()).items()}
+    folds = assign_folds(patches.patient_ids, patches.sources, patches.labels, k)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(folds, indent=0, sort_keys=True))
+    return folds
+
+
 def cross_validate(cfg: TrainConfig, k: int, run_dir, ray_address=None, patches=None) -> tuple[pd.DataFrame, dict]:
     """(out-of-fold table, patient -> fold) of a k-fold patient-level cross-validation."""
     check_recipe(cfg, k, Path(run_dir))
@@ -419,7 +432,7 @@ def cross_validate(cfg: TrainConfig, k: int, run_dir, ray_address=None, patches=
         patches = datalib.load_patches_cached(
             cfg.data_dirs, cfg.cache_dir, cfg.stain_normalise, limit_per_patient=cfg.limit_per_patient
         )
-    folds = assign_folds(patches.patient_ids, patches.sources, patches.labels, k)
+    folds = _run_folds(patches, k, Path(run_dir))
     oof = pd.concat([train_fold(cfg, patches, folds, f, run_dir, ray_address) for f in range(k)], ignore_index=True)
     return oof, folds
 

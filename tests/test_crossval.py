@@ -33,6 +33,8 @@ def test_folds_split_patients_not_patches_balanced_by_source_and_prevalence():
     folds = assign_folds(ids, sources, labels, k=3)
     assert set(folds) == set(ids.tolist()) and set(folds.values()) == {0, 1, 2}
     assert folds == assign_folds(ids, sources, labels, k=3)  # deterministic
+    elsewhere = np.array([f"/mnt/other/{s}" for s in sources])  # the same folders at another path
+    assert folds == assign_folds(ids, elsewhere, labels, k=3)
     df = pd.DataFrame({"p": ids, "s": sources, "y": labels}).groupby("p").agg(s=("s", "first"), y=("y", "mean"))
     df["fold"] = [folds[p] for p in df.index]
     for _, g in df.groupby("s"):
@@ -203,3 +205,41 @@ def test_normalising_each_group_alone_undoes_its_stain_and_ignores_how_much_nucl
     # a group's normalisation does not depend on the other groups
     alone, _ = normalise_groups(images[:1], np.array(["a"]))
     assert np.array_equal(alone[0], out[0])
+
+
+def test_the_unfinished_seed_cnn_run_resumes_under_its_documented_command():
+    """`runs/seed-cnn` keeps the seed_cnn cross-validation's finished folds: the command in
+    models/README.md must pass their recipe check, the run's kept fold assignment must be
+    `idc-default`'s (so the two compare patient by patient), and each fold must hold its patients."""
+    import json
+    import re
+    import shlex
+
+    from idcmap.jobs.cli import cli
+    from idcmap.model.make_bundle import check_recipe
+    from idcmap.model.train import TrainConfig
+
+    from .conftest import REPO, shared_path
+
+    shared_path("idc", "patients")  # skips without the real data (the recipe holds its fingerprint)
+    readme = (REPO / "models" / "README.md").read_text()
+    command = next(b for b in re.findall(r"\n    (idcmap train .*?)\n\n", readme, re.S) if "seed_cnn" in b)
+    args = shlex.split(command.replace("\\\n", " "))[2:]
+    params = dict(cli.commands["train"].make_context("train", args).params)
+    run_dir = REPO / "runs" / params["out_dir"].name
+    data_dirs = [str(REPO / d) for d in params["data_dirs"]]
+    k = params["folds"]
+    for key in ("data_dirs", "out_dir", "resume", "run_dir", "folds", "cache_dir", "address"):
+        params.pop(key)
+    check_recipe(TrainConfig(data_dirs=data_dirs, **params), k, run_dir)  # raises if it would not resume
+
+    folds = {p: int(f) for p, f in json.loads((run_dir / "folds.json").read_text()).items()}
+    shipped = json.loads((REPO / "models" / "idc-default" / "model.json").read_text())["split"]["folds"]
+    assert folds == shipped  # paired with idc-default's out-of-fold scores, patient by patient
+    done = sorted(run_dir.glob("fold-*/oof.parquet"))
+    assert done
+    for path in done:
+        k = int(path.parent.name.split("-")[1])
+        oof = pd.read_parquet(path)
+        assert set(oof.patient_id) == {p for p, f in folds.items() if f == k} and (oof.fold == k).all()
+        assert np.isfinite(oof.logit).all()

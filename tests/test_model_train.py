@@ -79,6 +79,7 @@ def test_crossvalidated_bundle_scores_each_patient_with_a_model_that_never_saw_i
     assert len(folds) == 147 and set(oof.patient_id) == set(folds) and set(folds.values()) == set(range(FOLDS))
     assert oof.groupby("patient_id").fold.nunique().max() == 1  # no patient in two folds
     assert all(folds[p] == f for p, f in zip(oof.patient_id, oof.fold))
+    assert json.loads((crossvalidated["root"] / "runs" / "folds.json").read_text()) == folds  # kept for resumes
     for k in range(FOLDS):
         info = json.loads((crossvalidated["root"] / "runs" / f"fold-{k}" / "fold.json").read_text())
         assert set(info["held_out"]) == {p for p, f in folds.items() if f == k}
