@@ -418,7 +418,10 @@ def _run_folds(patches, k: int, run_dir: Path) -> dict[str, int]:
     use that bundle's folds, to compare with it patient by patient."""
     path = run_dir / FOLDS_FILE
     if path.exists():
-        return {p: int(f) for p, f in json.loads(path.read_text()).items()}
+        folds = {p: int(f) for p, f in json.loads(path.read_text()).items()}
+        if set(folds) != set(patches.patient_ids.tolist()) or set(folds.values()) != set(range(k)):
+            raise InputError(f"{path}: not a deal of this data's patients into {k} folds")
+        return folds
     folds = assign_folds(patches.patient_ids, patches.sources, patches.labels, k)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(folds, indent=0, sort_keys=True))

@@ -51,6 +51,27 @@ def test_folds_refuse_too_few_patients():
         assign_folds(np.array(["a", "b"]), np.array(["s", "s"]), np.array([0, 1]), k=3)
 
 
+def test_a_run_keeps_its_deal_and_refuses_one_of_other_patients(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from idcmap.model.make_bundle import FOLDS_FILE, _run_folds
+
+    ids, sources, labels = _patients()
+    patches = SimpleNamespace(patient_ids=ids, sources=sources, labels=labels)
+    folds = _run_folds(patches, 3, tmp_path)
+    assert folds == assign_folds(ids, sources, labels, 3)
+    kept = {p: (f + 1) % 3 for p, f in folds.items()}  # another deal written there is used as it is
+    (tmp_path / FOLDS_FILE).write_text(json.dumps(kept))
+    assert _run_folds(patches, 3, tmp_path) == kept
+    with pytest.raises(InputError, match="not a deal of this data's patients into 4 folds"):
+        _run_folds(patches, 4, tmp_path)
+    del kept[ids[0]]
+    (tmp_path / FOLDS_FILE).write_text(json.dumps(kept))
+    with pytest.raises(InputError, match=f"{FOLDS_FILE}: not a deal"):
+        _run_folds(patches, 3, tmp_path)
+
+
 # --- cross-fitted calibration --------------------------------------------------------------------
 def _oof(seed=0, n_patients=30):
     rng = np.random.default_rng(seed)
