@@ -4,7 +4,8 @@
 
 RUN_DIR is a cross-validation run (``idcmap train --folds K --run-dir RUN_DIR``), finished or not:
 its folds done so far are compared with the reference bundle's stored out-of-fold scores on the
-same patients (the fold assignment is the same for every run on the same data). Patch-alone logits,
+same patients, which must have been dealt the reference's folds (write its ``split.folds`` to
+``RUN_DIR/folds.json`` before the run starts; anything else is refused). Patch-alone logits,
 so nothing is chosen on the patients measured; the mean of the two networks' logits is the
 ensemble. 95 % intervals of each difference come from resampling whole patients. When every fold
 is done, each variant also gets the bundle's cross-fitted figures (context, temperature, threshold).
@@ -19,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from idcmap.model.crossval import out_of_fold_report
+from idcmap.model.crossval import out_of_fold_report, patient_resamples
 from idcmap.model.metrics import roc_auc
 
 KEY = ["patient_id", "x", "y"]
-DRAWS = 1000
 REPORTED = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
 
 
@@ -38,14 +38,9 @@ def paired(run_dir: Path, reference: Path) -> tuple[pd.DataFrame, bool]:
     return both, len(both) == len(ref)
 
 
-def difference_interval(y, a, b, patients, draws: int = DRAWS, seed: int = 0) -> list[float]:
-    """95 % interval of ROC AUC(b) - ROC AUC(a), resampling whole patients with replacement."""
-    _, patient = np.unique(patients, return_inverse=True)
-    n, rng = patient.max() + 1, np.random.default_rng(seed)
-    diffs = []
-    for _ in range(draws):
-        w = np.bincount(rng.integers(0, n, n), minlength=n)[patient].astype(np.float64)
-        diffs.append(roc_auc(y, b, w) - roc_auc(y, a, w))
+def difference_interval(y, a, b, patients) -> list[float]:
+    """95 % interval of ROC AUC(b) - ROC AUC(a) over resamplings of whole patients."""
+    diffs = [roc_auc(y, b, w) - roc_auc(y, a, w) for w in patient_resamples(patients)]
     return [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
 
 

@@ -14,6 +14,7 @@ them. The shipped bundle's are chosen the same way on all folds' out-of-fold sco
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import PurePath
 
 import numpy as np
@@ -160,19 +161,23 @@ def spread(table: pd.DataFrame, min_per_class: int = PER_PATIENT_MIN) -> dict:
     return out
 
 
-def bootstrap_intervals(labels, prob, thr, patient_ids, n: int = BOOTSTRAP, seed: int = 0) -> dict:
-    """95 % intervals of the pooled figures, resampling whole patients with replacement (a patient
+def patient_resamples(patient_ids, n: int = BOOTSTRAP, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n`` resamplings of whole patients with replacement, each as per-patch weights (a patient
     drawn k times weighs its patches k times)."""
-    y, prob = np.asarray(labels).astype(bool), np.asarray(prob, np.float64)
-    call = prob >= np.asarray(thr)
     _, patient = np.unique(np.asarray(patient_ids), return_inverse=True)
-    n_patients, groups = patient.max() + 1, score_groups(prob)
-    rng = np.random.default_rng(seed)
+    n_patients, rng = patient.max() + 1, np.random.default_rng(seed)
+    for _ in range(n):
+        yield np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)[patient].astype(np.float64)
+
+
+def bootstrap_intervals(labels, prob, thr, patient_ids, n: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """95 % intervals of the pooled figures over :func:`patient_resamples`."""
+    y, prob = np.asarray(labels).astype(bool), np.asarray(prob, np.float64)
+    call, groups = prob >= np.asarray(thr), score_groups(prob)
     samples: dict[str, list[float]] = {
         k: [] for k in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
     }
-    for _ in range(n):
-        w = np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)[patient].astype(np.float64)
+    for w in patient_resamples(patient_ids, n, seed):
         n_pos, n_neg = w[y].sum(), w[~y].sum()
         if not n_pos or not n_neg:
             continue

@@ -237,8 +237,8 @@ def test_the_unfinished_seed_cnn_run_resumes_under_its_documented_command():
     import shlex
 
     from idcmap.jobs.cli import cli
+    from idcmap.jobs.cli.model import train_setup
     from idcmap.model.make_bundle import check_recipe
-    from idcmap.model.train import TrainConfig
 
     from .conftest import REPO, shared_path
 
@@ -247,12 +247,12 @@ def test_the_unfinished_seed_cnn_run_resumes_under_its_documented_command():
     command = next(b for b in re.findall(r"\n    (idcmap train .*?)\n\n", readme, re.S) if "seed_cnn" in b)
     args = shlex.split(command.replace("\\\n", " "))[2:]
     params = dict(cli.commands["train"].make_context("train", args).params)
-    run_dir = REPO / "runs" / params["out_dir"].name
-    data_dirs = [str(REPO / d) for d in params["data_dirs"]]
-    k = params["folds"]
-    for key in ("data_dirs", "out_dir", "resume", "run_dir", "folds", "cache_dir", "address"):
+    k = params.pop("folds")
+    for key in ("resume", "address"):
         params.pop(key)
-    check_recipe(TrainConfig(data_dirs=data_dirs, **params), k, run_dir)  # raises if it would not resume
+    cfg, run_dir = train_setup(**params)
+    run_dir = REPO / run_dir
+    check_recipe(cfg, k, run_dir)  # raises if it would not resume
 
     folds = {p: int(f) for p, f in json.loads((run_dir / "folds.json").read_text()).items()}
     shipped = json.loads((REPO / "models" / "idc-default" / "model.json").read_text())["split"]["folds"]
@@ -260,7 +260,7 @@ def test_the_unfinished_seed_cnn_run_resumes_under_its_documented_command():
     done = sorted(run_dir.glob("fold-*/oof.parquet"))
     assert done
     for path in done:
-        k = int(path.parent.name.split("-")[1])
+        fold = int(path.parent.name.split("-")[1])
         oof = pd.read_parquet(path)
-        assert set(oof.patient_id) == {p for p, f in folds.items() if f == k} and (oof.fold == k).all()
+        assert set(oof.patient_id) == {p for p, f in folds.items() if f == fold} and (oof.fold == fold).all()
         assert np.isfinite(oof.logit).all()

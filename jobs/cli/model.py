@@ -17,6 +17,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=True)
 
 
+def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
+    """(TrainConfig, run folder) of `idcmap train`'s options; the options not named here are
+    TrainConfig's fields by name."""
+    from idcmap.model.train import TrainConfig
+
+    cfg = TrainConfig(data_dirs=[str(d) for d in data_dirs], cache_dir=str(cache_dir) if cache_dir else None, **options)
+    return cfg, run_dir or Path("runs") / out_dir.name
+
+
 @click.command()
 @click.option(
     "--data",
@@ -153,15 +162,12 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=Tru
 def train(data_dirs, out_dir, resume, run_dir, folds, cache_dir, address, **options):
     """Train a model with Ray Train and write a verified model bundle."""
     from idcmap.model.make_bundle import train_bundle, train_crossvalidated_bundle
-    from idcmap.model.train import TrainConfig
 
-    # the other options are TrainConfig's fields by name
-    cfg = TrainConfig(data_dirs=[str(d) for d in data_dirs], cache_dir=str(cache_dir) if cache_dir else None, **options)
+    cfg, run_dir = train_setup(data_dirs, out_dir, run_dir, cache_dir, **options)
     if cfg.global_batch_size % cfg.num_workers:
         raise click.ClickException(
             f"--batch-size {cfg.global_batch_size} is not divisible by --num-workers {cfg.num_workers}"
         )
-    run_dir = run_dir or Path("runs") / out_dir.name
     if folds == 1:
         raise click.ClickException("--folds must be 0 (one validation split) or at least 2")
     if cfg.stain_normalise and not folds:
