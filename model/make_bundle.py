@@ -367,7 +367,7 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
     out-of-fold table. Kept in ``run_dir/fold-N/`` (model, info, scores), so a re-run resumes."""
     fold_dir = Path(run_dir) / f"fold-{fold}"
     if (fold_dir / FOLD_OOF).exists():
-        log.info("[train] fold %d: done in an earlier run (%s)", fold + 1, fold_dir)
+        log.info("[train] fold-%d: done in an earlier run (%s)", fold, fold_dir)
         return pd.read_parquet(fold_dir / FOLD_OOF)
     k = max(folds.values()) + 1
     held_out = sorted(p for p, f in folds.items() if f == fold)
@@ -378,7 +378,7 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
         f"cross-validation fold {fold} of {k}: trained on the other folds' patients",
         train.images,
     )
-    model, state = _fit_fixed(fcfg, fold_dir / "ray", ray_address, f"fold {fold + 1}/{k}")
+    model, state = _fit_fixed(fcfg, fold_dir / "ray", ray_address, f"fold-{fold} ({fold + 1} of {k})")
     offset = _offset(cfg, train.labels)
     logit = idc_logit(predict_batches(scoring_function(model, fcfg.normalisation), test.images)) - offset
     model.save(fold_dir / FOLD_MODEL)
@@ -423,6 +423,7 @@ def _run_folds(patches, k: int, run_dir: Path) -> dict[str, int]:
             raise InputError(f"{path}: not a deal of this data's patients into {k} folds")
         return folds
     folds = assign_folds(patches.patient_ids, patches.sources, patches.labels, k)
+    log.info("[train] %s: no earlier run there, a new %d-fold cross-validation starts", run_dir, k)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(folds, indent=0, sort_keys=True))
     return folds
