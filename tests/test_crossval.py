@@ -60,13 +60,18 @@ def test_a_run_keeps_its_deal_and_refuses_one_of_other_patients(tmp_path, caplog
 
     ids, sources, labels = _patients()
     patches = SimpleNamespace(patient_ids=ids, sources=sources, labels=labels)
-    with caplog.at_level(logging.INFO, logger="idcmap"):
-        folds = _run_folds(patches, 3, tmp_path)
-        assert folds == assign_folds(ids, sources, labels, 3)
-        assert f"{tmp_path}: no earlier run there, a new 3-fold cross-validation starts" in caplog.text
-        caplog.clear()
-        _run_folds(patches, 3, tmp_path)  # a resume says nothing of a new run
-        assert "new 3-fold" not in caplog.text
+    logger = logging.getLogger("idcmap")  # the CLI stops it propagating to the root's capture
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="idcmap"):
+            folds = _run_folds(patches, 3, tmp_path)
+            assert folds == assign_folds(ids, sources, labels, 3)
+            assert f"{tmp_path}: no earlier run there, a new 3-fold cross-validation starts" in caplog.text
+            caplog.clear()
+            _run_folds(patches, 3, tmp_path)  # a resume says nothing of a new run
+            assert "new 3-fold" not in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)
     kept = {p: (f + 1) % 3 for p, f in folds.items()}  # another deal written there is used as it is
     (tmp_path / FOLDS_FILE).write_text(json.dumps(kept))
     assert _run_folds(patches, 3, tmp_path) == kept
