@@ -270,14 +270,35 @@ def train_loop_per_worker(config: dict):
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def _readable(ckpt: Path) -> bool:
+    """Whether every file of a checkpoint opens whole: a run killed while Ray copied it can leave
+    one with a truncated file, which a resume must pass over."""
+    import zipfile
+
+    import h5py
+
+    try:
+        for name in ("last.weights.h5", "best.weights.h5"):
+            h5py.File(ckpt / name, "r").close()
+        np.load(ckpt / "optimizer.npz").close()
+        return True
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+
+
 def latest_checkpoint(run_dir) -> Path | None:
-    """The checkpoint directory under ``run_dir`` with the most epochs done, or None."""
-    best, best_epoch = None, -2
+    """The whole checkpoint directory under ``run_dir`` with the most epochs done, or None."""
+    done = []
     for state_file in Path(run_dir).rglob(STATE_FILE):
-        epoch = json.loads(state_file.read_text())["epoch"]
-        if epoch > best_epoch:
-            best, best_epoch = state_file.parent, epoch
-    return best
+        try:
+            done.append((json.loads(state_file.read_text())["epoch"], state_file.parent))
+        except (ValueError, KeyError):
+            continue
+    for _, ckpt in sorted(done, key=lambda d: d[0], reverse=True):
+        if _readable(ckpt):
+            return ckpt
+        log.warning("[train] %s: incomplete checkpoint (a run stopped while writing it), passed over", ckpt)
+    return None
 
 
 def prepare(cfg: TrainConfig):

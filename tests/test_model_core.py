@@ -371,3 +371,29 @@ def test_channels_first_input_keeps_the_outputs_bit_for_bit(tmp_path):
     assert [n.op_type for n in onnx.load(path).graph.node] == ["Transpose", "Cast", "Sub", "Mul", "Conv"]
     assert np.array_equal(run(), before)
     assert channels_first_input(path) is False  # already in that layout: left as it is
+
+
+def test_resume_passes_over_a_checkpoint_cut_short_while_it_was_written(tmp_path):
+    """A run killed while Ray copied its last checkpoint leaves a truncated file: a resume takes the
+    checkpoint before it, and finds none when every one is cut short."""
+    import h5py
+
+    from idcmap.model.train import STATE_FILE, latest_checkpoint
+
+    dirs = []
+    for epoch in (0, 1):
+        ckpt = tmp_path / "run" / f"checkpoint_{epoch}"
+        ckpt.mkdir(parents=True)
+        for name in ("last.weights.h5", "best.weights.h5"):
+            with h5py.File(ckpt / name, "w") as f:
+                f["w"] = np.arange(5000, dtype=np.float32)
+        np.savez(ckpt / "optimizer.npz", np.zeros(10))
+        (ckpt / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
+        dirs.append(ckpt)
+    assert latest_checkpoint(tmp_path / "run") == dirs[1]
+    weights = dirs[1] / "last.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert latest_checkpoint(tmp_path / "run") == dirs[0]
+    optimizer = dirs[0] / "optimizer.npz"
+    optimizer.write_bytes(optimizer.read_bytes()[:-30])
+    assert latest_checkpoint(tmp_path / "run") is None
