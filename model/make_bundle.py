@@ -277,7 +277,10 @@ def train_bundle(cfg: TrainConfig, out_dir, run_dir, resume: bool = False, ray_a
     """Train with Ray Train (or resume), then write the bundle from the best epoch's weights."""
     out_dir = Path(out_dir)
     train, val = prepare(cfg)
-    ckpt = fit(cfg, run_dir, resume=resume, ray_address=ray_address)
+    last = latest_checkpoint(run_dir) if resume else None
+    if resume and last is None:
+        raise InputError(f"{Path(run_dir).resolve()}: no checkpoint to resume from (train without --resume)")
+    ckpt = fit(cfg, run_dir, resume_from=last, ray_address=ray_address)
     state = json.loads((ckpt / STATE_FILE).read_text())
     if (state.get("arch"), state.get("width")) != (cfg.arch, cfg.width):
         raise InputError(
@@ -352,7 +355,7 @@ def _fixed_epochs_config(cfg: TrainConfig, train_patients, rule: str, images: np
 
 def _fit_fixed(cfg: TrainConfig, run_dir: Path, ray_address, label: str) -> tuple:
     """Train (or finish) a fixed-epoch run in ``run_dir``; (model, state)."""
-    ckpt = fit(cfg, run_dir, resume=latest_checkpoint(run_dir) is not None, ray_address=ray_address, label=label)
+    ckpt = fit(cfg, run_dir, resume_from=latest_checkpoint(run_dir), ray_address=ray_address, label=label)
     model = build(cfg.arch, cfg.width)
     model.load_weights(ckpt / "best.weights.h5")
     return model, json.loads((ckpt / STATE_FILE).read_text())

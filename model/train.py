@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from idcmap.errors import InputError
-
 from . import data as datalib
 from .architectures import TRAINING, build
 from .metrics import roc_auc
@@ -404,20 +402,21 @@ def _fit_logging_epochs(trainer, epochs: _EpochLog):
     return outcome["result"]
 
 
-def fit(cfg: TrainConfig, run_dir, resume: bool = False, ray_address: str | None = None, label: str = "") -> Path:
+def fit(
+    cfg: TrainConfig, run_dir, resume_from: Path | None = None, ray_address: str | None = None, label: str = ""
+) -> Path:
     """Run the Ray Train job (in the session of :func:`idcmap.cluster.ray_session`, joining a
-    cluster at ``ray_address`` if given); returns the directory of its final checkpoint. Progress:
-    one line per epoch on the ``idcmap`` logger."""
+    cluster at ``ray_address`` if given), continuing from the checkpoint ``resume_from`` if given;
+    returns the directory of its final checkpoint. Progress: one line per epoch on the ``idcmap``
+    logger."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     from idcmap.cluster import ray_session
 
     run_dir = Path(run_dir).resolve()
-    if resume:
-        last = latest_checkpoint(run_dir)
-        if last is None:
-            raise InputError(f"{run_dir}: no checkpoint to resume from (train without --resume)")
+    if resume_from is not None:
+        last = Path(resume_from).resolve()
         cfg.resume_from = str(last)
         log.info(
             "[train] %s resuming after epoch %d (%s)",
