@@ -101,7 +101,8 @@ def train_worker_node(cluster) -> int | None:
 def test_training_runs_across_nodes_and_survives_losing_one(cluster, tmp_path):
     """Two Ray Train workers of 1 CPU on nodes of 1 CPU run on two nodes; the node of one of them
     is lost after the first checkpoint: the workers restart from it on the nodes left, and the
-    run gives a valid bundle with every epoch once."""
+    run gives a valid bundle with every epoch once and the restart on record. Three epochs, so the
+    kill lands before the last checkpoint however long the test takes to see the first."""
     from idcmap.model import load_bundle
 
     from .conftest import shared_path
@@ -109,7 +110,7 @@ def test_training_runs_across_nodes_and_survives_losing_one(cluster, tmp_path):
     cluster.add_node()  # room for both workers once a node is lost
     data = [a for d in (shared_path("idc", "patients"), shared_path("idc", "sparse")) for a in ("--data", str(d))]
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "idcmap", "train", *data, "--epochs", "2", "--folds", "0", "--num-workers", "2",
+    cmd = [sys.executable, "-m", "idcmap", "train", *data, "--epochs", "3", "--folds", "0", "--num-workers", "2",
            "--batch-size", "32", "--limit-per-patient", "8", "--out", str(tmp_path / "bundle"),
            "--run-dir", str(runs), "--address", cluster.address]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -123,8 +124,9 @@ def test_training_runs_across_nodes_and_survives_losing_one(cluster, tmp_path):
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     assert "the workers restart from the last checkpoint" in stderr
     training = load_bundle(tmp_path / "bundle").meta["training"]
-    assert [h["epoch"] for h in training["history"]] == [1, 2]
-    assert training["restarted_after_epochs"] == [1]  # killed during epoch 2
+    assert [h["epoch"] for h in training["history"]] == [1, 2, 3]
+    restarts = training["restarted_after_epochs"]  # killed during epoch 2 or 3
+    assert len(restarts) == 1 and restarts[0] in (1, 2), restarts
 
 
 def test_a_worker_node_lost_mid_job_costs_no_slide_and_no_row(cluster, tmp_path, rebuilt, reference_job):
