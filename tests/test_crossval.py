@@ -239,8 +239,8 @@ def test_normalising_each_group_alone_undoes_its_stain_and_ignores_how_much_nucl
     assert np.array_equal(alone[0], out[0])
 
 
-def test_the_unfinished_seed_cnn_run_resumes_under_its_documented_command():
-    """`runs/seed-cnn` keeps the seed_cnn cross-validation's finished folds: the command in
+def test_the_seed_cnn_run_resumes_under_its_documented_command():
+    """`runs/seed-cnn` keeps the seed_cnn cross-validation's folds: the command in
     models/README.md must pass their recipe check, the run's kept fold assignment must be
     `idc-default`'s (so the two compare patient by patient), and each fold must hold its patients."""
     import json
