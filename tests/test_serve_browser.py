@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -74,8 +75,10 @@ def test_the_viewer_draws_the_slide_toggles_the_overlay_and_shows_a_clicked_patc
     assert browser.execute_script("return document.querySelectorAll('#regions path').length") > 0
     browser.find_element(By.ID, "show-overlay").click()
     wait_for(browser, "return window.idcmapViewer.world.getItemAt(1).getOpacity() === 0")
-    browser.execute_script("window.idcmapViewer.forceRedraw()")
-    _, _, without = browser.execute_script(CANVAS)
+    deadline = time.time() + 30  # the redraw lands on a later animation frame
+    while (without := browser.execute_script(CANVAS)[2]) == with_overlay and time.time() < deadline:
+        browser.execute_script("window.idcmapViewer.forceRedraw()")
+        time.sleep(0.2)
     assert without != with_overlay, "toggling the overlay changed nothing on the canvas"
     browser.find_element(By.ID, "show-overlay").click()
     wait_for(browser, "return window.idcmapViewer.world.getItemAt(1).getOpacity() > 0")
