@@ -230,9 +230,7 @@ def _manifest(
             "n_train_patches": len(train),
             "n_validation_patches": len(cal.check) if cfg.split["validation"] else 0,
             "optimizer": {"name": "Adam", **TRAINING[cfg.arch]},
-            "config": {
-                k: v for k, v in asdict(cfg).items() if k not in ("split", "normalisation", "resume_from", "data_dirs")
-            },
+            "config": {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_CONFIG},
             "best_epoch": state["best_epoch"] + 1,
             "epochs_run": state["epoch"] + 1,
             "history": state["history"],
@@ -303,6 +301,8 @@ def train_bundle(cfg: TrainConfig, out_dir, run_dir, resume: bool = False, ray_a
 
 FOLD_MODEL, FOLD_INFO, FOLD_OOF = "model.keras", "fold.json", "oof.parquet"
 RECIPE_FILE, FOLDS_FILE = "recipe.json", "folds.json"
+#: TrainConfig fields a bundle's training config leaves out: recorded apart, or the driver's for one run
+NOT_IN_CONFIG = ("split", "normalisation", "resume_from", "start_marker", "data_dirs")
 #: the options that decide what a cross-validation run computes (not how many workers or threads)
 RECIPE_KEYS = (
     "arch",

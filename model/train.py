@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,7 @@ class TrainConfig:
     split: dict = field(default_factory=dict)
     normalisation: dict = field(default_factory=dict)
     resume_from: str | None = None  # a checkpoint directory
+    start_marker: str | None = None  # each worker rank leaves <start_marker>.rank<N>: found at its start = a restart
 
 
 def load_split_data(cfg: TrainConfig):
@@ -106,12 +108,26 @@ def _training_arrays(cfg: TrainConfig):
     return train, val, y_train, np.where(y_train == 1, cw[1], cw[0]).astype(np.float32)
 
 
+def _started_before(cfg: TrainConfig) -> bool:
+    """Whether this worker rank already started in this fit (and leaves its mark if not)."""
+    import ray.train
+
+    if not cfg.start_marker:
+        return False
+    marker = Path(f"{cfg.start_marker}.rank{ray.train.get_context().get_world_rank()}")
+    if marker.exists():
+        return True
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return False
+
+
 def _restore(cfg: TrainConfig, model, optimizer) -> tuple[dict, bytes | None]:
     """The run state and best weights so far: from Ray Train's checkpoint (a restarted run), or
     ``cfg.resume_from`` (``--resume``), or a fresh state."""
     import ray.train
 
-    state = {
+    state: dict[str, Any] = {
         "epoch": -1,
         "best_auc": -1.0,
         "best_epoch": -1,
@@ -121,12 +137,16 @@ def _restore(cfg: TrainConfig, model, optimizer) -> tuple[dict, bytes | None]:
         "width": cfg.width,
     }
     ckpt = ray.train.get_checkpoint()
+    # the worker group restarted (a worker or its node was lost), after this fit's first checkpoint
+    # or before it: on record
+    restarted = _started_before(cfg) or ckpt is not None
     resume_dir = Path(ckpt.to_directory()) if ckpt is not None else (Path(cfg.resume_from) if cfg.resume_from else None)
+    if resume_dir is not None:
+        state = json.loads((resume_dir / STATE_FILE).read_text())
+    if restarted:
+        state.setdefault("restarts", []).append(state["epoch"] + 1)
     if resume_dir is None:
         return state, None
-    state = json.loads((resume_dir / STATE_FILE).read_text())
-    if ckpt is not None:  # the worker group restarted (a worker or its node was lost): on record
-        state.setdefault("restarts", []).append(state["epoch"] + 1)
     model.load_weights(resume_dir / "last.weights.h5")
     saved = np.load(resume_dir / "optimizer.npz")
     for i, v in enumerate(optimizer.variables):
@@ -424,6 +444,8 @@ def fit(
             json.loads((last / STATE_FILE).read_text())["epoch"] + 1,
             last,
         )
+    name = f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    cfg.start_marker = str(run_dir / name / "worker-started")
     with ray_session(ray_address, num_cpus=max(2, cfg.cpus), env_vars=TRAINING_ENV):
         epochs = _EpochLog(cfg, label or cfg.arch)
         trainer = TensorflowTrainer(
@@ -433,7 +455,7 @@ def fit(
                 num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={"CPU": cfg.cpus / cfg.num_workers}
             ),
             run_config=RunConfig(
-                name=f"{cfg.arch}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                name=name,
                 storage_path=str(run_dir),
                 callbacks=[epochs.callback],  # Ray Train V2 takes UserCallbacks
                 checkpoint_config=CheckpointConfig(num_to_keep=2),

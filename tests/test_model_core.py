@@ -397,3 +397,22 @@ def test_resume_passes_over_a_checkpoint_cut_short_while_it_was_written(tmp_path
     optimizer = dirs[0] / "optimizer.npz"
     optimizer.write_bytes(optimizer.read_bytes()[:-30])
     assert latest_checkpoint(tmp_path / "run") is None
+
+
+def test_a_worker_group_restarted_before_its_first_checkpoint_is_on_record(tmp_path, monkeypatch):
+    """A group restarted before this fit wrote a checkpoint gets none from Ray Train: its workers'
+    marks tell the restart, recorded after the epoch it starts from; other ranks and fits are apart."""
+    import ray.train
+
+    from idcmap.model.train import TrainConfig, _restore
+
+    rank = {"n": 0}
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray.train, "get_context", lambda: type("C", (), {"get_world_rank": lambda s: rank["n"]})())
+    cfg = TrainConfig(data_dirs=[], start_marker=str(tmp_path / "fit-1" / "worker-started"))
+    assert "restarts" not in _restore(cfg, None, None)[0]  # the first start
+    rank["n"] = 1
+    assert "restarts" not in _restore(cfg, None, None)[0]  # another worker of the same group
+    assert _restore(cfg, None, None)[0]["restarts"] == [0]  # that worker again: the group restarted
+    cfg.start_marker = str(tmp_path / "fit-2" / "worker-started")
+    assert "restarts" not in _restore(cfg, None, None)[0]  # a new fit (a resume) starts afresh
