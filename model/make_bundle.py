@@ -8,7 +8,7 @@ import logging
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +315,7 @@ RECIPE_KEYS = (
     "artefact_strength",
     "consistency",
     "label_smoothing",
+    "robust_q",
     "stain_normalise",
     "seed",
     "limit_per_patient",
@@ -331,7 +332,8 @@ def check_recipe(cfg: TrainConfig, k: int, run_dir: Path) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(recipe, indent=1))
         return
-    stored = json.loads(path.read_text())
+    # an option added after the run was recorded: it was trained at the option's default
+    stored = {f.name: f.default for f in fields(TrainConfig)} | json.loads(path.read_text())
     changed = [f"{key} {stored.get(key)!r} there, {v!r} here" for key, v in recipe.items() if stored.get(key) != v]
     if changed:
         raise InputError(

@@ -48,6 +48,7 @@ class TrainConfig:
     artefact_strength: float = 0.0  # scales the blur and JPEG augmentation; 0: off
     consistency: float = 0.0  # weight of the two-view consistency loss (Jensen-Shannon); 0: off
     label_smoothing: float = 0.0  # targets 1 - s/2 and s/2 instead of 1 and 0 (coarse region labels)
+    robust_q: float = 0.0  # generalised cross-entropy (1 - p^q) / q, robust to wrong labels; 0: cross-entropy
     stain_normalise: bool = False  # each patient's patches Macenko-normalised (folds only, for now)
     num_workers: int = 1
     cpus: int = 2  # threads shared by the workers
@@ -161,7 +162,7 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
     from .augment import augment
     from .scoring import normalise
 
-    loss_fn = cross_entropy(cfg.label_smoothing)
+    loss_fn = cross_entropy(cfg.label_smoothing, cfg.robust_q)
 
     def view(x):
         x = augment(tf.cast(x, tf.float32), cfg.colour_strength, cfg.stain_strength, cfg.artefact_strength)
@@ -203,12 +204,22 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
     return train_step, predict, average_statistics
 
 
-def cross_entropy(label_smoothing: float = 0.0):
+def cross_entropy(label_smoothing: float = 0.0, q: float = 0.0):
     """Per-patch cross-entropy of (N, 2) softmax outputs against int labels, the one-hot targets
-    smoothed to 1 - s/2 and s/2 (Keras' convention)."""
+    smoothed to 1 - s/2 and s/2 (Keras' convention). With ``q`` > 0, the generalised cross-entropy
+    of Zhang & Sabuncu 2018, sum_k t_k (1 - p_k^q) / q: cross-entropy as q -> 0, the mean absolute
+    error at q = 1; a confidently contradicted label (a wrong one, often) pulls with p^q of
+    cross-entropy's gradient."""
     import keras
     import tensorflow as tf
 
+    if q > 0:
+
+        def generalised(y, p):
+            t = tf.one_hot(y, 2) * (1 - label_smoothing) + label_smoothing / 2
+            return tf.reduce_sum(t * (1 - tf.pow(tf.clip_by_value(p, 1e-7, 1.0), q)), axis=-1) / q
+
+        return generalised
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=None)
     return lambda y, p: loss(tf.one_hot(y, 2), p)
 

@@ -99,6 +99,31 @@ def test_label_smoothing_moves_the_targets_off_zero_and_one():
     assert best == pytest.approx(0.95, abs=0.01)
 
 
+def test_generalised_cross_entropy_weighs_a_contradicted_label_less():
+    from idcmap.model.train import cross_entropy
+
+    rng = np.random.default_rng(4)
+    p = rng.dirichlet([1, 1], 32).astype(np.float32)
+    y = rng.integers(0, 2, 32)
+    own = p[np.arange(32), y]
+    np.testing.assert_allclose(cross_entropy(0.0, 0.7)(y, p).numpy(), (1 - own**0.7) / 0.7, rtol=1e-5)
+    np.testing.assert_allclose(cross_entropy(0.0, 1.0)(y, p).numpy(), 1 - own, rtol=1e-5)  # mean absolute error
+    # q -> 0 is cross-entropy: (1 - p^q) / q = -log p - q log(p)^2 / 2 + O(q^2)
+    q, ce = 1e-2, -np.log(own)
+    np.testing.assert_allclose(cross_entropy(0.0, q)(y, p).numpy(), ce - q * ce**2 / 2, rtol=1e-3, atol=1e-4)
+    # the gradient with respect to the logits: cross-entropy's times p^q, so a label the network
+    # contradicts with p = 0.01 pulls 0.01^0.7 = 0.04 as hard as under cross-entropy
+    import tensorflow as tf
+
+    logits = tf.Variable(np.log(np.array([[0.99, 0.01], [0.01, 0.99]], np.float32)))
+    grads = []
+    for q in (0.0, 0.7):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(cross_entropy(0.0, q)(np.array([1, 1]), tf.nn.softmax(logits)))
+        grads.append(tape.gradient(loss, logits).numpy()[:, 1])
+    np.testing.assert_allclose(grads[1] / grads[0], [0.01**0.7, 0.99**0.7], rtol=1e-4)
+
+
 # --- calibration -----------------------------------------------------------------------------
 
 

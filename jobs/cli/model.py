@@ -128,6 +128,14 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     help="Train towards 1 - S/2 and S/2 instead of 1 and 0 (the labels are coarse region outlines); 0 turns it off.",
 )
 @click.option(
+    "--robust-q",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Generalised cross-entropy (1 - p^Q) / Q instead of cross-entropy: wrong labels weigh less "
+    "(Q = 0.7 in Zhang & Sabuncu 2018); 0 turns it off.",
+)
+@click.option(
     "--stain-normalise",
     is_flag=True,
     help="Macenko-normalise each patient's patches before training (cross-validation folds only: "
