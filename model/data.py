@@ -192,12 +192,22 @@ def apply_split(ps: PatchSet, split: dict) -> tuple[PatchSet, PatchSet]:
     return (ps.subset(np.isin(ps.patient_ids, split["train"])), ps.subset(np.isin(ps.patient_ids, split["validation"])))
 
 
-def class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Inverse-frequency weights, normalised so the mean weight per patch is 1."""
-    counts = np.bincount(labels.astype(np.int64), minlength=2).astype(float)
+def class_weights(labels: np.ndarray, weights: np.ndarray | None = None) -> dict[int, float]:
+    """Inverse-frequency weights, normalised so the mean weight per patch is 1 (the frequencies
+    counted with per-patch ``weights``, if given, whose mean is then kept)."""
+    weights = np.ones(len(labels)) if weights is None else np.asarray(weights, float)
+    counts = np.bincount(labels.astype(np.int64), weights, minlength=2).astype(float)
     counts[counts == 0] = 1.0
-    w = len(labels) / (2.0 * counts)
+    w = weights.sum() / (2.0 * counts)
     return {0: float(w[0]), 1: float(w[1])}
+
+
+def patient_weights(patient_ids: np.ndarray, power: float) -> np.ndarray:
+    """Per patch, its patient's patch count to the power -``power``, normalised to mean 1: 0 weighs
+    every patch alike, 1 every patient alike (a patient of 1,000 patches no more than one of 30)."""
+    _, inverse, counts = np.unique(patient_ids, return_inverse=True, return_counts=True)
+    w = counts[inverse].astype(float) ** -power
+    return w / w.mean()
 
 
 def channel_stats(images: np.ndarray, sample: int = 4000, seed: int = 0) -> dict:

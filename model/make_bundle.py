@@ -137,7 +137,7 @@ class Calibrated:
 def calibrate_on_validation(model, cfg: TrainConfig, train, val) -> Calibrated:
     """Temperature and threshold fitted on the validation patients, metrics on them too."""
     val_probs = predict_batches(scoring_function(model, cfg.normalisation), val.images)
-    offset = prior_offset(datalib.class_weights(train.labels)) if cfg.imbalance != "none" else 0.0
+    offset = _offset(cfg, train)
     rows, cols, groups = val.grid
     cal = calibrate(
         val_probs, val.labels, offset, context=lambda z: mix_neighbours(z, rows, cols, groups, CONTEXT_SELF_WEIGHT)
@@ -316,6 +316,7 @@ RECIPE_KEYS = (
     "consistency",
     "label_smoothing",
     "robust_q",
+    "patient_power",
     "stain_normalise",
     "seed",
     "limit_per_patient",
@@ -363,8 +364,13 @@ def _fit_fixed(cfg: TrainConfig, run_dir: Path, ray_address, label: str) -> tupl
     return model, json.loads((ckpt / STATE_FILE).read_text())
 
 
-def _offset(cfg: TrainConfig, labels) -> float:
-    return prior_offset(datalib.class_weights(labels)) if cfg.imbalance != "none" else 0.0
+def _offset(cfg: TrainConfig, train: datalib.PatchSet) -> float:
+    """The logit shift the class weights of training on ``train`` put into a model."""
+    if cfg.imbalance == "none":
+        return 0.0
+    return prior_offset(
+        datalib.class_weights(train.labels, datalib.patient_weights(train.patient_ids, cfg.patient_power))
+    )
 
 
 def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_dir, ray_address=None) -> pd.DataFrame:
@@ -384,7 +390,7 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
         train.images,
     )
     model, state = _fit_fixed(fcfg, fold_dir / "ray", ray_address, f"fold-{fold} ({fold + 1} of {k})")
-    offset = _offset(cfg, train.labels)
+    offset = _offset(cfg, train)
     logit = idc_logit(predict_batches(scoring_function(model, fcfg.normalisation), test.images)) - offset
     model.save(fold_dir / FOLD_MODEL)
     (fold_dir / FOLD_INFO).write_text(
@@ -478,7 +484,7 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
     }
     cal = Calibrated(
         temperature,
-        _offset(cfg, patches.labels),
+        _offset(cfg, patches),
         threshold,
         calibration,
         THRESHOLD_RULE.replace("the validation patients", "all out-of-fold scores"),

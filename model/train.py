@@ -49,6 +49,7 @@ class TrainConfig:
     consistency: float = 0.0  # weight of the two-view consistency loss (Jensen-Shannon); 0: off
     label_smoothing: float = 0.0  # targets 1 - s/2 and s/2 instead of 1 and 0 (coarse region labels)
     robust_q: float = 0.0  # generalised cross-entropy (1 - p^q) / q, robust to wrong labels; 0: cross-entropy
+    patient_power: float = 0.0  # each patch weighted by its patient's patch count^-power (0: off, 1: patients equal)
     stain_normalise: bool = False  # each patient's patches Macenko-normalised (folds only, for now)
     num_workers: int = 1
     cpus: int = 2  # threads shared by the workers
@@ -100,13 +101,14 @@ def _save_checkpoint(path: Path, model, optimizer, state: dict, best_weights: by
 
 
 def _training_arrays(cfg: TrainConfig):
-    """(train, validation, int32 labels, per-patch class weights) for a worker."""
+    """(train, validation, int32 labels, per-patch loss weights: class and patient) for a worker."""
     train, val, _ = load_split_data(cfg)
     y_train = train.labels.astype(np.int32)
-    cw = datalib.class_weights(y_train) if cfg.imbalance == "weights" else {0: 1.0, 1: 1.0}
     if len(y_train) < cfg.global_batch_size:
         raise datalib.DataError(f"{len(y_train)} training patches < one global batch of {cfg.global_batch_size}")
-    return train, val, y_train, np.where(y_train == 1, cw[1], cw[0]).astype(np.float32)
+    pw = datalib.patient_weights(train.patient_ids, cfg.patient_power)
+    cw = datalib.class_weights(y_train, pw) if cfg.imbalance == "weights" else {0: 1.0, 1: 1.0}
+    return train, val, y_train, (pw * np.where(y_train == 1, cw[1], cw[0])).astype(np.float32)
 
 
 def _started_before(cfg: TrainConfig) -> bool:

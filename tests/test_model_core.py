@@ -296,6 +296,22 @@ def test_class_weights_balance_the_classes():
     assert (80 * w[0] + 20 * w[1]) / 100 == pytest.approx(1.0)
 
 
+def test_patient_weights_trade_patches_for_patients_and_the_classes_stay_balanced():
+    from idcmap.model.data import patient_weights
+
+    ids = np.array(["whole"] * 900 + ["sparse"] * 100)
+    y = np.array([0] * 810 + [1] * 90 + [0] * 50 + [1] * 50)  # 10 % IDC on the slide, 50 % on the few patches
+    assert np.array_equal(patient_weights(ids, 0.0), np.ones(1000))
+    for power, sparse_share in ((0.5, 0.25), (1.0, 0.5)):  # 100^-p * 100 against 900^-p * 900
+        w = patient_weights(ids, power)
+        assert w.mean() == pytest.approx(1.0)
+        assert w[ids == "sparse"].sum() / w.sum() == pytest.approx(sparse_share)
+        cw = class_weights(y, w)
+        weighted = w * np.where(y == 1, cw[1], cw[0])
+        assert weighted[y == 1].sum() == pytest.approx(weighted[y == 0].sum())  # balanced, patients weighted
+        assert weighted.mean() == pytest.approx(1.0)
+
+
 # --- bundle manifest -------------------------------------------------------------------------
 
 FAKE_META = {

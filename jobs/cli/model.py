@@ -136,6 +136,14 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     "(Q = 0.7 in Zhang & Sabuncu 2018); 0 turns it off.",
 )
 @click.option(
+    "--patient-power",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Weigh each training patch by its patient's patch count to the power -P: 0 weighs patches "
+    "alike, 1 patients alike (a few-patch patient as much as a whole slide).",
+)
+@click.option(
     "--stain-normalise",
     is_flag=True,
     help="Macenko-normalise each patient's patches before training (cross-validation folds only: "
