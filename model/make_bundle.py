@@ -48,7 +48,7 @@ from .scoring import (
     sigmoid,
     with_context,
 )
-from .train import STATE_FILE, TrainConfig, fit, latest_checkpoint, prepare
+from .train import STATE_FILE, TrainConfig, class_balance, fit, latest_checkpoint, prepare
 
 log = logging.getLogger("idcmap")
 
@@ -366,11 +366,7 @@ def _fit_fixed(cfg: TrainConfig, run_dir: Path, ray_address, label: str) -> tupl
 
 def _offset(cfg: TrainConfig, train: datalib.PatchSet) -> float:
     """The logit shift the class weights of training on ``train`` put into a model."""
-    if cfg.imbalance == "none":
-        return 0.0
-    return prior_offset(
-        datalib.class_weights(train.labels, datalib.patient_weights(train.patient_ids, cfg.patient_power))
-    )
+    return prior_offset(class_balance(cfg, train)[1]) if cfg.imbalance != "none" else 0.0
 
 
 def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_dir, ray_address=None) -> pd.DataFrame:

@@ -72,14 +72,13 @@ def load_split_data(cfg: TrainConfig):
     return datalib.apply_split(ps, split) + (split,)
 
 
-def _epoch_indices(labels: np.ndarray, cfg: TrainConfig, epoch: int) -> np.ndarray:
-    """The global order of training patches for an epoch (same on every worker)."""
+def _epoch_indices(draw: np.ndarray | None, n: int, cfg: TrainConfig, epoch: int) -> np.ndarray:
+    """The global order of the ``n`` training patches for an epoch (same on every worker): a
+    permutation, or ``n`` drawn with probabilities ``draw`` (balanced sampling)."""
     rng = np.random.default_rng([cfg.seed, epoch])
-    if cfg.imbalance == "sampling":
-        cw = datalib.class_weights(labels)
-        w = np.where(labels == 1, cw[1], cw[0])
-        return rng.choice(len(labels), len(labels), replace=True, p=w / w.sum())
-    return rng.permutation(len(labels))
+    if draw is not None:
+        return rng.choice(n, n, replace=True, p=draw)
+    return rng.permutation(n)
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
@@ -100,15 +99,26 @@ def _save_checkpoint(path: Path, model, optimizer, state: dict, best_weights: by
     return best_weights
 
 
+def class_balance(cfg: TrainConfig, patches: datalib.PatchSet) -> tuple[np.ndarray, dict[int, float]]:
+    """(per-patch patient weights, class weights counted with them): how training on ``patches``
+    weighs them. Imbalance "weights" puts both in the loss, "sampling" draws patches by the class
+    weights and puts the patient weights in the loss; either way the classes weigh alike."""
+    pw = datalib.patient_weights(patches.patient_ids, cfg.patient_power)
+    return pw, datalib.class_weights(patches.labels, pw)
+
+
 def _training_arrays(cfg: TrainConfig):
-    """(train, validation, int32 labels, per-patch loss weights: class and patient) for a worker."""
+    """(train, validation, int32 labels, per-patch loss weights, per-patch draw probabilities or
+    None) for a worker."""
     train, val, _ = load_split_data(cfg)
     y_train = train.labels.astype(np.int32)
     if len(y_train) < cfg.global_batch_size:
         raise datalib.DataError(f"{len(y_train)} training patches < one global batch of {cfg.global_batch_size}")
-    pw = datalib.patient_weights(train.patient_ids, cfg.patient_power)
-    cw = datalib.class_weights(y_train, pw) if cfg.imbalance == "weights" else {0: 1.0, 1: 1.0}
-    return train, val, y_train, (pw * np.where(y_train == 1, cw[1], cw[0])).astype(np.float32)
+    pw, cw = class_balance(cfg, train)
+    per_class = np.where(y_train == 1, cw[1], cw[0])
+    loss_weight = pw * per_class if cfg.imbalance == "weights" else pw
+    draw = per_class / per_class.sum() if cfg.imbalance == "sampling" else None
+    return train, val, y_train, loss_weight.astype(np.float32), draw
 
 
 def _started_before(cfg: TrainConfig) -> bool:
@@ -256,7 +266,7 @@ def train_loop_per_worker(config: dict):
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    train, val, y_train, sample_weight = _training_arrays(cfg)
+    train, val, y_train, sample_weight, draw = _training_arrays(cfg)
     per_replica, steps = cfg.global_batch_size // world, len(y_train) // cfg.global_batch_size
     with strategy.scope():
         model = build(cfg.arch, cfg.width)
@@ -269,7 +279,7 @@ def train_loop_per_worker(config: dict):
         if state["stale"] >= cfg.patience:
             break
         optimizer.learning_rate.assign(learning_rate(cfg, epoch))
-        order = _epoch_indices(y_train, cfg, epoch)[: steps * cfg.global_batch_size]
+        order = _epoch_indices(draw, len(y_train), cfg, epoch)[: steps * cfg.global_batch_size]
         t0, total = time.perf_counter(), 0.0
         for idx in order.reshape(steps, world, per_replica)[:, rank]:
             idx = np.sort(idx)
