@@ -10,7 +10,9 @@ so nothing is chosen on the patients measured; the mean of the two networks' log
 ensemble. 95 % intervals of each difference come from resampling whole patients. When every fold
 is done, each variant also gets the bundle's cross-fitted figures (context, temperature, threshold).
 Each fold's ROC AUC alone is printed too: fold models whose logits sit at different levels rank
-well within their fold and worse pooled.
+well within their fold and worse pooled. Runs scored before 2026-12-03 store their fold models'
+logits without the training-patch scale (``on_training_scale``) that later runs and the bundle
+apply, so only their per-fold figures compare with a later reference.
 """
 
 from __future__ import annotations

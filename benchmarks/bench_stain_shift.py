@@ -173,13 +173,13 @@ def _load_folds(run_dir: Path):
 
 
 def fold_logits(folds, fold_of: np.ndarray, images: np.ndarray, prepare=None) -> np.ndarray:
-    """Each fold model's IDC logits (its class-weight prior removed) of its own held-out rows of
-    ``images``; ``prepare(x, rows)`` transforms a fold's rows first (stain normalisation)."""
+    """Each fold model's IDC logits of its own held-out rows of ``images``, on the scale of its
+    out-of-fold scores; ``prepare(x, rows)`` transforms a fold's rows first (stain normalisation)."""
     logit = np.empty(len(images))
     for info, score, _ in folds:
         m = fold_of == info["fold"]
         x = images[m] if prepare is None else prepare(images[m], m)
-        logit[m] = idc_logit(predict_batches(score, x)) - info["logit_offset"]
+        logit[m] = info.get("logit_scale", 1.0) * (idc_logit(predict_batches(score, x)) - info["logit_offset"])
     return logit
 
 

@@ -11,7 +11,7 @@ lowest score called IDC and the next lower score, so it does not sit exactly on 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from sklearn.metrics import roc_curve
 
 from .scoring import idc_logit, sigmoid
@@ -20,6 +20,21 @@ from .scoring import idc_logit, sigmoid
 def prior_offset(class_weights: dict) -> float:
     """Logit shift that class weights w put into a model: log(w_idc / w_no_idc)."""
     return float(np.log(class_weights[1] / class_weights[0]))
+
+
+def fit_platt(z: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(scale a, offset c) minimising the NLL of sigmoid(a (z - c)): Platt's logistic fit of IDC
+    logits ``z``. Fitted on a network's own training patches it puts the networks of different runs
+    (fold models, the final one) on one logit scale before anything is fitted across them."""
+    z, y = np.asarray(z, np.float64), np.asarray(labels, np.float64)
+
+    def loss(p):
+        s = p[0] * z + p[1]
+        grad = 1.0 / (1.0 + np.exp(-s)) - y  # d NLL / d s
+        return float(np.mean(np.logaddexp(0.0, s) - y * s)), np.array([np.mean(grad * z), np.mean(grad)])
+
+    a, b = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B").x
+    return float(a), float(-b / a)
 
 
 THRESHOLD_RULE = (

@@ -29,7 +29,7 @@ from .bundle import (
     load_bundle,
     write_manifest,
 )
-from .calibration import THRESHOLD_RULE, calibrate, nll, prior_offset
+from .calibration import THRESHOLD_RULE, calibrate, fit_platt, nll, prior_offset
 from .crossval import (
     CONTEXT_WEIGHTS,
     assign_folds,
@@ -299,7 +299,7 @@ def train_bundle(cfg: TrainConfig, out_dir, run_dir, resume: bool = False, ray_a
 
 # --- patient-level cross-validation -------------------------------------------------------------
 
-FOLD_MODEL, FOLD_INFO, FOLD_OOF = "model.keras", "fold.json", "oof.parquet"
+FOLD_MODEL, FOLD_INFO, FOLD_OOF, FOLD_HISTORY = "model.keras", "fold.json", "oof.parquet", "history.json"
 RECIPE_FILE, FOLDS_FILE = "recipe.json", "folds.json"
 #: TrainConfig fields a bundle's training config leaves out: recorded apart, or the driver's for one run
 NOT_IN_CONFIG = ("split", "normalisation", "resume_from", "start_marker", "data_dirs")
@@ -356,11 +356,34 @@ def _fixed_epochs_config(cfg: TrainConfig, train_patients, rule: str, images: np
     )
 
 
-def _fit_fixed(cfg: TrainConfig, run_dir: Path, ray_address, label: str) -> tuple:
-    """Train (or finish) a fixed-epoch run in ``run_dir``; (model, state)."""
+def unaugmented_batch_norm(model, images: np.ndarray, normalisation: dict, batch: int = 256) -> None:
+    """Recompute ``model``'s batch-norm statistics as the average over ``images`` (its training
+    patches) without augmentation: training leaves running averages of the augmented views, which
+    sit apart from the patches it scores and differ from one training run to another."""
+    import tensorflow as tf
+    from keras import layers
+
+    from .scoring import normalise
+
+    norms = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    order = np.random.default_rng(0).permutation(len(images))
+    for i, start in enumerate(range(0, len(order), batch)):
+        for layer in norms:
+            layer.momentum = i / (i + 1)  # the i-th batch's statistics weigh 1 / (i + 1): a plain mean
+        x = tf.cast(images[np.sort(order[start : start + batch])], tf.float32)
+        model(normalise(x, normalisation), training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+
+
+def _fit_fixed(cfg: TrainConfig, run_dir: Path, ray_address, label: str, images: np.ndarray) -> tuple:
+    """Train (or finish) a fixed-epoch run in ``run_dir`` on ``images``; (model at its last epoch,
+    batch-norm statistics recomputed unaugmented; state)."""
     ckpt = fit(cfg, run_dir, resume_from=latest_checkpoint(run_dir), ray_address=ray_address, label=label)
     model = build(cfg.arch, cfg.width)
     model.load_weights(ckpt / "best.weights.h5")
+    unaugmented_batch_norm(model, images, cfg.normalisation)
     return model, json.loads((ckpt / STATE_FILE).read_text())
 
 
@@ -369,9 +392,32 @@ def _offset(cfg: TrainConfig, train: datalib.PatchSet) -> float:
     return prior_offset(class_balance(cfg, train)[1]) if cfg.imbalance != "none" else 0.0
 
 
+def on_training_scale(model, normalisation: dict, train: datalib.PatchSet) -> tuple[float, float]:
+    """(scale, offset) of Platt's fit to ``model``'s logits of its own training patches, unaugmented:
+    ``scale * (logit - offset)`` puts networks trained apart (each fold's, the final one) on one
+    scale, so a temperature and threshold fitted on their pooled scores suit each of them."""
+    return fit_platt(idc_logit(predict_batches(scoring_function(model, normalisation), train.images)), train.labels)
+
+
+def _fold_model(fcfg: TrainConfig, fold_dir: Path, ray_address, label: str, images: np.ndarray) -> tuple:
+    """(model, state with its history) of a fold: trained, or the one an earlier run saved (its
+    history is written after the model, so a history there means a whole model)."""
+    if (fold_dir / FOLD_HISTORY).exists():
+        import keras
+
+        log.info("[train] %s: trained in an earlier run (%s)", label, fold_dir)
+        model = keras.saving.load_model(fold_dir / FOLD_MODEL, compile=False)
+        return model, {"history": json.loads((fold_dir / FOLD_HISTORY).read_text())}
+    model, state = _fit_fixed(fcfg, fold_dir / "ray", ray_address, label, images)
+    model.save(fold_dir / FOLD_MODEL)
+    (fold_dir / FOLD_HISTORY).write_text(json.dumps(state["history"], indent=1))
+    return model, state
+
+
 def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_dir, ray_address=None) -> pd.DataFrame:
     """Train fold ``fold``'s model on the other folds' patients and score its own: its rows of the
-    out-of-fold table. Kept in ``run_dir/fold-N/`` (model, info, scores), so a re-run resumes."""
+    out-of-fold table. Kept in ``run_dir/fold-N/`` (model, info, scores), so a re-run resumes; a
+    fold whose model was saved but not its scores is scored without training again."""
     fold_dir = Path(run_dir) / f"fold-{fold}"
     if (fold_dir / FOLD_OOF).exists():
         log.info("[train] fold-%d: done in an earlier run (%s)", fold, fold_dir)
@@ -385,10 +431,9 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
         f"cross-validation fold {fold} of {k}: trained on the other folds' patients",
         train.images,
     )
-    model, state = _fit_fixed(fcfg, fold_dir / "ray", ray_address, f"fold-{fold} ({fold + 1} of {k})")
-    offset = _offset(cfg, train)
-    logit = idc_logit(predict_batches(scoring_function(model, fcfg.normalisation), test.images)) - offset
-    model.save(fold_dir / FOLD_MODEL)
+    model, state = _fold_model(fcfg, fold_dir, ray_address, f"fold-{fold} ({fold + 1} of {k})", train.images)
+    scale, offset = on_training_scale(model, fcfg.normalisation, train)
+    logit = scale * (idc_logit(predict_batches(scoring_function(model, fcfg.normalisation), test.images)) - offset)
     (fold_dir / FOLD_INFO).write_text(
         json.dumps(
             {
@@ -396,6 +441,7 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
                 "held_out": held_out,
                 "trained_on": fcfg.split["train"],
                 "logit_offset": offset,
+                "logit_scale": scale,
                 "stain_normalised": cfg.stain_normalise,
                 "normalisation": fcfg.normalisation,
                 "history": state["history"],
@@ -451,7 +497,9 @@ def cross_validate(cfg: TrainConfig, k: int, run_dir, ray_address=None, patches=
 def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_address=None) -> ModelBundle:
     """The k fold models give the out-of-fold figures and the calibration (temperature and
     threshold fitted on all their out-of-fold scores); the bundle's network is then trained the
-    same way on every patient."""
+    same way on every patient. Every network's logits are first put on its own training patches'
+    scale (:func:`on_training_scale`), so one temperature and threshold suit the fold models and
+    the final network alike."""
     run_dir = Path(run_dir).resolve()
     patches = datalib.load_patches_cached(
         cfg.data_dirs, cfg.cache_dir, cfg.stain_normalise, limit_per_patient=cfg.limit_per_patient
@@ -470,17 +518,20 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
         cfg, set(folds), "every patient (cross-validated protocol, nothing held out)", patches.images
     )
     fcfg.split["folds"] = {p: int(f) for p, f in sorted(folds.items())}
-    model, state = _fit_fixed(fcfg, run_dir / "final", ray_address, "all patients")
+    model, state = _fit_fixed(fcfg, run_dir / "final", ray_address, "all patients", patches.images)
+    scale, offset = on_training_scale(model, fcfg.normalisation, patches)
     calibration = {
-        "method": "prior correction + temperature scaling",
-        "fitted_on": f"out-of-fold scores of the {k} fold models (all {len(folds)} patients)",
+        "method": "Platt's fit on the network's own training patches, then temperature scaling",
+        "fitted_on": f"out-of-fold scores of the {k} fold models (all {len(folds)} patients), each on "
+        "its own training patches' scale",
+        "training_scale": {"scale": scale, "offset": offset},
         "context_self_weight": f"chosen among {list(CONTEXT_WEIGHTS)} by ROC AUC on the same scores",
         "nll_before": nll(sigmoid(z), y),
         "nll_after": nll(sigmoid(z / temperature), y),
     }
     cal = Calibrated(
-        temperature,
-        _offset(cfg, patches),
+        temperature / scale,  # sigmoid(scale (z - offset) / T) = sigmoid((z - offset) / (T / scale))
+        offset,
         threshold,
         calibration,
         THRESHOLD_RULE.replace("the validation patients", "all out-of-fold scores"),

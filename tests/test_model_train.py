@@ -64,7 +64,7 @@ def crossvalidated(ray_session, data_dirs, tmp_path_factory):
         limit_per_patient=PATCHES_PER_PATIENT,
         stain_strength=1.0,
     )
-    return {"bundle": train_crossvalidated_bundle(cfg, FOLDS, root / "bundle", root / "runs"), "root": root}
+    return {"bundle": train_crossvalidated_bundle(cfg, FOLDS, root / "bundle", root / "runs"), "root": root, "cfg": cfg}
 
 
 def test_crossvalidated_bundle_scores_each_patient_with_a_model_that_never_saw_it(crossvalidated):
@@ -91,6 +91,41 @@ def test_crossvalidated_bundle_scores_each_patient_with_a_model_that_never_saw_i
     assert m["out_of_fold_metrics"]["n_patients"] == 147 and m["out_of_fold_metrics"]["n_patches"] == len(oof)
     assert m["calibration"]["fitted_on"].startswith(f"out-of-fold scores of the {FOLDS} fold models")
     assert m["training"]["config"]["stain_strength"] == 1.0 and len(m["training"]["history"]) == 1
+
+
+def test_fold_scores_are_on_the_fold_models_training_scale_and_a_saved_model_is_not_trained_again(crossvalidated):
+    import keras
+    import pandas as pd
+
+    from idcmap.model import data as datalib
+    from idcmap.model.calibration import fit_platt
+    from idcmap.model.crossval import choose_context_weight, context_logits, fit_calibration
+    from idcmap.model.make_bundle import predict_batches, train_fold
+    from idcmap.model.scoring import idc_logit, scoring_function
+
+    cfg, runs = crossvalidated["cfg"], crossvalidated["root"] / "runs"
+    fold_dir, folds = runs / "fold-0", json.loads((runs / "folds.json").read_text())
+    info, stored = json.loads((fold_dir / "fold.json").read_text()), pd.read_parquet(fold_dir / "oof.parquet")
+    patches = datalib.load_patches_cached(cfg.data_dirs, cfg.cache_dir, limit_per_patient=cfg.limit_per_patient)
+    train, test = datalib.apply_split(patches, {"train": info["trained_on"], "validation": info["held_out"]})
+    score = scoring_function(keras.saving.load_model(fold_dir / "model.keras", compile=False), info["normalisation"])
+    rescaled = lambda x: info["logit_scale"] * (idc_logit(predict_batches(score, x)) - info["logit_offset"])  # noqa: E731
+    # on the fold model's own training patches, its rescaled logits are already Platt-calibrated
+    assert fit_platt(rescaled(train.images), train.labels) == pytest.approx((1.0, 0.0), abs=1e-3)
+    np.testing.assert_allclose(stored.logit, rescaled(test.images), rtol=1e-4, atol=1e-4)
+    # scores lost after the model was saved: the fold is scored again, not trained again
+    model_written = (fold_dir / "model.keras").stat().st_mtime_ns
+    (fold_dir / "oof.parquet").unlink()
+    again = train_fold(cfg, patches, folds, 0, runs)
+    assert (fold_dir / "model.keras").stat().st_mtime_ns == model_written
+    pd.testing.assert_frame_equal(again, stored, check_exact=False, atol=1e-5)
+    assert pd.read_parquet(fold_dir / "oof.parquet").equals(again)
+    # the bundle: its network on its own training patches' scale, then the out-of-fold temperature
+    b = crossvalidated["bundle"]
+    oof = pd.read_parquet(b.file("oof_predictions.parquet"))
+    t, _ = fit_calibration(context_logits(oof, choose_context_weight(oof)), oof.label.to_numpy())
+    own = b.meta["calibration"]["training_scale"]
+    assert b.logit_offset == own["offset"] and b.temperature == pytest.approx(t / own["scale"])
 
 
 def test_evaluate_reports_the_stored_out_of_fold_figures(crossvalidated, tmp_path):
