@@ -137,7 +137,7 @@ class Calibrated:
 def calibrate_on_validation(model, cfg: TrainConfig, train, val) -> Calibrated:
     """Temperature and threshold fitted on the validation patients, metrics on them too."""
     val_probs = predict_batches(scoring_function(model, cfg.normalisation), val.images)
-    offset = _offset(cfg, train)
+    offset = class_weight_offset(cfg, train)
     rows, cols, groups = val.grid
     cal = calibrate(
         val_probs, val.labels, offset, context=lambda z: mix_neighbours(z, rows, cols, groups, CONTEXT_SELF_WEIGHT)
@@ -356,38 +356,15 @@ def _fixed_epochs_config(cfg: TrainConfig, train_patients, rule: str, images: np
     )
 
 
-def unaugmented_batch_norm(model, images: np.ndarray, normalisation: dict, batch: int = 256) -> None:
-    """Recompute ``model``'s batch-norm statistics as the average over ``images`` (its training
-    patches) without augmentation: training leaves running averages of the augmented views, which
-    sit apart from the patches it scores and differ from one training run to another."""
-    import tensorflow as tf
-    from keras import layers
-
-    from .scoring import normalise
-
-    norms = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in norms]
-    order = np.random.default_rng(0).permutation(len(images))
-    for i, start in enumerate(range(0, len(order), batch)):
-        for layer in norms:
-            layer.momentum = i / (i + 1)  # the i-th batch's statistics weigh 1 / (i + 1): a plain mean
-        x = tf.cast(images[np.sort(order[start : start + batch])], tf.float32)
-        model(normalise(x, normalisation), training=True)
-    for layer, momentum in zip(norms, momenta):
-        layer.momentum = momentum
-
-
-def _fit_fixed(cfg: TrainConfig, run_dir: Path, ray_address, label: str, images: np.ndarray) -> tuple:
-    """Train (or finish) a fixed-epoch run in ``run_dir`` on ``images``; (model at its last epoch,
-    batch-norm statistics recomputed unaugmented; state)."""
+def _fit_fixed(cfg: TrainConfig, run_dir: Path, ray_address, label: str) -> tuple:
+    """Train (or finish) a fixed-epoch run in ``run_dir``; (model, state)."""
     ckpt = fit(cfg, run_dir, resume_from=latest_checkpoint(run_dir), ray_address=ray_address, label=label)
     model = build(cfg.arch, cfg.width)
     model.load_weights(ckpt / "best.weights.h5")
-    unaugmented_batch_norm(model, images, cfg.normalisation)
     return model, json.loads((ckpt / STATE_FILE).read_text())
 
 
-def _offset(cfg: TrainConfig, train: datalib.PatchSet) -> float:
+def class_weight_offset(cfg: TrainConfig, train: datalib.PatchSet) -> float:
     """The logit shift the class weights of training on ``train`` put into a model."""
     return prior_offset(class_balance(cfg, train)[1]) if cfg.imbalance != "none" else 0.0
 
@@ -399,7 +376,7 @@ def on_training_scale(model, normalisation: dict, train: datalib.PatchSet) -> tu
     return fit_platt(idc_logit(predict_batches(scoring_function(model, normalisation), train.images)), train.labels)
 
 
-def _fold_model(fcfg: TrainConfig, fold_dir: Path, ray_address, label: str, images: np.ndarray) -> tuple:
+def _fold_model(fcfg: TrainConfig, fold_dir: Path, ray_address, label: str) -> tuple:
     """(model, state with its history) of a fold: trained, or the one an earlier run saved (its
     history is written after the model, so a history there means a whole model)."""
     if (fold_dir / FOLD_HISTORY).exists():
@@ -408,7 +385,7 @@ def _fold_model(fcfg: TrainConfig, fold_dir: Path, ray_address, label: str, imag
         log.info("[train] %s: trained in an earlier run (%s)", label, fold_dir)
         model = keras.saving.load_model(fold_dir / FOLD_MODEL, compile=False)
         return model, {"history": json.loads((fold_dir / FOLD_HISTORY).read_text())}
-    model, state = _fit_fixed(fcfg, fold_dir / "ray", ray_address, label, images)
+    model, state = _fit_fixed(fcfg, fold_dir / "ray", ray_address, label)
     model.save(fold_dir / FOLD_MODEL)
     (fold_dir / FOLD_HISTORY).write_text(json.dumps(state["history"], indent=1))
     return model, state
@@ -431,7 +408,7 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
         f"cross-validation fold {fold} of {k}: trained on the other folds' patients",
         train.images,
     )
-    model, state = _fold_model(fcfg, fold_dir, ray_address, f"fold-{fold} ({fold + 1} of {k})", train.images)
+    model, state = _fold_model(fcfg, fold_dir, ray_address, f"fold-{fold} ({fold + 1} of {k})")
     scale, offset = on_training_scale(model, fcfg.normalisation, train)
     logit = scale * (idc_logit(predict_batches(scoring_function(model, fcfg.normalisation), test.images)) - offset)
     (fold_dir / FOLD_INFO).write_text(
@@ -518,7 +495,7 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
         cfg, set(folds), "every patient (cross-validated protocol, nothing held out)", patches.images
     )
     fcfg.split["folds"] = {p: int(f) for p, f in sorted(folds.items())}
-    model, state = _fit_fixed(fcfg, run_dir / "final", ray_address, "all patients", patches.images)
+    model, state = _fit_fixed(fcfg, run_dir / "final", ray_address, "all patients")
     scale, offset = on_training_scale(model, fcfg.normalisation, patches)
     calibration = {
         "method": "Platt's fit on the network's own training patches, then temperature scaling",

@@ -48,26 +48,6 @@ def test_seed_cnn_flops_and_shapes():
         np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
 
 
-def test_batch_norm_statistics_are_recomputed_as_the_plain_average_over_the_patches():
-    import keras
-
-    from idcmap.model.architectures import build
-    from idcmap.model.make_bundle import unaugmented_batch_norm
-
-    net, norm = build("idcnet", width=8), {"mean": [200.0, 150.0, 180.0], "std": [40.0, 50.0, 35.0]}
-    images = np.random.default_rng(1).integers(0, 256, (1024, 50, 50, 3), dtype=np.uint8)
-    unaugmented_batch_norm(net, images, norm, batch=128)
-    stem = keras.Model(net.input, net.get_layer("stem_conv").output)
-    feats = np.asarray(stem((images.astype(np.float32) - norm["mean"]) / norm["std"])).reshape(-1, 8)
-    bn = net.get_layer("stem_bn")
-    # eight equal batches: the mean of the batch means is the mean over all patches
-    np.testing.assert_allclose(np.asarray(bn.moving_mean), feats.mean(0), rtol=1e-4, atol=1e-4)
-    # batch variances average to the variance over all patches, less the spread of batch means
-    # (about 1/128 of it for random batches of 128)
-    np.testing.assert_allclose(np.asarray(bn.moving_variance), feats.var(0), rtol=0.03)
-    assert bn.momentum == 0.99  # training's momentum is put back
-
-
 def test_unknown_architecture_is_refused():
     from idcmap.model.architectures import build
 
