@@ -115,7 +115,9 @@ def test_training_runs_across_nodes_and_survives_losing_one(cluster, tmp_path):
            "--run-dir", str(runs), "--address", cluster.address]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None and not any(runs.rglob("state.json")):
+    # Ray Train writes its checkpoint manager's snapshot once it has registered a checkpoint (a
+    # checkpoint's own files appear before that: a kill then restarts the workers from scratch)
+    while time.time() < deadline and proc.poll() is None and not any(runs.rglob("checkpoint_manager_snapshot.json")):
         time.sleep(0.2)
     node = train_worker_node(cluster)
     assert node is not None and proc.poll() is None, "no worker node ran a training worker mid-run"
