@@ -84,14 +84,10 @@ def fold_variants(cfg: TrainConfig, fold_dir: Path, patches: datalib.PatchSet) -
         raise SystemExit(f"{fold_dir}: no Ray Train checkpoint left in ray/")
     model, norm = build(cfg.arch, cfg.width), info["normalisation"]
     model.load_weights(ckpt / "best.weights.h5")
-    prior = class_weight_offset(cfg, train)
-
-    def held_out_logits() -> np.ndarray:
-        return idc_logit(predict_batches(scoring_function(model, norm), test.images))
-
-    raw, (a, c) = held_out_logits(), on_training_scale(model, norm, train)
+    prior, score = class_weight_offset(cfg, train), scoring_function(model, norm)  # score reads the weights live
+    raw, (a, c) = idc_logit(predict_batches(score, test.images)), on_training_scale(score, train)
     unaugmented_batch_norm(model, train.images, norm)
-    raw_bn, (a_bn, c_bn) = held_out_logits(), on_training_scale(model, norm, train)
+    raw_bn, (a_bn, c_bn) = idc_logit(predict_batches(score, test.images)), on_training_scale(score, train)
     return oof, {
         VARIANTS[0]: raw - prior,
         VARIANTS[1]: a * (raw - c),

@@ -369,11 +369,12 @@ def class_weight_offset(cfg: TrainConfig, train: datalib.PatchSet) -> float:
     return prior_offset(class_balance(cfg, train)[1]) if cfg.imbalance != "none" else 0.0
 
 
-def on_training_scale(model, normalisation: dict, train: datalib.PatchSet) -> tuple[float, float]:
-    """(scale, offset) of Platt's fit to ``model``'s logits of its own training patches, unaugmented:
-    ``scale * (logit - offset)`` puts networks trained apart (each fold's, the final one) on one
-    scale, so a temperature and threshold fitted on their pooled scores suit each of them."""
-    return fit_platt(idc_logit(predict_batches(scoring_function(model, normalisation), train.images)), train.labels)
+def on_training_scale(score_fn, train: datalib.PatchSet) -> tuple[float, float]:
+    """(scale, offset) of Platt's fit to a network's logits (``score_fn``, its scoring function) of
+    its own training patches, unaugmented: ``scale * (logit - offset)`` puts networks trained apart
+    (each fold's, the final one) on one scale, so a temperature and threshold fitted on their pooled
+    scores suit each of them."""
+    return fit_platt(idc_logit(predict_batches(score_fn, train.images)), train.labels)
 
 
 def _fold_model(fcfg: TrainConfig, fold_dir: Path, ray_address, label: str) -> tuple:
@@ -409,8 +410,9 @@ def train_fold(cfg: TrainConfig, patches, folds: dict[str, int], fold: int, run_
         train.images,
     )
     model, state = _fold_model(fcfg, fold_dir, ray_address, f"fold-{fold} ({fold + 1} of {k})")
-    scale, offset = on_training_scale(model, fcfg.normalisation, train)
-    logit = scale * (idc_logit(predict_batches(scoring_function(model, fcfg.normalisation), test.images)) - offset)
+    score = scoring_function(model, fcfg.normalisation)
+    scale, offset = on_training_scale(score, train)
+    logit = scale * (idc_logit(predict_batches(score, test.images)) - offset)
     (fold_dir / FOLD_INFO).write_text(
         json.dumps(
             {
@@ -496,7 +498,7 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
     )
     fcfg.split["folds"] = {p: int(f) for p, f in sorted(folds.items())}
     model, state = _fit_fixed(fcfg, run_dir / "final", ray_address, "all patients")
-    scale, offset = on_training_scale(model, fcfg.normalisation, patches)
+    scale, offset = on_training_scale(scoring_function(model, fcfg.normalisation), patches)
     calibration = {
         "method": "Platt's fit on the network's own training patches, then temperature scaling",
         "fitted_on": f"out-of-fold scores of the {k} fold models (all {len(folds)} patients), each on "
