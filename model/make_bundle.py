@@ -317,6 +317,8 @@ RECIPE_KEYS = (
     "label_smoothing",
     "robust_q",
     "patient_power",
+    "ema",
+    "weight_decay",
     "stain_normalise",
     "seed",
     "limit_per_patient",

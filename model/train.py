@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # targets 1 - s/2 and s/2 instead of 1 and 0 (coarse region labels)
     robust_q: float = 0.0  # generalised cross-entropy (1 - p^q) / q, robust to wrong labels; 0: cross-entropy
     patient_power: float = 0.0  # each patch weighted by its patient's patch count^-power (0: off, 1: patients equal)
+    ema: float = 0.0  # momentum of the weights' moving average that is validated and saved as the model; 0: off
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0: Adam
     stain_normalise: bool = False  # each patient's patches Macenko-normalised (folds only, for now)
     num_workers: int = 1
     cpus: int = 2  # threads shared by the workers
@@ -88,11 +91,39 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
     return spec["lr"]
 
 
+def _optimizer(cfg: TrainConfig):
+    import keras
+
+    ema = {"use_ema": True, "ema_momentum": cfg.ema} if cfg.ema > 0 else {}
+    if cfg.weight_decay > 0:
+        return keras.optimizers.AdamW(learning_rate(cfg, 0), weight_decay=cfg.weight_decay, **ema)
+    return keras.optimizers.Adam(learning_rate(cfg, 0), **ema)
+
+
+@contextmanager
+def _averaged(model, optimizer):
+    """Within: the model's trainable weights are the optimizer's moving average of them, if it keeps
+    one (``--ema``); its own weights are back after."""
+    if not optimizer.use_ema:
+        yield
+        return
+    trained = [v.numpy() for v in model.trainable_variables]
+    optimizer.finalize_variable_values(model.trainable_variables)
+    try:
+        yield
+    finally:
+        for v, w in zip(model.trainable_variables, trained):
+            v.assign(w)
+
+
 def _save_checkpoint(path: Path, model, optimizer, state: dict, best_weights: bytes | None) -> bytes:
-    """Write a checkpoint; returns the bytes of the best weights so far (this epoch's if None)."""
+    """Write a checkpoint; returns the bytes of the best weights so far (this epoch's if None).
+    ``last`` holds the weights training goes on from, ``best`` the model (their average with --ema)."""
     model.save_weights(path / "last.weights.h5")
     if best_weights is None:
-        best_weights = (path / "last.weights.h5").read_bytes()
+        with _averaged(model, optimizer):
+            model.save_weights(path / "best.weights.h5")
+        best_weights = (path / "best.weights.h5").read_bytes()
     (path / "best.weights.h5").write_bytes(best_weights)
     np.savez(path / "optimizer.npz", *[np.asarray(v) for v in optimizer.variables])
     (path / STATE_FILE).write_text(json.dumps(state, indent=1))
@@ -255,7 +286,6 @@ def _validation_auc(predict, val) -> float | None:
 
 def train_loop_per_worker(config: dict):
     """The Ray Train worker loop (``config`` is a TrainConfig as a dict)."""
-    import keras
     import ray.train
     import tensorflow as tf
 
@@ -270,7 +300,7 @@ def train_loop_per_worker(config: dict):
     per_replica, steps = cfg.global_batch_size // world, len(y_train) // cfg.global_batch_size
     with strategy.scope():
         model = build(cfg.arch, cfg.width)
-        optimizer = keras.optimizers.Adam(learning_rate(cfg, 0))
+        optimizer = _optimizer(cfg)
         optimizer.build(model.trainable_variables)
     state, best_weights = _restore(cfg, model, optimizer)
     train_step, predict, average_statistics = _step_functions(cfg, model, optimizer, strategy)
@@ -287,7 +317,8 @@ def train_loop_per_worker(config: dict):
         if world > 1:
             average_statistics()
         seconds = time.perf_counter() - t0
-        auc = _validation_auc(predict, val)
+        with _averaged(model, optimizer):
+            auc = _validation_auc(predict, val)
         improved = auc is None or auc > state["best_auc"] + 1e-4  # nothing held out: the last epoch is the model
         state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
         if improved:

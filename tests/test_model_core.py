@@ -124,6 +124,49 @@ def test_generalised_cross_entropy_weighs_a_contradicted_label_less():
     np.testing.assert_allclose(grads[1] / grads[0], [0.01**0.7, 0.99**0.7], rtol=1e-4)
 
 
+def test_with_ema_the_checkpointed_model_is_the_weights_moving_average_and_training_goes_on_from_its_own(tmp_path):
+    import keras
+
+    from idcmap.model.train import TrainConfig, _optimizer, _save_checkpoint
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = _optimizer(TrainConfig(data_dirs=[], ema=0.8))
+    optimizer.build(model.trainable_variables)
+    rng, path = np.random.default_rng(5), []
+    for _ in range(6):
+        grads = [rng.normal(size=v.shape).astype(np.float32) for v in model.trainable_variables]
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        path.append([v.numpy().copy() for v in model.trainable_variables])
+    average = path[0]  # the average starts at the first step's weights
+    for weights in path[1:]:
+        average = [0.8 * a + 0.2 * w for a, w in zip(average, weights)]
+    best = _save_checkpoint(tmp_path, model, optimizer, {}, None)
+    for v, w in zip(model.trainable_variables, path[-1]):  # the model trains on from its own weights
+        np.testing.assert_array_equal(v.numpy(), w)
+    for name, expected in (("best", average), ("last", path[-1])):
+        saved = keras.models.clone_model(model)
+        saved.load_weights(tmp_path / f"{name}.weights.h5")
+        for v, w in zip(saved.trainable_variables, expected):
+            np.testing.assert_allclose(v.numpy(), w, rtol=1e-5, atol=1e-6)
+    assert best == (tmp_path / "best.weights.h5").read_bytes()
+    assert np.abs(average[0] - path[-1][0]).max() > 1e-3  # the two differ: the test can tell them apart
+
+
+def test_weight_decay_shrinks_the_weights_by_lr_times_decay_each_step():
+    import keras
+
+    from idcmap.model.train import TrainConfig, _optimizer, learning_rate
+
+    for decay in (0.0, 0.05):
+        cfg = TrainConfig(data_dirs=[], weight_decay=decay, epochs=6)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, bias_initializer="ones")])
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        optimizer = _optimizer(cfg)
+        optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables])
+        for v, w in zip(model.trainable_variables, before):
+            np.testing.assert_allclose(v.numpy(), w * (1 - learning_rate(cfg, 0) * decay), rtol=1e-6)
+
+
 # --- calibration -----------------------------------------------------------------------------
 
 

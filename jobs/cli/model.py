@@ -144,6 +144,21 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     "alike, 1 patients alike (a few-patch patient as much as a whole slide).",
 )
 @click.option(
+    "--ema",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Keep a moving average of the weights with this momentum (0.999: about the last 1000 steps) "
+    "and validate and save it as the model; 0 turns it off.",
+)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="AdamW's decoupled weight decay instead of Adam; 0 turns it off.",
+)
+@click.option(
     "--stain-normalise",
     is_flag=True,
     help="Macenko-normalise each patient's patches before training (cross-validation folds only: "
