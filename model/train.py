@@ -124,7 +124,8 @@ def _save_checkpoint(path: Path, model, optimizer, state: dict, best_weights: by
         with _averaged(model, optimizer):
             model.save_weights(path / "best.weights.h5")
         best_weights = (path / "best.weights.h5").read_bytes()
-    (path / "best.weights.h5").write_bytes(best_weights)
+    else:
+        (path / "best.weights.h5").write_bytes(best_weights)
     np.savez(path / "optimizer.npz", *[np.asarray(v) for v in optimizer.variables])
     (path / STATE_FILE).write_text(json.dumps(state, indent=1))
     return best_weights
