@@ -319,6 +319,7 @@ RECIPE_KEYS = (
     "patient_power",
     "ema",
     "weight_decay",
+    "mixup",
     "stain_normalise",
     "seed",
     "limit_per_patient",

@@ -53,6 +53,7 @@ class TrainConfig:
     patient_power: float = 0.0  # each patch weighted by its patient's patch count^-power (0: off, 1: patients equal)
     ema: float = 0.0  # momentum of the weights' moving average that is validated and saved as the model; 0: off
     weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0: Adam
+    mixup: float = 0.0  # each training patch blended with another by a share ~ Beta(a, a), labels too; 0: off
     stain_normalise: bool = False  # each patient's patches Macenko-normalised (folds only, for now)
     num_workers: int = 1
     cpus: int = 2  # threads shared by the workers
@@ -213,13 +214,17 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
         return normalise(x, cfg.normalisation)
 
     def replica_step(x, y, w):
+        partner, share = mixup_pairs(tf.shape(x)[0], cfg.mixup)
+        fit, weight = mixed_loss(loss_fn, y, w, partner, share)
         with tf.GradientTape() as tape:
             if cfg.consistency > 0:  # two augmented views of each patch, one forward pass
-                p1, p2 = tf.split(model(tf.concat([view(x), view(x)], 0), training=True), 2)
-                per_patch = 0.5 * (loss_fn(y, p1) + loss_fn(y, p2)) + cfg.consistency * jensen_shannon(p1, p2)
+                both = tf.concat([mix_images(view(x), partner, share), mix_images(view(x), partner, share)], 0)
+                p1, p2 = tf.split(model(both, training=True), 2)
+                agree = cfg.consistency * jensen_shannon(p1, p2) * weight
+                per_patch = 0.5 * (fit(p1) + fit(p2)) + agree
             else:
-                per_patch = loss_fn(y, model(view(x), training=True))
-            loss = tf.nn.compute_average_loss(per_patch * w, global_batch_size=cfg.global_batch_size)
+                per_patch = fit(model(mix_images(view(x), partner, share), training=True))
+            loss = tf.nn.compute_average_loss(per_patch, global_batch_size=cfg.global_batch_size)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -266,6 +271,34 @@ def cross_entropy(label_smoothing: float = 0.0, q: float = 0.0):
         return generalised
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing, reduction=None)
     return lambda y, p: loss(tf.one_hot(y, 2), p)
+
+
+def mixup_pairs(n, alpha: float):
+    """Mixup (Zhang et al. 2018): each patch's partner, a shuffle of the batch, and the share of
+    itself it keeps, ~ Beta(alpha, alpha). At alpha 0 every patch is its own partner and keeps all."""
+    import tensorflow as tf
+
+    if alpha <= 0:
+        return tf.range(n), tf.ones([n])
+    a, b = tf.random.gamma([n], alpha), tf.random.gamma([n], alpha)
+    return tf.random.shuffle(tf.range(n)), tf.math.divide_no_nan(a, a + b)
+
+
+def mix_images(x, partner, share):
+    """Each image blended with its partner's: share x + (1 - share) x[partner]."""
+    import tensorflow as tf
+
+    s = tf.reshape(share, [-1, 1, 1, 1])
+    return s * x + (1.0 - s) * tf.gather(x, partner)
+
+
+def mixed_loss(loss_fn, y, w, partner, share):
+    """(loss, weight) of patches mixed by (partner, share): loss(p) is each label's weighted loss
+    for the prediction p, in its patch's share of the mix; weight, the mixed patch's weight."""
+    import tensorflow as tf
+
+    y2, w2 = tf.gather(y, partner), tf.gather(w, partner)
+    return (lambda p: share * loss_fn(y, p) * w + (1.0 - share) * loss_fn(y2, p) * w2), share * w + (1.0 - share) * w2
 
 
 def jensen_shannon(p, q):

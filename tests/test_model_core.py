@@ -35,14 +35,17 @@ from idcmap.model.scoring import calibrated_probability, idc_logit, logit, mix_n
 def test_seed_cnn_flops_and_shapes():
     from idcmap.model.architectures import build, flops_per_patch
 
-    seed, net = build("seed_cnn"), build("idcnet")
+    seed, net, deep = build("seed_cnn"), build("idcnet"), build("idcnet_deep", width=16)
     assert flops_per_patch(seed) == pytest.approx(145.5e6, rel=1e-3)
     assert flops_per_patch(net) < flops_per_patch(seed) / 2
+    # idcnet_deep: a third separable block in each of the last three stages, 2 + 3 x 3 in all
+    assert sum(layer.name.endswith("_sep") for layer in deep.layers) == 10
+    assert deep.get_layer("stem_conv").output.shape[-1] == 16 and deep.get_layer("s4c_sep").output.shape[-1] == 128
     # the spec's Flatten is 12 x 12 x 128 = 18432 wide
     flatten = [type(layer).__name__ for layer in seed.layers].index("Flatten")
     assert seed.get_layer(index=flatten).output.shape[-1] == 18432
     x = np.random.default_rng(0).normal(size=(3, 50, 50, 3)).astype(np.float32)
-    for m in (seed, net):
+    for m in (seed, net, deep):
         p = np.asarray(m(x, training=False))
         assert p.shape == (3, 2)
         np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
@@ -53,6 +56,8 @@ def test_unknown_architecture_is_refused():
 
     with pytest.raises(InputError, match="unknown architecture"):
         build("resnet999")
+    with pytest.raises(InputError, match="seed_cnn has a fixed width"):
+        build("seed_cnn", width=16)
 
 
 def test_augmentation_keeps_pixels_and_range():
@@ -165,6 +170,40 @@ def test_weight_decay_shrinks_the_weights_by_lr_times_decay_each_step():
         optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables])
         for v, w in zip(model.trainable_variables, before):
             np.testing.assert_allclose(v.numpy(), w * (1 - learning_rate(cfg, 0) * decay), rtol=1e-6)
+
+
+def test_mixup_blends_images_and_trains_towards_the_blend_of_their_labels():
+    import tensorflow as tf
+    from scipy.stats import beta, kstest
+
+    from idcmap.model.train import cross_entropy, mix_images, mixed_loss, mixup_pairs
+
+    tf.random.set_seed(6)
+    partner, share = (t.numpy() for t in mixup_pairs(20000, 0.4))
+    assert sorted(partner) == list(range(20000)) and (partner != np.arange(20000)).mean() > 0.99
+    assert kstest(share, beta(0.4, 0.4).cdf).pvalue > 1e-3 and 0 <= share.min() and share.max() <= 1
+    partner, share = (t.numpy() for t in mixup_pairs(5, 0.0))  # alpha 0: no mixing
+    np.testing.assert_array_equal(partner, np.arange(5))
+    np.testing.assert_array_equal(share, np.ones(5))
+
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-2, 2, (4, 50, 50, 3)).astype(np.float32)
+    partner, share = np.array([2, 0, 3, 1]), np.array([1.0, 0.25, 0.6, 0.0], np.float32)
+    expected = share[:, None, None, None] * x + (1 - share[:, None, None, None]) * x[partner]
+    np.testing.assert_allclose(mix_images(x, partner, share).numpy(), expected, rtol=1e-6)
+    np.testing.assert_array_equal(mix_images(x, np.arange(4), np.ones(4, np.float32)).numpy(), x)
+
+    # the loss is cross-entropy against the blended one-hot labels, each term weighted by its class weight
+    y, w = np.array([1, 0, 0, 1]), np.array([3.0, 0.5, 0.5, 3.0], np.float32)
+    p = rng.dirichlet([1, 1], 4).astype(np.float32)
+    loss, weight = mixed_loss(cross_entropy(), y, np.ones(4, np.float32), partner, share)
+    target = share[:, None] * np.eye(2)[y] + (1 - share[:, None]) * np.eye(2)[y[partner]]
+    np.testing.assert_allclose(loss(p).numpy(), -(target * np.log(p)).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(weight.numpy(), np.ones(4))
+    loss, weight = mixed_loss(cross_entropy(), y, w, partner, share)
+    own, other = -np.log(p[np.arange(4), y]), -np.log(p[np.arange(4), y[partner]])
+    np.testing.assert_allclose(loss(p).numpy(), share * own * w + (1 - share) * other * w[partner], rtol=1e-5)
+    np.testing.assert_allclose(weight.numpy(), share * w + (1 - share) * w[partner], rtol=1e-6)
 
 
 # --- calibration -----------------------------------------------------------------------------

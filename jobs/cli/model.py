@@ -159,6 +159,14 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     help="AdamW's decoupled weight decay instead of Adam; 0 turns it off.",
 )
 @click.option(
+    "--mixup",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Mixup: blend each training patch, and its label, with another patch of the batch by a "
+    "share drawn from Beta(A, A); 0 turns it off.",
+)
+@click.option(
     "--stain-normalise",
     is_flag=True,
     help="Macenko-normalise each patient's patches before training (cross-validation folds only: "
