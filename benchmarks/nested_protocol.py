@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from bench_stain_shift import DATA, SHIFTS
 
+from idcmap.jobs.cli import configure_logging
 from idcmap.model import data as datalib
 from idcmap.model.crossval import out_of_fold_report
 from idcmap.model.make_bundle import (
@@ -163,6 +164,7 @@ def main():
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    configure_logging(0)  # training progress, as idcmap train shows it
 
     candidates = parse_candidates(args.candidates, args.cache_dir, args.cpus)
     first = next(iter(candidates.values()))
