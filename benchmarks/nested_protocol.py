@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from bench_stain_shift import DATA, SHIFTS
+from stain_screen import SENSITIVITY  # the operating point: the shipped model's sensitivity, rounded
 
 from idcmap.jobs.cli import configure_logging
 from idcmap.model import data as datalib
@@ -54,7 +55,6 @@ from idcmap.model.train import TrainConfig
 
 K = 3
 SHIFT = "H x0.6"
-SENSITIVITY = 0.89  # the operating point of stain_screen.py: the shipped model's sensitivity, rounded
 MAX_AUC_DROP, MAX_SENSITIVITY_DROP = 0.02, 0.05
 REPORTED = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
 
@@ -67,6 +67,11 @@ def _value(text: str):
         return text
 
 
+def training_config(recipe: dict, **kw) -> TrainConfig:
+    """The TrainConfig of a run's recipe (its ``recipe.json``, or one changed) on ../shared/data/idc."""
+    return TrainConfig(data_dirs=[str(d) for d in DATA], **{k: recipe[k] for k in RECIPE_KEYS if k in recipe}, **kw)
+
+
 def parse_candidates(specs: list[str], cache_dir, cpus: int) -> dict[str, tuple[TrainConfig, Path]]:
     """NAME -> (its TrainConfig, its outer run directory)."""
     out: dict[str, tuple[TrainConfig, Path]] = {}
@@ -76,14 +81,13 @@ def parse_candidates(specs: list[str], cache_dir, cpus: int) -> dict[str, tuple[
         run, _, changes = rest.partition(":")
         if base is None:
             base = json.loads((Path(run) / RECIPE_FILE).read_text())
-        recipe = {k: base[k] for k in RECIPE_KEYS if k in base}
+        recipe = dict(base)
         for change in filter(None, changes.split(",")):
             key, _, value = change.partition("=")
             if key not in RECIPE_KEYS:
                 raise SystemExit(f"{spec}: {key} is not a recipe key ({', '.join(RECIPE_KEYS)})")
             recipe[key] = _value(value)
-        cfg = TrainConfig(data_dirs=[str(d) for d in DATA], cache_dir=cache_dir, cpus=cpus, **recipe)
-        out[name] = (cfg, Path(run).resolve())
+        out[name] = (training_config(recipe, cache_dir=cache_dir, cpus=cpus), Path(run).resolve())
     return out
 
 
@@ -176,8 +180,13 @@ def main():
         name: pd.concat([inner_scores(cfg, patches, folds, j, args.nest.resolve() / name) for j in range(K)])
         for name, (cfg, _) in candidates.items()
     }
-    rule = {"shift": SHIFT, "sensitivity": SENSITIVITY, "max_auc_drop": MAX_AUC_DROP}
-    result: dict = {"rule": rule | {"max_sensitivity_drop": MAX_SENSITIVITY_DROP}, "outer_folds": {}}
+    rule = {
+        "shift": SHIFT,
+        "sensitivity": SENSITIVITY,
+        "max_auc_drop": MAX_AUC_DROP,
+        "max_sensitivity_drop": MAX_SENSITIVITY_DROP,
+    }
+    result: dict = {"rule": rule, "outer_folds": {}}
     chosen_rows = []
     for k in range(K):
         # the other folds' patches scored by the network trained on the remaining one

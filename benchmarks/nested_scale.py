@@ -20,20 +20,20 @@ from pathlib import Path
 
 import pandas as pd
 from bench_stain_shift import DATA
+from nested_protocol import training_config
 
 from idcmap.model import data as datalib
 from idcmap.model.crossval import out_of_fold_report
 from idcmap.model.make_bundle import FOLD_INFO, FOLD_OOF, FOLDS_FILE, RECIPE_FILE, class_weight_offset
 from idcmap.model.metrics import roc_auc
-from idcmap.model.train import TrainConfig
 
 STEPS = {"Platt's fit on training patches": FOLD_OOF, "prior correction": "oof-before-alignment.parquet"}
 
 
 def inner_logits(nest: Path, patches) -> pd.DataFrame:
     """The inner networks' scores with both steps: ``logit`` (Platt's) and ``prior``."""
-    recipe = json.loads((nest / "trained-on-fold-0" / RECIPE_FILE).read_text())
-    cfg = TrainConfig(data_dirs=[str(d) for d in DATA], imbalance=recipe["imbalance"])
+    # the class weights the inner networks trained with (imbalance rule and patient weighting)
+    cfg = training_config(json.loads((nest / "trained-on-fold-0" / RECIPE_FILE).read_text()))
     out = []
     for d in sorted(nest.glob("trained-on-fold-*")):
         s = pd.read_parquet(d / "shifted.parquet")
