@@ -264,7 +264,9 @@ def main():
         prob = np.empty(len(oof), np.float32)
         for f, cal in per_fold.items():  # each fold as calibrated on the other folds' unshifted scores
             m = fold_of == f
-            z = context_logits(oof.assign(logit=logit), cal["context_self_weight"])
+            z = context_logits(
+                oof.assign(logit=logit), cal["context_self_weight"], (cal["baseline_weight"], cal["baseline_reference"])
+            )
             prob[m] = sigmoid(z[m] / cal["temperature"])
         return prob
 

@@ -14,8 +14,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from idcmap.atomic import write_bytes_atomic
 from idcmap.errors import BundleError
+
+from .scoring import with_context
 
 MANIFEST = "model.json"
 FORMAT = "idcmap-model-bundle/1"
@@ -67,6 +71,7 @@ class ModelBundle:
     logit_offset: float
     threshold: float
     context_weight: float  # self weight of the neighbour context step (1.0: none)
+    baseline: tuple[float, float]  # weight and reference of the slide baseline step ((0, 0): none)
     metrics_kind: str  # "out-of-fold" or "validation": what the stored figures are
     metric_values: dict
     validation_patients: tuple[str, ...]
@@ -93,6 +98,10 @@ class ModelBundle:
                 logit_offset=float(meta["calibration"].get("logit_offset", 0.0)),
                 threshold=float(meta["threshold"]["value"]),
                 context_weight=float(meta.get("context", {}).get("self_weight", 1.0)),
+                baseline=(
+                    float(meta.get("context", {}).get("baseline", {}).get("weight", 0.0)),
+                    float(meta.get("context", {}).get("baseline", {}).get("reference", 0.0)),
+                ),
                 metrics_kind="out-of-fold" if oof else "validation",
                 metric_values=meta["out_of_fold_metrics"] if oof else meta.get("validation_metrics", {}),
                 validation_patients=tuple(meta.get("split", {}).get("validation", [])),
@@ -109,6 +118,11 @@ class ModelBundle:
     def metrics(self) -> tuple[str, dict]:
         """("out-of-fold" or "validation", the stored figures)."""
         return self.metrics_kind, self.metric_values
+
+    def final_probability(self, prob_patch, rows, cols, groups=None) -> np.ndarray:
+        """Scoring's last steps on calibrated per-patch probabilities: the neighbour context, then
+        the slide baseline (per group: a slide, or a patient's patches)."""
+        return with_context(prob_patch, rows, cols, groups, self.context_weight, self.baseline)
 
     @property
     def sha256(self) -> str:

@@ -5,10 +5,11 @@ table has one row per patch: ``patient_id, source, x, y, label, fold, logit``, w
 the fold model's IDC logit with its class-weight prior removed, i.e. what that model says about a
 patient it never saw.
 
-Cross-fitted calibration keeps every figure held out: fold k's neighbour-context weight, temperature
-and threshold are chosen on the out-of-fold scores of the *other* folds (patients that fold k's
-model trained on, scored by models that did not), so nothing about fold k's patients is chosen on
-them. The shipped bundle's are chosen the same way on all folds' out-of-fold scores together.
+Cross-fitted calibration keeps every figure held out: fold k's neighbour-context weight, slide
+baseline weight and reference, temperature and threshold are chosen on the out-of-fold scores of
+the *other* folds (patients that fold k's model trained on, scored by models that did not), so
+nothing about fold k's patients is chosen on them. The shipped bundle's are chosen the same way on
+all folds' out-of-fold scores together.
 """
 
 from __future__ import annotations
@@ -25,12 +26,21 @@ from idcmap.slide_tiling import PATCH_SIZE
 
 from .calibration import choose_threshold, fit_temperature
 from .metrics import classification_metrics, expected_calibration_error, roc_auc, score_groups
-from .scoring import CONTEXT_SELF_WEIGHT, mix_neighbours, sigmoid
+from .scoring import (
+    BASELINE_MIN_PATCHES,
+    BASELINE_QUANTILE,
+    CONTEXT_SELF_WEIGHT,
+    mix_neighbours,
+    sigmoid,
+    with_baseline,
+)
 
 FOLD_SALT = "idcmap-cv-v1"
 #: candidate weights of a patch's own logit in the neighbour context step (1.0: the patch alone);
 #: each fold picks the one with the best ROC AUC on the other folds' out-of-fold scores
 CONTEXT_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
+#: candidate weights of the slide baseline step (0: none), chosen the same way after the context weight
+BASELINE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: a patient enters the per-patient figures when it has at least this many patches of each class
 PER_PATIENT_MIN = 10
 BOOTSTRAP = 1000
@@ -71,15 +81,21 @@ def assign_folds(patient_ids, sources, labels, k: int = 3) -> dict[str, int]:
     return folds
 
 
-def context_logits(oof: pd.DataFrame, self_weight: float = CONTEXT_SELF_WEIGHT) -> np.ndarray:
-    """Each patch's logit mixed with its scored neighbours' on its patient's 50-px grid."""
-    return mix_neighbours(
+def context_logits(
+    oof: pd.DataFrame, self_weight: float = CONTEXT_SELF_WEIGHT, baseline: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
+    """Each patch's logit mixed with its scored neighbours' on its patient's 50-px grid, then
+    measured against its patient's baseline (``baseline``: weight and reference; see
+    :func:`~model.scoring.with_baseline`)."""
+    patients = oof["patient_id"].to_numpy()
+    z = mix_neighbours(
         oof["logit"].to_numpy(),
         oof["y"].to_numpy() // PATCH_SIZE,
         oof["x"].to_numpy() // PATCH_SIZE,
-        oof["patient_id"].to_numpy(),
+        patients,
         self_weight,
     )
+    return with_baseline(z, patients, *baseline)
 
 
 def choose_context_weight(oof: pd.DataFrame, weights=CONTEXT_WEIGHTS) -> float:
@@ -89,25 +105,51 @@ def choose_context_weight(oof: pd.DataFrame, weights=CONTEXT_WEIGHTS) -> float:
     return max(sorted(weights), key=lambda w: roc_auc(y, context_logits(oof, w)))
 
 
+def baseline_reference(oof: pd.DataFrame, self_weight: float) -> float:
+    """The median over ``oof``'s patches (of patients with enough of them) of their patient's
+    baseline, the :data:`~model.scoring.BASELINE_QUANTILE` of its context logits. Weighted by
+    patch, as the temperature is fitted, so that the step leaves the typical patch where the
+    temperature expects it."""
+    z = pd.Series(context_logits(oof, self_weight)).groupby(oof["patient_id"].to_numpy())
+    base = z.transform(lambda s: s.quantile(BASELINE_QUANTILE))[z.transform("size") >= BASELINE_MIN_PATCHES]
+    return float(base.median()) if len(base) else 0.0
+
+
+def choose_baseline(oof: pd.DataFrame, self_weight: float, weights=BASELINE_WEIGHTS) -> tuple[float, float]:
+    """(weight, reference) of the slide baseline step: the reference from ``oof``'s patients, the
+    weight among ``weights`` that ranks ``oof``'s patches best after the context step (ROC AUC;
+    ties to the smaller weight, i.e. less change)."""
+    y, reference = oof["label"].to_numpy(), baseline_reference(oof, self_weight)
+    best = max(
+        sorted(weights, reverse=True), key=lambda b: roc_auc(y, context_logits(oof, self_weight, (b, reference)))
+    )
+    return best, reference
+
+
 def fit_calibration(z: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(temperature, threshold) fitted on final logits ``z``: see :mod:`idcmap.model.calibration`."""
     t = fit_temperature(z, labels)
     return t, choose_threshold(sigmoid(z / t), labels)
 
 
-def cross_fitted(oof: pd.DataFrame, weights=CONTEXT_WEIGHTS) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(probability, threshold per patch, per fold {context weight, temperature, threshold}) with
-    each fold's context weight, temperature and threshold chosen on the other folds only."""
+def cross_fitted(
+    oof: pd.DataFrame, weights=CONTEXT_WEIGHTS, baselines=BASELINE_WEIGHTS
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(probability, threshold per patch, per fold {context weight, baseline weight and reference,
+    temperature, threshold}) with each fold's chosen on the other folds only."""
     y, fold = oof["label"].to_numpy(), oof["fold"].to_numpy()
     prob, thr, per_fold = np.zeros(len(oof), np.float32), np.zeros(len(oof)), {}
     for f in np.unique(fold):
         mine = fold == f
         w = choose_context_weight(oof[~mine], weights)
-        z = context_logits(oof, w)  # neighbours never cross patients, so never folds
+        b = choose_baseline(oof[~mine], w, baselines)
+        z = context_logits(oof, w, b)  # neither step crosses patients, so neither crosses folds
         t, threshold = fit_calibration(z[~mine], y[~mine])
         prob[mine], thr[mine] = sigmoid(z[mine] / t), threshold
         per_fold[int(f)] = {
             "context_self_weight": w,
+            "baseline_weight": b[0],
+            "baseline_reference": b[1],
             "temperature": t,
             "threshold": threshold,
             "n_patches": int(mine.sum()),

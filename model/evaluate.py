@@ -15,7 +15,6 @@ from .bundle import OOF_FILE, BundleError, ModelBundle, load_bundle
 from .crossval import cross_fitted, out_of_fold_report
 from .data import load_patches
 from .metrics import expected_calibration_error, metrics_report, reliability_bins, roc_auc
-from .scoring import with_context
 
 _SIZE, _MARGIN = 480, 60
 _BLACK, _GREY, _BLUE, _RED = (0, 0, 0), (170, 170, 170), (200, 90, 20), (40, 40, 220)
@@ -37,7 +36,7 @@ def evaluate(
         )
     patches = load_patches(data_dirs, patients=bundle.validation_patients if validation_only else None)
     patch_prob = make_backend(bundle, backend, threads=threads).predict(patches.images)
-    prob = with_context(patch_prob, *patches.grid, bundle.context_weight)
+    prob = bundle.final_probability(patch_prob, *patches.grid)
     report = metrics_report(patches.labels, prob, patches.patient_ids, bundle.threshold)
     if len(np.unique(patches.labels)) == 2:
         report["patch_only_roc_auc"] = roc_auc(patches.labels, patch_prob)
@@ -61,7 +60,8 @@ def evaluate_out_of_fold(bundle, plots_dir=None) -> dict:
     if not bundle.has_file(OOF_FILE):
         raise BundleError(f"{bundle.path}: holds no out-of-fold predictions (trained without --folds)")
     oof = pd.read_parquet(bundle.file(OOF_FILE))
-    scores = cross_fitted(oof)
+    # a bundle made before the slide baseline step scores without it, so its figures are fitted so
+    scores = cross_fitted(oof) if "baseline" in bundle.meta.get("context", {}) else cross_fitted(oof, baselines=(0.0,))
     report = out_of_fold_report(oof, per_patient=True, scores=scores)
     prob, thr, _ = scores
     report.update(

@@ -31,8 +31,10 @@ from .bundle import (
 )
 from .calibration import THRESHOLD_RULE, calibrate, fit_platt, nll, prior_offset
 from .crossval import (
+    BASELINE_WEIGHTS,
     CONTEXT_WEIGHTS,
     assign_folds,
+    choose_baseline,
     choose_context_weight,
     context_logits,
     fit_calibration,
@@ -40,6 +42,8 @@ from .crossval import (
 )
 from .metrics import average_precision, classification_metrics, roc_auc
 from .scoring import (
+    BASELINE_MIN_PATCHES,
+    BASELINE_QUANTILE,
     CONTEXT_SELF_WEIGHT,
     calibrated_probability,
     idc_logit,
@@ -132,6 +136,7 @@ class Calibrated:
     metrics: dict
     check: datalib.PatchSet  # patches the exported backends are checked on
     context_weight: float = CONTEXT_SELF_WEIGHT
+    baseline: tuple[float, float] = (0.0, 0.0)  # weight and reference (calibrated scale) of the slide baseline
 
 
 def calibrate_on_validation(model, cfg: TrainConfig, train, val) -> Calibrated:
@@ -173,7 +178,8 @@ def _export_backends(folder: Path, model, cfg: TrainConfig, train, cal: Calibrat
     score = scoring_function(model, cfg.normalisation)
 
     def final(probs):  # what scoring does: calibrate each patch, then mix in its neighbours
-        return with_context(calibrated_probability(probs, cal.temperature, cal.offset), *check.grid, cal.context_weight)
+        prob = calibrated_probability(probs, cal.temperature, cal.offset)
+        return with_context(prob, *check.grid, cal.context_weight, cal.baseline)
 
     prob = final(predict_batches(score, check.images))
     model.save(folder / KERAS_FILE)
@@ -220,6 +226,14 @@ def _manifest(
             "rule": "final logit = self_weight x the patch's calibrated logit + (1 - self_weight) x "
             "the mean calibrated logit of its scored 8-connected grid neighbours (same "
             "slide); unchanged without neighbours",
+            "baseline": {
+                "weight": cal.baseline[0],
+                "reference": cal.baseline[1],
+                "quantile": BASELINE_QUANTILE,
+                "min_patches": BASELINE_MIN_PATCHES,
+                "rule": "then minus weight x (the slide's quantile of those logits - reference); "
+                "unchanged on a slide of fewer than min_patches scored patches",
+            },
         },
         "threshold": {"value": cal.threshold, "rule": cal.threshold_rule},
         "split": cfg.split,
@@ -494,7 +508,8 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
         )
     report = out_of_fold_report(oof)
     context_weight = choose_context_weight(oof)
-    z, y = context_logits(oof, context_weight), oof["label"].to_numpy()
+    baseline = choose_baseline(oof, context_weight)
+    z, y = context_logits(oof, context_weight, baseline), oof["label"].to_numpy()
     temperature, threshold = fit_calibration(z, y)
     fcfg = _fixed_epochs_config(
         cfg, set(folds), "every patient (cross-validated protocol, nothing held out)", patches.images
@@ -508,6 +523,8 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
         "its own training patches' scale",
         "training_scale": {"scale": scale, "offset": offset},
         "context_self_weight": f"chosen among {list(CONTEXT_WEIGHTS)} by ROC AUC on the same scores",
+        "baseline_weight": f"chosen among {list(BASELINE_WEIGHTS)} by ROC AUC on the same scores, after the "
+        "context step; its reference the patch-weighted median baseline of the same patients",
         "nll_before": nll(sigmoid(z), y),
         "nll_after": nll(sigmoid(z / temperature), y),
     }
@@ -521,6 +538,7 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
         report,
         patches,
         context_weight,
+        (baseline[0], baseline[1] / temperature),  # on the calibrated scale scoring applies it on
     )
     buf = io.BytesIO()
     oof.to_parquet(buf, index=False)

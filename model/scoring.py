@@ -1,6 +1,7 @@
 """The scoring function shared by training, export and inference: uint8 RGB -> class probabilities,
-the map from probabilities to calibrated IDC probabilities (temperature scaling), and the spatial
-context step that mixes each patch's score with its neighbours' on the patch grid."""
+the map from probabilities to calibrated IDC probabilities (temperature scaling), the spatial
+context step that mixes each patch's score with its neighbours' on the patch grid, and the slide
+baseline step that measures each slide's scores against its own least IDC-like tissue."""
 
 from __future__ import annotations
 
@@ -63,6 +64,11 @@ CONTEXT_SELF_WEIGHT = 0.5
 _NEIGHBOURS = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
 
 
+def _group_index(groups, n: int) -> np.ndarray:
+    """Each patch's group (slide) as an integer; one group when ``groups`` is None."""
+    return np.zeros(n, np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+
+
 def mix_neighbours(z, rows, cols, groups=None, self_weight: float = CONTEXT_SELF_WEIGHT) -> np.ndarray:
     """``self_weight * z + (1 - self_weight) * mean(z of the scored 8-neighbours)`` per patch.
 
@@ -74,9 +80,7 @@ def mix_neighbours(z, rows, cols, groups=None, self_weight: float = CONTEXT_SELF
     out = z.copy()
     if self_weight >= 1.0 or not len(z):
         return out
-    group_index = (
-        np.zeros(len(z), np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    )
+    group_index = _group_index(groups, len(z))
     for g in np.unique(group_index):
         idx = np.flatnonzero(group_index == g)
         r, c = rows[idx] - rows[idx].min() + 1, cols[idx] - cols[idx].min() + 1
@@ -93,9 +97,36 @@ def mix_neighbours(z, rows, cols, groups=None, self_weight: float = CONTEXT_SELF
     return out
 
 
-def with_context(prob, rows, cols, groups=None, self_weight: float = CONTEXT_SELF_WEIGHT) -> np.ndarray:
+#: a slide's baseline is this quantile of its context logits: the level of its least IDC-like tissue
+BASELINE_QUANTILE = 0.1
+#: slides (patients) with fewer scored patches keep their logits: too few for a quantile
+BASELINE_MIN_PATCHES = 10
+
+
+def with_baseline(z, groups=None, weight: float = 0.0, reference: float = 0.0) -> np.ndarray:
+    """``z - weight * (baseline - reference)`` per group (slide), the baseline being the group's
+    :data:`BASELINE_QUANTILE` of ``z``: a slide whose tissue all scores low (a pale stain) is moved
+    up, one whose all scores high down, by ``weight`` of its distance from ``reference`` (the
+    typical baseline of the patients it was fitted on). Groups of fewer than
+    :data:`BASELINE_MIN_PATCHES` patches are unchanged. float64 (N,)."""
+    z = np.asarray(z, np.float64)
+    if not weight or not len(z):
+        return z
+    group_index = _group_index(groups, len(z))
+    out = z.copy()
+    for g in np.unique(group_index):
+        idx = np.flatnonzero(group_index == g)
+        if len(idx) >= BASELINE_MIN_PATCHES:
+            out[idx] -= weight * (np.quantile(z[idx], BASELINE_QUANTILE) - reference)
+    return out
+
+
+def with_context(
+    prob, rows, cols, groups=None, self_weight: float = CONTEXT_SELF_WEIGHT, baseline: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
     """Final IDC probabilities from calibrated per-patch ones: :func:`mix_neighbours` on their
-    logits. Temperature and offset are shared, so this equals calibrating the mixed raw logits."""
-    if self_weight >= 1.0:
+    logits, then :func:`with_baseline` (``baseline``: its weight and reference, on the calibrated
+    scale). Temperature and offset are shared, so this equals calibrating the final raw logits."""
+    if self_weight >= 1.0 and not baseline[0]:
         return np.asarray(prob, np.float32)
-    return sigmoid(mix_neighbours(logit(prob), rows, cols, groups, self_weight))
+    return sigmoid(with_baseline(mix_neighbours(logit(prob), rows, cols, groups, self_weight), groups, *baseline))

@@ -105,9 +105,21 @@ def test_each_fold_is_calibrated_without_its_own_patients():
     changed.loc[mine, "logit"] = changed.loc[mine, "logit"] * 3 + 5  # fold 0's scores change wildly
     changed.loc[mine, "label"] = 1 - changed.loc[mine, "label"]
     _, _, after = cross_fitted(changed)
-    assert after[0]["temperature"] == per_fold[0]["temperature"]
-    assert after[0]["threshold"] == per_fold[0]["threshold"]
+    for key in ("temperature", "threshold", "context_self_weight", "baseline_weight", "baseline_reference"):
+        assert after[0][key] == per_fold[0][key], key
     assert after[1]["temperature"] != per_fold[1]["temperature"]  # the others did use fold 0
+
+
+def test_the_slide_baseline_is_chosen_where_patients_scores_sit_at_different_levels():
+    oof = _oof(seed=1, n_patients=60)  # each patient's logits shifted by a level the model does not know
+    prob, _, per_fold = cross_fitted(oof)
+    assert all(f["baseline_weight"] > 0 for f in per_fold.values())
+    y = oof.label.to_numpy()
+    without = cross_fitted(oof, baselines=(0.0,))[0]
+    assert roc_auc_score(y, prob) > roc_auc_score(y, without)
+    level = oof.patient_id.map(oof.groupby("patient_id").logit.mean())  # the same data, no patient levels
+    _, _, flat = cross_fitted(oof.assign(logit=oof.logit - level + level.mean()))
+    assert all(f["baseline_weight"] < per_fold[k]["baseline_weight"] for k, f in flat.items())
 
 
 def test_out_of_fold_report_pooled_per_patient_and_intervals():

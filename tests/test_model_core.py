@@ -27,7 +27,17 @@ from idcmap.model.metrics import (
     metrics_report,
     roc_auc,
 )
-from idcmap.model.scoring import calibrated_probability, idc_logit, logit, mix_neighbours, sigmoid, with_context
+from idcmap.model.scoring import (
+    BASELINE_MIN_PATCHES,
+    BASELINE_QUANTILE,
+    calibrated_probability,
+    idc_logit,
+    logit,
+    mix_neighbours,
+    sigmoid,
+    with_baseline,
+    with_context,
+)
 
 # --- architectures ---------------------------------------------------------------------------
 
@@ -259,6 +269,34 @@ def test_context_on_probabilities_equals_calibrating_mixed_logits():
     via_patches = with_context(calibrated_probability(probs, t, offset), rows, cols)
     assert np.abs(direct - via_patches).max() < 1e-5
     assert (with_context(probs[:, 1], rows, cols, self_weight=1.0) == probs[:, 1].astype(np.float32)).all()
+
+
+def test_the_slide_baseline_takes_back_its_weight_of_a_slide_wide_shift():
+    rng = np.random.default_rng(5)
+    groups = np.array(["a"] * 30 + ["b"] * 25 + ["c"] * (BASELINE_MIN_PATCHES - 1) + ["d"])
+    z = rng.normal(-2, 2, len(groups))
+    reference = float(np.quantile(z[:30], BASELINE_QUANTILE))
+    out = with_baseline(z, groups, 0.75, reference)
+    assert out[:30] == pytest.approx(z[:30])  # slide a's baseline is the reference: unchanged
+    b = groups == "b"
+    assert out[b] == pytest.approx(z[b] - 0.75 * (np.quantile(z[b], BASELINE_QUANTILE) - reference))
+    small = np.isin(groups, ["c", "d"])
+    assert (out[small] == z[small]).all()  # too few patches for a baseline
+    shifted = with_baseline(np.where(b, z - 3.0, z), groups, 0.75, reference)  # slide b paler
+    assert shifted[b] - out[b] == pytest.approx(np.full(b.sum(), -3.0 * 0.25))  # a quarter of the shift left
+    assert (shifted[~b] == out[~b]).all() and (with_baseline(z, groups, 0.0, reference) == z).all()
+    assert with_baseline(z, groups, 1.0, reference)[b] == pytest.approx(
+        with_baseline(z - 3.0, groups, 1.0, reference)[b]
+    )
+
+
+def test_the_slide_baseline_on_probabilities_equals_it_on_calibrated_logits():
+    probs, _ = _overconfident(n=64, seed=6)
+    rows, cols = np.divmod(np.arange(64), 8)
+    t, offset, weight, reference = 1.7, 0.4, 0.5, -1.1  # reference on the raw scale
+    raw = with_baseline(mix_neighbours(logit(probs[:, 1]) - offset, rows, cols, None, 0.5), None, weight, reference)
+    via_patches = with_context(calibrated_probability(probs, t, offset), rows, cols, None, 0.5, (weight, reference / t))
+    assert np.abs(sigmoid(raw / t) - via_patches).max() < 1e-5
 
 
 def test_platt_fit_recovers_the_scale_and_offset_the_labels_were_drawn_with():

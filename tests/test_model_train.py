@@ -99,7 +99,7 @@ def test_fold_scores_are_on_the_fold_models_training_scale_and_a_saved_model_is_
 
     from idcmap.model import data as datalib
     from idcmap.model.calibration import fit_platt
-    from idcmap.model.crossval import choose_context_weight, context_logits, fit_calibration
+    from idcmap.model.crossval import choose_baseline, choose_context_weight, context_logits, fit_calibration
     from idcmap.model.make_bundle import predict_batches, train_fold
     from idcmap.model.scoring import idc_logit, scoring_function
 
@@ -123,9 +123,12 @@ def test_fold_scores_are_on_the_fold_models_training_scale_and_a_saved_model_is_
     # the bundle: its network on its own training patches' scale, then the out-of-fold temperature
     b = crossvalidated["bundle"]
     oof = pd.read_parquet(b.file("oof_predictions.parquet"))
-    t, _ = fit_calibration(context_logits(oof, choose_context_weight(oof)), oof.label.to_numpy())
+    w = choose_context_weight(oof)
+    baseline = choose_baseline(oof, w)
+    t, _ = fit_calibration(context_logits(oof, w, baseline), oof.label.to_numpy())
     own = b.meta["calibration"]["training_scale"]
     assert b.logit_offset == own["offset"] and b.temperature == pytest.approx(t / own["scale"])
+    assert b.baseline == pytest.approx((baseline[0], baseline[1] / t))  # its reference on the calibrated scale
 
 
 def test_evaluate_reports_the_stored_out_of_fold_figures(crossvalidated, tmp_path):
@@ -340,6 +343,24 @@ def test_shipped_bundle_reproduces_its_out_of_fold_figures_and_meets_the_floors(
     # reached (models/README.md, "What fell short"), so ranking is held to a plain sanity floor
     assert report["balanced_accuracy"] >= 0.86 and report["ece"] <= 0.03
     assert report["roc_auc"] >= 0.90 and report["roc_auc"] > report["patch_only_roc_auc"]
+    assert "baseline" in bundle.meta["context"]  # its pipeline has the slide baseline step
+
+
+def test_a_bundle_made_before_the_slide_baseline_reproduces_its_figures_without_it(bundle):
+    """models/seed-cnn predates the step: it scores without it, and its out-of-fold figures are
+    recomputed without it too (its stored predictions with the step would rank higher)."""
+    import pandas as pd
+
+    from idcmap.model.crossval import out_of_fold_report
+    from idcmap.model.evaluate import evaluate_out_of_fold
+
+    seed = load_bundle(bundle.path.parent / "seed-cnn")
+    assert "baseline" not in seed.meta["context"] and seed.baseline == (0.0, 0.0)
+    report, stored = evaluate_out_of_fold(seed), seed.meta["out_of_fold_metrics"]
+    for key in ("roc_auc", "balanced_accuracy", "ece"):
+        assert report[key] == pytest.approx(stored[key], abs=1e-9), key
+    with_step = out_of_fold_report(pd.read_parquet(seed.file("oof_predictions.parquet")), bootstrap=10)
+    assert with_step["roc_auc"] != report["roc_auc"]
 
 
 def test_stain_normalised_patches_are_cached_apart_and_train_refuses_them_without_folds(tmp_path):

@@ -85,8 +85,8 @@ def test_examples_end_to_end_with_a_corrupt_and_a_missing_slide(tmp_path, bundle
         assert table["col"].to_numpy().tolist() == cols[order].tolist()
         assert table["row"].to_numpy().tolist() == rows[order].tolist()
         assert np.abs(table["prob_patch"].to_numpy() - direct[order]).max() <= 1e-5
-        # the final score mixes in the slide's neighbours, by the bundle's weight
-        final = with_context(direct[order], rows[order], cols[order], None, bundle.context_weight)
+        # the final score mixes in the slide's neighbours, then sets it against the slide's baseline
+        final = with_context(direct[order], rows[order], cols[order], None, bundle.context_weight, bundle.baseline)
         assert np.abs(table["prob_idc"].to_numpy() - final).max() <= 1e-5
         assert (table["x"].to_numpy() == 50 * table["col"].to_numpy()).all()
 

@@ -306,7 +306,7 @@ def _print_report(report: dict, out_of_fold: bool) -> None:
     for key in METRIC_KEYS:
         click.echo(f"  {key:18s} {fmt(report[key])}")
     if "patch_only_roc_auc" in report:
-        click.echo(f"  {'roc_auc patch only':18s} {fmt(report['patch_only_roc_auc'])}  (without the neighbour context)")
+        click.echo(f"  {'roc_auc patch only':18s} {fmt(report['patch_only_roc_auc'])}  (the patch alone)")
     cm = report["confusion_matrix"]
     click.echo(f"  confusion          tn {cm['tn']}  fp {cm['fp']}  fn {cm['fn']}  tp {cm['tp']}")
     if out_of_fold:

@@ -35,7 +35,6 @@ from idcmap.jobs.jobdir.layout import JobDir
 from idcmap.jobs.jobdir.schema import SlideMeta, write_failure, write_predictions
 from idcmap.jobs.progress import Progress
 from idcmap.model import load_bundle, make_backend
-from idcmap.model.scoring import with_context
 from idcmap.slide_tiling import (
     DEFAULT_MIN_TISSUE,
     SlideError,
@@ -428,7 +427,7 @@ def _table(state: SlideState, spec: ScoreSpec, bundle, level0_patch_size: float)
             "row": rows.astype(np.int32),
             "level0_patch_size": np.full(n, level0_patch_size, np.float32),
             "tissue_fraction": take("tissue_fraction").astype(np.float32),
-            "prob_idc": with_context(prob_patch, rows, cols, None, bundle.context_weight),
+            "prob_idc": bundle.final_probability(prob_patch, rows, cols),
             "prob_patch": prob_patch,
             "model_version": pa.array([bundle.version] * n, pa.string()),
         }

@@ -2,7 +2,7 @@
 
 A 50x50 image is one patch at the bundle's resolution (4.0 µm/px); a larger one is a small slide at
 the µm/px the user gives, tiled and scored like a slide (tissue patches only, with the neighbour
-context of a slide's patches).
+context and the slide baseline of a slide's patches).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import numpy as np
 
 from idcmap.errors import InputError
 from idcmap.model import ModelBundle, make_backend
-from idcmap.model.scoring import with_context
 from idcmap.slide_tiling import SlideError, TilingSpec, iter_patches, open_slide, plan_slide
 from idcmap.slide_tiling.image_reader import MAX_IMAGE_PIXELS, png_header_size
 
@@ -102,7 +101,7 @@ class Predictor:
         return "IDC" if prob >= self.bundle.threshold else "no IDC"
 
     def _tile(self, image: np.ndarray, mpp: float) -> dict:
-        """Score a larger image like a slide: its tissue patches, each with its neighbours' context."""
+        """Score a larger image like a slide: its tissue patches, with neighbour context and baseline."""
         spec = TilingSpec(target_mpp=self.bundle.target_mpp, patch_size=self.bundle.patch_size, mpp=mpp)
         with tempfile.TemporaryDirectory(prefix="idcmap-upload-") as tmp:
             path = Path(tmp) / "upload.png"
@@ -116,9 +115,7 @@ class Predictor:
         if not batches:
             return {"kind": "image", "prob_idc": 0.0, "call": "no tissue", "patches": []}
         cat = lambda k: np.concatenate([getattr(b, k) for b in batches])  # noqa: E731
-        prob = with_context(
-            self.backend.predict(cat("pixels")), cat("rows"), cat("cols"), None, self.bundle.context_weight
-        )
+        prob = self.bundle.final_probability(self.backend.predict(cat("pixels")), cat("rows"), cat("cols"))
         scale = self.bundle.target_mpp / mpp  # image px per target px
         patches = [
             {"x": int(x), "y": int(y), "size": self.bundle.patch_size * scale, "prob_idc": float(p)}
