@@ -82,6 +82,7 @@ class ModelBundle:
         """The typed view of a manifest; a missing or malformed field is a :class:`BundleError`."""
         try:
             oof = "out_of_fold_metrics" in meta
+            baseline = meta.get("context", {}).get("baseline", {})  # absent: a bundle made before the step
             shape = meta["input"]["shape"]
             if shape[0] != shape[1] or shape[2] != 3:
                 raise ValueError(f"input shape {shape} is not square RGB")
@@ -98,10 +99,7 @@ class ModelBundle:
                 logit_offset=float(meta["calibration"].get("logit_offset", 0.0)),
                 threshold=float(meta["threshold"]["value"]),
                 context_weight=float(meta.get("context", {}).get("self_weight", 1.0)),
-                baseline=(
-                    float(meta.get("context", {}).get("baseline", {}).get("weight", 0.0)),
-                    float(meta.get("context", {}).get("baseline", {}).get("reference", 0.0)),
-                ),
+                baseline=(float(baseline.get("weight", 0.0)), float(baseline.get("reference", 0.0))),
                 metrics_kind="out-of-fold" if oof else "validation",
                 metric_values=meta["out_of_fold_metrics"] if oof else meta.get("validation_metrics", {}),
                 validation_patients=tuple(meta.get("split", {}).get("validation", [])),

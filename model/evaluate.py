@@ -60,7 +60,7 @@ def evaluate_out_of_fold(bundle, plots_dir=None) -> dict:
     if not bundle.has_file(OOF_FILE):
         raise BundleError(f"{bundle.path}: holds no out-of-fold predictions (trained without --folds)")
     oof = pd.read_parquet(bundle.file(OOF_FILE))
-    # a bundle made before the slide baseline step scores without it, so its figures are fitted so
+    # a bundle made before the slide baseline step scores without it: its figures are fitted without it
     scores = cross_fitted(oof) if "baseline" in bundle.meta.get("context", {}) else cross_fitted(oof, baselines=(0.0,))
     report = out_of_fold_report(oof, per_patient=True, scores=scores)
     prob, thr, _ = scores

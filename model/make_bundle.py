@@ -177,7 +177,7 @@ def _export_backends(folder: Path, model, cfg: TrainConfig, train, cal: Calibrat
     check = cal.check
     score = scoring_function(model, cfg.normalisation)
 
-    def final(probs):  # what scoring does: calibrate each patch, then mix in its neighbours
+    def final(probs):  # what scoring does: calibrate each patch, then neighbour context and slide baseline
         prob = calibrated_probability(probs, cal.temperature, cal.offset)
         return with_context(prob, *check.grid, cal.context_weight, cal.baseline)
 
@@ -231,8 +231,8 @@ def _manifest(
                 "reference": cal.baseline[1],
                 "quantile": BASELINE_QUANTILE,
                 "min_patches": BASELINE_MIN_PATCHES,
-                "rule": "then minus weight x (the slide's quantile of those logits - reference); "
-                "unchanged on a slide of fewer than min_patches scored patches",
+                "rule": "then plus weight x (reference - the slide's quantile of those logits) where "
+                "that is positive; unchanged on a slide of fewer than min_patches scored patches",
             },
         },
         "threshold": {"value": cal.threshold, "rule": cal.threshold_rule},
@@ -490,6 +490,39 @@ def cross_validate(cfg: TrainConfig, k: int, run_dir, ray_address=None, patches=
     return oof, folds
 
 
+def _out_of_fold_calibrated(oof: pd.DataFrame, k: int, patches, scale: float, offset: float) -> Calibrated:
+    """The bundle's calibration from all k folds' out-of-fold scores: context weight, slide
+    baseline, temperature and threshold chosen on them, for a network whose logits ``scale * (logit
+    - offset)`` are on its training patches' scale."""
+    context_weight = choose_context_weight(oof)
+    baseline = choose_baseline(oof, context_weight)
+    z, y = context_logits(oof, context_weight, baseline), oof["label"].to_numpy()
+    temperature, threshold = fit_calibration(z, y)
+    calibration = {
+        "method": "Platt's fit on the network's own training patches, then temperature scaling",
+        "fitted_on": f"out-of-fold scores of the {k} fold models (all {oof['patient_id'].nunique()} patients), "
+        "each on its own training patches' scale",
+        "training_scale": {"scale": scale, "offset": offset},
+        "context_self_weight": f"chosen among {list(CONTEXT_WEIGHTS)} by ROC AUC on the same scores",
+        "baseline_weight": f"chosen among {list(BASELINE_WEIGHTS)} by ROC AUC on the same scores, after the "
+        "context step; its reference the patch-weighted median baseline of the same patients",
+        "nll_before": nll(sigmoid(z), y),
+        "nll_after": nll(sigmoid(z / temperature), y),
+    }
+    return Calibrated(
+        temperature / scale,  # sigmoid(scale (z - offset) / T) = sigmoid((z - offset) / (T / scale))
+        offset,
+        threshold,
+        calibration,
+        THRESHOLD_RULE.replace("the validation patients", "all out-of-fold scores"),
+        "out_of_fold_metrics",
+        out_of_fold_report(oof),
+        patches,
+        context_weight,
+        (baseline[0], baseline[1] / temperature),  # on the calibrated scale scoring applies it on
+    )
+
+
 def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_address=None) -> ModelBundle:
     """The k fold models give the out-of-fold figures and the calibration (temperature and
     threshold fitted on all their out-of-fold scores); the bundle's network is then trained the
@@ -506,40 +539,13 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
             f"{run_dir}: the {k} folds' out-of-fold scores are written; no bundle, since scoring "
             "does not stain-normalise slides yet (--stain-normalise measures the folds only)"
         )
-    report = out_of_fold_report(oof)
-    context_weight = choose_context_weight(oof)
-    baseline = choose_baseline(oof, context_weight)
-    z, y = context_logits(oof, context_weight, baseline), oof["label"].to_numpy()
-    temperature, threshold = fit_calibration(z, y)
     fcfg = _fixed_epochs_config(
         cfg, set(folds), "every patient (cross-validated protocol, nothing held out)", patches.images
     )
     fcfg.split["folds"] = {p: int(f) for p, f in sorted(folds.items())}
     model, state = _fit_fixed(fcfg, run_dir / "final", ray_address, "all patients")
     scale, offset = on_training_scale(scoring_function(model, fcfg.normalisation), patches)
-    calibration = {
-        "method": "Platt's fit on the network's own training patches, then temperature scaling",
-        "fitted_on": f"out-of-fold scores of the {k} fold models (all {len(folds)} patients), each on "
-        "its own training patches' scale",
-        "training_scale": {"scale": scale, "offset": offset},
-        "context_self_weight": f"chosen among {list(CONTEXT_WEIGHTS)} by ROC AUC on the same scores",
-        "baseline_weight": f"chosen among {list(BASELINE_WEIGHTS)} by ROC AUC on the same scores, after the "
-        "context step; its reference the patch-weighted median baseline of the same patients",
-        "nll_before": nll(sigmoid(z), y),
-        "nll_after": nll(sigmoid(z / temperature), y),
-    }
-    cal = Calibrated(
-        temperature / scale,  # sigmoid(scale (z - offset) / T) = sigmoid((z - offset) / (T / scale))
-        offset,
-        threshold,
-        calibration,
-        THRESHOLD_RULE.replace("the validation patients", "all out-of-fold scores"),
-        "out_of_fold_metrics",
-        report,
-        patches,
-        context_weight,
-        (baseline[0], baseline[1] / temperature),  # on the calibrated scale scoring applies it on
-    )
+    cal = _out_of_fold_calibrated(oof, k, patches, scale, offset)
     buf = io.BytesIO()
     oof.to_parquet(buf, index=False)
     return write_bundle(

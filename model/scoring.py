@@ -104,11 +104,12 @@ BASELINE_MIN_PATCHES = 10
 
 
 def with_baseline(z, groups=None, weight: float = 0.0, reference: float = 0.0) -> np.ndarray:
-    """``z - weight * (baseline - reference)`` per group (slide), the baseline being the group's
-    :data:`BASELINE_QUANTILE` of ``z``: a slide whose tissue all scores low (a pale stain) is moved
-    up, one whose all scores high down, by ``weight`` of its distance from ``reference`` (the
-    typical baseline of the patients it was fitted on). Groups of fewer than
-    :data:`BASELINE_MIN_PATCHES` patches are unchanged. float64 (N,)."""
+    """``z + weight * (reference - baseline)`` per group (slide) whose baseline, its
+    :data:`BASELINE_QUANTILE` of ``z``, is below ``reference`` (the typical baseline of the patients
+    the step was fitted on): a slide whose tissue all scores low, as under a pale stain, is lifted
+    by ``weight`` of the gap. A slide whose baseline is above the reference is left alone: that is
+    as often a slide of mostly tumour as a darker stain, and lowering it would hide the tumour.
+    Groups of fewer than :data:`BASELINE_MIN_PATCHES` patches are unchanged. float64 (N,)."""
     z = np.asarray(z, np.float64)
     if not weight or not len(z):
         return z
@@ -117,7 +118,7 @@ def with_baseline(z, groups=None, weight: float = 0.0, reference: float = 0.0) -
     for g in np.unique(group_index):
         idx = np.flatnonzero(group_index == g)
         if len(idx) >= BASELINE_MIN_PATCHES:
-            out[idx] -= weight * (np.quantile(z[idx], BASELINE_QUANTILE) - reference)
+            out[idx] += weight * max(reference - np.quantile(z[idx], BASELINE_QUANTILE), 0.0)
     return out
 
 

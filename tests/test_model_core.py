@@ -271,23 +271,24 @@ def test_context_on_probabilities_equals_calibrating_mixed_logits():
     assert (with_context(probs[:, 1], rows, cols, self_weight=1.0) == probs[:, 1].astype(np.float32)).all()
 
 
-def test_the_slide_baseline_takes_back_its_weight_of_a_slide_wide_shift():
+def test_the_slide_baseline_lifts_a_pale_slide_and_leaves_the_others():
     rng = np.random.default_rng(5)
-    groups = np.array(["a"] * 30 + ["b"] * 25 + ["c"] * (BASELINE_MIN_PATCHES - 1) + ["d"])
+    groups = np.array(["a"] * 30 + ["pale"] * 25 + ["tumour"] * 20 + ["c"] * (BASELINE_MIN_PATCHES - 1) + ["d"])
     z = rng.normal(-2, 2, len(groups))
-    reference = float(np.quantile(z[:30], BASELINE_QUANTILE))
+    z[groups == "pale"] -= 3.0  # a slide whose every score sits low
+    z[groups == "tumour"] += 5.0  # a slide whose least IDC-like tissue still scores high
+    a = groups == "a"
+    reference = float(np.quantile(z[a], BASELINE_QUANTILE))
     out = with_baseline(z, groups, 0.75, reference)
-    assert out[:30] == pytest.approx(z[:30])  # slide a's baseline is the reference: unchanged
-    b = groups == "b"
-    assert out[b] == pytest.approx(z[b] - 0.75 * (np.quantile(z[b], BASELINE_QUANTILE) - reference))
-    small = np.isin(groups, ["c", "d"])
-    assert (out[small] == z[small]).all()  # too few patches for a baseline
-    shifted = with_baseline(np.where(b, z - 3.0, z), groups, 0.75, reference)  # slide b paler
-    assert shifted[b] - out[b] == pytest.approx(np.full(b.sum(), -3.0 * 0.25))  # a quarter of the shift left
-    assert (shifted[~b] == out[~b]).all() and (with_baseline(z, groups, 0.0, reference) == z).all()
-    assert with_baseline(z, groups, 1.0, reference)[b] == pytest.approx(
-        with_baseline(z - 3.0, groups, 1.0, reference)[b]
-    )
+    assert out[a] == pytest.approx(z[a])  # slide a's baseline is the reference: unchanged
+    pale = groups == "pale"
+    gap = reference - np.quantile(z[pale], BASELINE_QUANTILE)
+    assert gap > 0 and out[pale] == pytest.approx(z[pale] + 0.75 * gap)  # lifted by 3/4 of its gap
+    assert (out[~a & ~pale] == z[~a & ~pale]).all()  # above the reference, or too few patches
+    assert (with_baseline(z, groups, 0.0, reference) == z).all()
+    # at weight 1 a slide made paler as a whole comes back to where it was
+    paler = np.where(a, z - 2.0, z)
+    assert with_baseline(paler, groups, 1.0, reference)[a] == pytest.approx(z[a])
 
 
 def test_the_slide_baseline_on_probabilities_equals_it_on_calibrated_logits():
