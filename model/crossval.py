@@ -85,7 +85,7 @@ def context_logits(
     oof: pd.DataFrame, self_weight: float = CONTEXT_SELF_WEIGHT, baseline: tuple[float, float] = (0.0, 0.0)
 ) -> np.ndarray:
     """Each patch's logit mixed with its scored neighbours' on its patient's 50-px grid, then
-    measured against its patient's baseline (``baseline``: weight and reference; see
+    lifted if its patient's baseline is low (``baseline``: weight and reference; see
     :func:`~model.scoring.with_baseline`)."""
     patients = oof["patient_id"].to_numpy()
     z = mix_neighbours(

@@ -39,7 +39,7 @@ PREDICTIONS = pa.schema(
         pa.field("row", pa.int32(), nullable=False),
         pa.field("level0_patch_size", pa.float32(), nullable=False),
         pa.field("tissue_fraction", pa.float32(), nullable=False),
-        pa.field("prob_idc", pa.float32(), nullable=False),  # final: with its neighbours, against the slide baseline
+        pa.field("prob_idc", pa.float32(), nullable=False),  # final: with its neighbours, a pale slide lifted
         pa.field("prob_patch", pa.float32(), nullable=False),  # the patch alone (same calibration)
         pa.field("model_version", pa.string(), nullable=False),
     ]
