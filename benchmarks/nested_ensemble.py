@@ -36,11 +36,12 @@ def fold_rows(run_dir: Path, nest: Path, k: int) -> pd.DataFrame:
     """Fold k's patches: the run's logit and the two inner networks' (``logit_a``, ``logit_b``,
     with their H x0.6 logits), all on their networks' training-patch scale."""
     rows = pd.read_parquet(run_dir / f"fold-{k}" / FOLD_OOF)
+    n = len(rows)
     for name, j in zip("ab", [j for j in range(K) if j != k], strict=True):
         s = pd.read_parquet(nest / f"trained-on-fold-{j}" / "shifted.parquet")
         s = s[s.outer_fold == k][KEY + ["logit", "logit_shifted"]]
         rows = rows.merge(s.rename(columns={"logit": f"logit_{name}", "logit_shifted": f"shifted_{name}"}), on=KEY)
-    if len(rows) != len(pd.read_parquet(run_dir / f"fold-{k}" / FOLD_OOF)):
+    if len(rows) != n:
         raise SystemExit(f"{nest}: its networks did not score all of {run_dir}'s fold {k}")
     rows["logit_mean"] = (rows.logit_a + rows.logit_b) / 2
     rows["shifted_mean"] = (rows.shifted_a + rows.shifted_b) / 2

@@ -105,13 +105,14 @@ def choose_context_weight(oof: pd.DataFrame, weights=CONTEXT_WEIGHTS) -> float:
     return max(sorted(weights), key=lambda w: roc_auc(y, context_logits(oof, w)))
 
 
-def baseline_reference(oof: pd.DataFrame, self_weight: float) -> float:
-    """The median over ``oof``'s patches (of patients with enough of them) of their patient's
-    baseline, the :data:`~model.scoring.BASELINE_QUANTILE` of its context logits. Weighted by
-    patch, as the temperature is fitted, so that the step leaves the typical patch where the
-    temperature expects it."""
-    z = pd.Series(context_logits(oof, self_weight)).groupby(oof["patient_id"].to_numpy())
-    base = z.transform(lambda s: s.quantile(BASELINE_QUANTILE))[z.transform("size") >= BASELINE_MIN_PATCHES]
+def baseline_reference(z: np.ndarray, patients: np.ndarray) -> float:
+    """The median over the patches (of patients with enough of them) of their patient's baseline,
+    the :data:`~model.scoring.BASELINE_QUANTILE` of its context logits ``z``. Weighted by patch, as
+    the temperature is fitted, so that the step leaves the typical patch where the temperature
+    expects it."""
+    by_patient = pd.Series(z).groupby(patients)
+    base = by_patient.transform(lambda s: s.quantile(BASELINE_QUANTILE))
+    base = base[by_patient.transform("size") >= BASELINE_MIN_PATCHES]
     return float(base.median()) if len(base) else 0.0
 
 
@@ -119,11 +120,11 @@ def choose_baseline(oof: pd.DataFrame, self_weight: float, weights=BASELINE_WEIG
     """(weight, reference) of the slide baseline step: the reference from ``oof``'s patients, the
     weight among ``weights`` that ranks ``oof``'s patches best after the context step (ROC AUC;
     ties to the smaller weight, i.e. less change)."""
-    y, reference = oof["label"].to_numpy(), baseline_reference(oof, self_weight)
-    best = max(
-        sorted(weights, reverse=True), key=lambda b: roc_auc(y, context_logits(oof, self_weight, (b, reference)))
-    )
-    return best, reference
+    y, patients = oof["label"].to_numpy(), oof["patient_id"].to_numpy()
+    z = context_logits(oof, self_weight)  # the neighbour mixing once, each weight on top of it
+    reference = baseline_reference(z, patients)
+    auc = {b: roc_auc(y, with_baseline(z, patients, b, reference)) for b in weights}
+    return max(sorted(weights, reverse=True), key=auc.__getitem__), reference
 
 
 def fit_calibration(z: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

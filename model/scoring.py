@@ -1,7 +1,7 @@
 """The scoring function shared by training, export and inference: uint8 RGB -> class probabilities,
 the map from probabilities to calibrated IDC probabilities (temperature scaling), the spatial
 context step that mixes each patch's score with its neighbours' on the patch grid, and the slide
-baseline step that measures each slide's scores against its own least IDC-like tissue."""
+baseline step that lifts a slide whose least IDC-like tissue scores below the usual level."""
 
 from __future__ import annotations
 
