@@ -1,11 +1,12 @@
 """Two networks out of fold, patient by patient: does one rank better, does their mean pay?
 
-    python benchmarks/bench_ensemble.py RUN_DIR [--reference models/idc-default] [--json OUT]
+    python benchmarks/bench_ensemble.py RUN_DIR [--reference runs/idc-default] [--json OUT]
 
 RUN_DIR is a cross-validation run (``idcmap train --folds K --run-dir RUN_DIR``), finished or not:
-its folds done so far are compared with the reference bundle's stored out-of-fold scores on the
-same patients, which must have been dealt the reference's folds (write its ``split.folds`` to
-``RUN_DIR/folds.json`` before the run starts; anything else is refused). Patch-alone logits,
+its folds done so far are compared with the reference's out-of-fold scores on the same patients
+(the reference: another finished run, by default the 3-fold run of the shipped protocol, or a
+bundle's stored ``oof_predictions.parquet``), which must have been dealt the reference's folds
+(copy its ``folds.json`` to ``RUN_DIR/folds.json`` before the run starts; anything else is refused). Patch-alone logits,
 so nothing is chosen on the patients measured; the mean of the two networks' logits is the
 ensemble. 95 % intervals of each difference come from resampling whole patients. When every fold
 is done, each variant also gets the bundle's cross-fitted figures (context, temperature, threshold).
@@ -31,11 +32,17 @@ KEY = ["patient_id", "x", "y"]
 REPORTED = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
 
 
+def out_of_fold(path: Path) -> pd.DataFrame:
+    """A bundle's stored out-of-fold scores, or a run's folds' scores so far."""
+    if (path / "oof_predictions.parquet").exists():
+        return pd.read_parquet(path / "oof_predictions.parquet")
+    return pd.concat([pd.read_parquet(p) for p in sorted(path.glob("fold-*/oof.parquet"))], ignore_index=True)
+
+
 def paired(run_dir: Path, reference: Path) -> tuple[pd.DataFrame, bool]:
     """(the reference's out-of-fold rows that the run has scored, with its logit as ``logit_run``;
     whether the run has scored them all)."""
-    ref = pd.read_parquet(reference / "oof_predictions.parquet")
-    run = pd.concat([pd.read_parquet(p) for p in sorted(run_dir.glob("fold-*/oof.parquet"))], ignore_index=True)
+    ref, run = out_of_fold(reference), out_of_fold(run_dir)
     both = ref.merge(run[KEY + ["fold", "logit"]], on=KEY, suffixes=("", "_run"))
     if len(both) != len(run) or (both.fold != both.fold_run).any():
         raise SystemExit(f"{run_dir}: its folds are not {reference}'s (other data or fold assignment)")
@@ -51,7 +58,7 @@ def difference_interval(y, a, b, patients) -> list[float]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--reference", type=Path, default=Path("models/idc-default"))
+    ap.add_argument("--reference", type=Path, default=Path("runs/idc-default"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 

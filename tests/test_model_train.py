@@ -339,10 +339,10 @@ def test_shipped_bundle_reproduces_its_out_of_fold_figures_and_meets_the_floors(
     for key in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece", "patch_only_roc_auc"):
         assert report[key] == pytest.approx(stored[key], abs=1e-9), key
     assert report["n_patients"] == 147 and report["n_folds"] >= 3
-    # issue 12's floors for balanced accuracy and calibration; its ROC AUC floor (0.935) is not
-    # reached (models/README.md, "What fell short"), so ranking is held to a plain sanity floor
-    assert report["balanced_accuracy"] >= 0.86 and report["ece"] <= 0.03
-    assert report["roc_auc"] >= 0.90 and report["roc_auc"] > report["patch_only_roc_auc"]
+    # issue 12's out-of-fold floors (models/README.md: met by the 5-fold cross-validation the
+    # bundle stores, not by the 3-fold one)
+    assert report["roc_auc"] >= 0.935 and report["balanced_accuracy"] >= 0.86 and report["ece"] <= 0.03
+    assert report["roc_auc"] > report["patch_only_roc_auc"]  # the context and baseline steps pay
     assert "baseline" in bundle.meta["context"]  # its pipeline has the slide baseline step
 
 
