@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_ensemble import out_of_fold
 
 from idcmap.model.crossval import cross_fitted, patient_resamples
-from idcmap.model.make_bundle import FOLD_OOF
 from idcmap.model.metrics import classification_metrics, roc_auc
 
 REPORTED = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
@@ -49,7 +49,7 @@ def main():
     print("| " + " | ".join(header) + " | weights |\n" + "|---" * (len(header) + 1) + "|")
     result = {}
     for run in args.run_dirs:
-        oof = pd.concat([pd.read_parquet(p) for p in sorted(run.glob(f"fold-*/{FOLD_OOF}"))], ignore_index=True)
+        oof = out_of_fold(run)
         r = result[str(run)] = compare(oof)
         a, b, (lo, hi) = r["without"], r["with"], r["roc_auc_change_95"]
         print(

@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from idcmap.model import load_bundle
+from idcmap.model.bundle import OOF_FILE
 from idcmap.model.crossval import out_of_fold_report, patient_resamples
+from idcmap.model.make_bundle import FOLD_OOF
 from idcmap.model.metrics import roc_auc
 
 KEY = ["patient_id", "x", "y"]
@@ -33,10 +36,11 @@ REPORTED = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
 
 
 def out_of_fold(path: Path) -> pd.DataFrame:
-    """A bundle's stored out-of-fold scores, or a run's folds' scores so far."""
-    if (path / "oof_predictions.parquet").exists():
-        return pd.read_parquet(path / "oof_predictions.parquet")
-    return pd.concat([pd.read_parquet(p) for p in sorted(path.glob("fold-*/oof.parquet"))], ignore_index=True)
+    """A run's folds' out-of-fold scores so far, or a cross-validated bundle's stored ones."""
+    folds = sorted(path.glob(f"fold-*/{FOLD_OOF}"))
+    if folds:
+        return pd.concat([pd.read_parquet(f) for f in folds], ignore_index=True)
+    return pd.read_parquet(load_bundle(path).file(OOF_FILE))
 
 
 def paired(run_dir: Path, reference: Path) -> tuple[pd.DataFrame, bool]:

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_ensemble import out_of_fold
 
 from idcmap.jobs.render.summaries import idc_mask
-from idcmap.model import load_bundle
-from idcmap.model.bundle import OOF_FILE
 from idcmap.model.crossval import cross_fitted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,12 +54,7 @@ def main():
     ap.add_argument("--least-idc", type=int, default=3, help="patients with the least IDC, averaged apart")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    folds = sorted(args.source.glob("fold-*/oof.parquet"))
-    oof = (
-        pd.concat([pd.read_parquet(f) for f in folds], ignore_index=True)
-        if folds
-        else pd.read_parquet(load_bundle(args.source).file(OOF_FILE))
-    )
+    oof = out_of_fold(args.source)
     prob, thr, _ = cross_fitted(oof)
     whole = oof[oof.source == "patients"]
     idc_share = whole.groupby("patient_id").label.mean().sort_values()
