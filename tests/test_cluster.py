@@ -12,13 +12,14 @@ import time
 
 import numpy as np
 import psutil
+import pyarrow.compute as pc
 import pytest
 
 from idcmap.jobs.jobdir.layout import JobDir
 
 from .cluster import ENV, LocalCluster
 from .conftest import REPO
-from .test_score_job import read_job_table
+from .test_score_job import ROW_ORDER, read_job_table
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,10 @@ def score(cluster, slides, job, *args):
 
 
 def same_rows(job, reference_job):
-    got, expected = read_job_table(job), read_job_table(reference_job)
+    same_table(read_job_table(job), read_job_table(reference_job))
+
+
+def same_table(got, expected):
     assert got.num_rows == expected.num_rows
     for name in ("patient_id", "slide_id", "x", "y", "col", "row", "tissue_fraction"):
         assert got[name].equals(expected[name]), name
@@ -146,12 +150,19 @@ def test_a_worker_node_lost_mid_job_costs_no_slide_and_no_row(cluster, tmp_path,
 
 
 def test_a_node_that_joins_mid_job_gets_scorers(tmp_path, rebuilt, reference_job):
-    """A cluster of one 1-CPU node; a second node joins while the job runs: it scores too."""
+    """A cluster of one 1-CPU node; a second node joins while the job runs: it scores too. The job
+    scores the ten slides under four patients each, so that it outlasts a node's start (ten slides
+    alone took about 10 s on one node, less than a node takes to join and load a scorer)."""
+    copies = 4
+    slides = sorted((rebuilt / "slides").glob("*/*.tiff"))
+    manifest = tmp_path / "manifest.csv"
+    rows = [f"{s.stem}-{k},{s}" for k in range(copies) for s in slides]
+    manifest.write_text("\n".join(["patient_id,slide_path", *rows]) + "\n")
     small = LocalCluster()
     try:
         small.start()
         job = tmp_path / "job"
-        proc = score(small, rebuilt / "slides", job)
+        proc = score(small, manifest, job)
         deadline = time.time() + 300
         while time.time() < deadline and not (job / "job.json").exists() and proc.poll() is None:
             time.sleep(0.1)
@@ -160,9 +171,14 @@ def test_a_node_that_joins_mid_job_gets_scorers(tmp_path, rebuilt, reference_job
     finally:
         small.stop()
     assert proc.returncode == 0, stderr[-3000:]
-    same_rows(job, reference_job)
+    got, expected = read_job_table(job), read_job_table(reference_job)
+    i = got.schema.get_field_index("patient_id")
+    for k in range(copies):  # each copy: the reference's rows under its patient ids
+        copy = got.filter(pc.ends_with(got["patient_id"], f"-{k}"))
+        copy = copy.set_column(i, "patient_id", pc.utf8_slice_codeunits(copy["patient_id"], 0, -2))
+        same_table(copy.sort_by(ROW_ORDER), expected)
     nodes = json.loads((job / "job.json").read_text())["runs"][-1]["nodes"]
-    assert len(nodes) == 2 and all(n["patches"] > 0 for n in nodes.values())
+    assert len(nodes) == 2 and all(n["patches"] > 0 for n in nodes.values()), nodes
 
 
 LOCK_FROM_TWO_NODES = """

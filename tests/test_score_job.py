@@ -38,12 +38,11 @@ def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
+ROW_ORDER = [("patient_id", "ascending"), ("slide_id", "ascending"), ("row", "ascending"), ("col", "ascending")]
+
+
 def read_job_table(job_dir: Path):
-    return (
-        pd.read_parquet(job_dir / "predictions")
-        .pipe(pa.Table.from_pandas, preserve_index=False)
-        .sort_by([("patient_id", "ascending"), ("slide_id", "ascending"), ("row", "ascending"), ("col", "ascending")])
-    )
+    return pd.read_parquet(job_dir / "predictions").pipe(pa.Table.from_pandas, preserve_index=False).sort_by(ROW_ORDER)
 
 
 def test_examples_end_to_end_with_a_corrupt_and_a_missing_slide(tmp_path, bundle, ray_session):
