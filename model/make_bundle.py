@@ -328,6 +328,7 @@ RECIPE_KEYS = (
     "stain_strength",
     "artefact_strength",
     "consistency",
+    "wide_stain",
     "label_smoothing",
     "robust_q",
     "patient_power",

@@ -48,6 +48,8 @@ class TrainConfig:
     stain_strength: float = 0.0  # scales the HED (stain space) jitter and gamma; 0: off
     artefact_strength: float = 0.0  # scales the blur and JPEG augmentation; 0: off
     consistency: float = 0.0  # weight of the two-view consistency loss (Jensen-Shannon); 0: off
+    wide_stain: float = 0.0  # with consistency: the second view's stain strength; it is only pulled to the first's
+    # prediction (held fixed), and the cross-entropy is on the first view alone; 0: two alike views
     label_smoothing: float = 0.0  # targets 1 - s/2 and s/2 instead of 1 and 0 (coarse region labels)
     robust_q: float = 0.0  # generalised cross-entropy (1 - p^q) / q, robust to wrong labels; 0: cross-entropy
     patient_power: float = 0.0  # each patch weighted by its patient's patch count^-power (0: off, 1: patients equal)
@@ -209,8 +211,8 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
 
     loss_fn = cross_entropy(cfg.label_smoothing, cfg.robust_q)
 
-    def view(x):
-        x = augment(tf.cast(x, tf.float32), cfg.colour_strength, cfg.stain_strength, cfg.artefact_strength)
+    def view(x, stain_strength=cfg.stain_strength):
+        x = augment(tf.cast(x, tf.float32), cfg.colour_strength, stain_strength, cfg.artefact_strength)
         return normalise(x, cfg.normalisation)
 
     def replica_step(x, y, w):
@@ -218,10 +220,10 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
         fit, weight = mixed_loss(loss_fn, y, w, partner, share)
         with tf.GradientTape() as tape:
             if cfg.consistency > 0:  # two augmented views of each patch, one forward pass
-                both = tf.concat([mix_images(view(x), partner, share), mix_images(view(x), partner, share)], 0)
+                second = view(x, cfg.wide_stain) if cfg.wide_stain > 0 else view(x)
+                both = tf.concat([mix_images(view(x), partner, share), mix_images(second, partner, share)], 0)
                 p1, p2 = tf.split(model(both, training=True), 2)
-                agree = cfg.consistency * jensen_shannon(p1, p2) * weight
-                per_patch = 0.5 * (fit(p1) + fit(p2)) + agree
+                per_patch = two_view_loss(fit, weight, p1, p2, cfg.consistency, wide=cfg.wide_stain > 0)
             else:
                 per_patch = fit(model(mix_images(view(x), partner, share), training=True))
             loss = tf.nn.compute_average_loss(per_patch, global_batch_size=cfg.global_batch_size)
@@ -308,6 +310,17 @@ def jensen_shannon(p, q):
     p, q = tf.clip_by_value(p, 1e-7, 1.0), tf.clip_by_value(q, 1e-7, 1.0)
     m = 0.5 * (p + q)
     return 0.5 * tf.reduce_sum(p * tf.math.log(p / m) + q * tf.math.log(q / m), axis=-1)
+
+
+def two_view_loss(fit, weight, p1, p2, consistency: float, wide: bool = False):
+    """Per patch: the mean of both views' losses ``fit(p)`` plus ``consistency`` times their
+    Jensen-Shannon divergence (in the patch's ``weight``). ``wide``: the second view is only pulled
+    to the first's prediction, which is held fixed there, and the loss is the first view's alone."""
+    import tensorflow as tf
+
+    if wide:
+        return fit(p1) + consistency * jensen_shannon(tf.stop_gradient(p1), p2) * weight
+    return 0.5 * (fit(p1) + fit(p2)) + consistency * jensen_shannon(p1, p2) * weight
 
 
 def _validation_auc(predict, val) -> float | None:

@@ -98,6 +98,37 @@ def test_consistency_loss_is_the_jensen_shannon_divergence():
     assert jensen_shannon(one_hot[:1], one_hot[1:]).numpy()[0] == pytest.approx(np.log(2), abs=1e-5)
 
 
+def test_a_wide_second_view_learns_only_to_agree_with_the_first():
+    import tensorflow as tf
+
+    from idcmap.model.train import cross_entropy, jensen_shannon, two_view_loss
+
+    rng = np.random.default_rng(4)
+    p1, p2 = (tf.Variable(rng.dirichlet([1, 1], 16).astype(np.float32)) for _ in range(2))
+    y, w = rng.integers(0, 2, 16), tf.constant(rng.uniform(0.5, 2, 16).astype(np.float32))
+    ce = cross_entropy()
+
+    def fit(p):
+        return ce(y, p) * w
+
+    def grads(wide):
+        with tf.GradientTape() as tape:
+            loss = two_view_loss(fit, w, p1, p2, 3.0, wide)
+        return loss.numpy(), [g.numpy() for g in tape.gradient(loss, [p1, p2])]
+
+    js = (jensen_shannon(p1, p2) * w).numpy()
+    loss, (g1, g2) = grads(wide=True)
+    np.testing.assert_allclose(loss, fit(p1).numpy() + 3.0 * js, rtol=1e-5)
+    with tf.GradientTape() as tape:
+        own = tf.reduce_sum(fit(p1))
+    g_own = tape.gradient(own, p1).numpy()
+    np.testing.assert_allclose(g1, g_own, rtol=1e-5)  # no pull towards the wide view
+    assert np.abs(g2).max() > 1e-3  # the wide view is pulled, by the divergence alone
+    loss, (g1_alike, _) = grads(wide=False)
+    np.testing.assert_allclose(loss, 0.5 * (fit(p1) + fit(p2)).numpy() + 3.0 * js, rtol=1e-5)
+    assert np.abs(g1_alike - 0.5 * g_own).max() > 1e-3  # alike views pull each other
+
+
 def test_label_smoothing_moves_the_targets_off_zero_and_one():
     from idcmap.model.train import cross_entropy
 

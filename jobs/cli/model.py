@@ -121,6 +121,15 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     "divergence of their predictions to the loss (each step then costs twice); 0 turns it off.",
 )
 @click.option(
+    "--wide-stain",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="With --consistency: give the second view this stain strength instead, train it only to agree "
+    "with the first view's prediction (held fixed) and the cross-entropy on the first view alone; "
+    "0: two views alike.",
+)
+@click.option(
     "--label-smoothing",
     type=click.FloatRange(0, 0.5, max_open=True),
     default=0.0,
