@@ -220,7 +220,7 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
         fit, weight = mixed_loss(loss_fn, y, w, partner, share)
         with tf.GradientTape() as tape:
             if cfg.consistency > 0:  # two augmented views of each patch, one forward pass
-                second = view(x, cfg.wide_stain) if cfg.wide_stain > 0 else view(x)
+                second = view(x, cfg.wide_stain or cfg.stain_strength)
                 both = tf.concat([mix_images(view(x), partner, share), mix_images(second, partner, share)], 0)
                 p1, p2 = tf.split(model(both, training=True), 2)
                 per_patch = two_view_loss(fit, weight, p1, p2, cfg.consistency, wide=cfg.wide_stain > 0)
