@@ -34,17 +34,27 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
-def map_dice(oof: pd.DataFrame, prob, thr, min_area_mm2: float) -> dict[str, float]:
-    """Dice of each whole patient's map calls against its labels."""
+def patient_maps(oof: pd.DataFrame, prob, thr):
+    """Per whole patient: (probability grid, NaN off tissue; label grid; threshold; fold)."""
     out = {}
     for p in sorted(oof.loc[oof.source == "patients", "patient_id"].unique()):
         m = (oof.patient_id == p).to_numpy()
         col, row = oof.x.to_numpy()[m] // 50, oof.y.to_numpy()[m] // 50
         grid = np.full((row.max() + 1, col.max() + 1), np.nan, np.float32)
         grid[row, col] = prob[m]
-        calls = idc_mask(grid, float(thr[m][0]), max(1, math.ceil(min_area_mm2 / PATCH_MM2 - 1e-9)))[row, col]
-        out[p] = dice(calls, oof.label.to_numpy()[m] == 1)
+        labels = np.zeros(grid.shape, bool)
+        labels[row, col] = oof.label.to_numpy()[m] == 1
+        out[p] = (grid, labels, float(thr[m][0]), int(oof.fold.to_numpy()[m][0]))
     return out
+
+
+def min_patches(min_area_mm2: float) -> int:
+    return max(1, math.ceil(min_area_mm2 / PATCH_MM2 - 1e-9))
+
+
+def map_dice(maps: dict, min_area_mm2: float) -> dict[str, float]:
+    """Dice of each whole patient's map calls against its labels (off-tissue cells are neither)."""
+    return {p: dice(idc_mask(g, t, min_patches(min_area_mm2)), lab) for p, (g, lab, t, _) in maps.items()}
 
 
 def main():
@@ -56,12 +66,13 @@ def main():
     args = ap.parse_args()
     oof = out_of_fold(args.source)
     prob, thr, _ = cross_fitted(oof)
+    maps = patient_maps(oof, prob, thr)
     whole = oof[oof.source == "patients"]
     idc_share = whole.groupby("patient_id").label.mean().sort_values()
     least = list(idc_share.index[: args.least_idc])
     results = {}
     for area in args.min_areas:
-        d = map_dice(oof, prob, thr, area)
+        d = map_dice(maps, area)
         v = np.array(list(d.values()))
         results[area] = {
             "per_patient": d,
@@ -74,8 +85,7 @@ def main():
     print("|---|---|---|---|---|")
     for area, r in results.items():
         print(
-            f"| {area:g} mm² | {max(1, math.ceil(area / PATCH_MM2 - 1e-9))} | {r['mean']:.3f} | "
-            f"{r['median']:.3f} | {r['least_idc_mean']:.3f} |"
+            f"| {area:g} mm² | {min_patches(area)} | {r['mean']:.3f} | {r['median']:.3f} | {r['least_idc_mean']:.3f} |"
         )
     print("\n| patient | IDC share | " + " | ".join(f"Dice, {a:g} mm²" for a in results) + " |")
     print("|---|---|" + "---|" * len(results))
