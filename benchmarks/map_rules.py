@@ -29,7 +29,7 @@ from oof_maps import dice, min_patches, patient_maps
 
 from idcmap.jobs.render.summaries import idc_mask
 from idcmap.model.crossval import cross_fitted, patient_resamples
-from idcmap.model.scoring import sigmoid
+from idcmap.model.scoring import logit, sigmoid
 
 SHIPPED = {"sigma": 0.0, "offset": 0.0, "area": 0.2}
 FAMILIES = {
@@ -37,11 +37,6 @@ FAMILIES = {
     "offset": [{"offset": d} for d in (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)],
     "area": [{"area": a} for a in (0.0, 0.2, 0.4, 0.8)],
 }
-
-
-def logit(p):
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
 
 
 def calls(grid: np.ndarray, threshold: float, sigma: float, offset: float, area: float) -> np.ndarray:

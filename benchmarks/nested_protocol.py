@@ -5,13 +5,14 @@ among several still held out once the choice itself is made inside the folds?
         [--cache-dir /path/to/cache] [--cpus 2] [--json OUT]
 
 Each candidate is a training protocol: the first candidate's run's ``recipe.json`` (a finished
-``idcmap train --folds 3`` run on ``../shared/data/idc``) with the ``key=value`` changes given (keys
+``idcmap train --folds K`` run on ``../shared/data/idc``) with the ``key=value`` changes given (keys
 of ``recipe.json``: ``stain_strength=0``, ``weight_decay=0.02``, ``arch=idcnet_deep`` ...). Every
 candidate's RUN_DIR holds, or is given, that run's folds.
 
-For outer fold k the choice sees only the other two folds i and j: each candidate's network trained
-on fold i alone scores fold j, and the one trained on fold j alone scores fold i (so three networks a
-candidate in all, each on a third of the patients, kept under ``--nest``). The rule, fixed before any
+For outer fold k the choice sees only the other folds: each candidate's network trained on one of
+them alone scores the rest of them (so K networks a candidate in all, each on a K-th of the patients,
+kept under ``--nest``; with K = 3, the network trained on fold i scores fold j and the one trained on
+j scores i). The rule, fixed before any
 of it ran:
 
 - a candidate is eligible if, on those pooled inner scores (patch alone, each network on its own
@@ -20,9 +21,9 @@ of it ran:
 - the eligible candidate of the highest inner ROC AUC is chosen; if none is eligible, the one that
   loses the least sensitivity under the shift.
 
-Fold k's out-of-fold scores are then the chosen candidate's own fold-k network's (trained on folds
-i and j, as in its cross-validation; trained here if its run lacks it), and the nested figures are
-the bundle's cross-fitted ones (context, temperature, threshold) over the three folds so chosen.
+Fold k's out-of-fold scores are then the chosen candidate's own fold-k network's (trained on the
+other folds, as in its cross-validation; trained here if its run lacks it), and the nested figures
+are the bundle's cross-fitted ones (context, temperature, threshold) over the K folds so chosen.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ from idcmap.model.metrics import roc_auc
 from idcmap.model.scoring import idc_logit, scoring_function
 from idcmap.model.train import TrainConfig
 
-K = 3
 SHIFT = "H x0.6"
 MAX_AUC_DROP, MAX_SENSITIVITY_DROP = 0.02, 0.05
 REPORTED = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
@@ -138,7 +138,7 @@ def choose(figures: dict[str, dict]) -> str:
     return min(figures, key=lambda n: figures[n]["sensitivity_drop"])
 
 
-def outer_fold(cfg: TrainConfig, run_dir: Path, patches, folds: dict[str, int], k: int) -> pd.DataFrame:
+def outer_fold(cfg: TrainConfig, run_dir: Path, patches, folds: dict[str, int], k: int, n_folds: int) -> pd.DataFrame:
     """The candidate's fold-k out-of-fold rows (trained on the other folds), from its run or trained."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / FOLDS_FILE
@@ -146,7 +146,7 @@ def outer_fold(cfg: TrainConfig, run_dir: Path, patches, folds: dict[str, int], 
         path.write_text(json.dumps(folds, indent=0, sort_keys=True))
     elif {p: int(f) for p, f in json.loads(path.read_text()).items()} != folds:
         raise SystemExit(f"{run_dir}: its folds are not the first candidate's")
-    check_recipe(cfg, K, run_dir)
+    check_recipe(cfg, n_folds, run_dir)
     return train_fold(cfg, patches, folds, k, run_dir)
 
 
@@ -173,11 +173,12 @@ def main():
     candidates = parse_candidates(args.candidates, args.cache_dir, args.cpus)
     first = next(iter(candidates.values()))
     folds = {p: int(f) for p, f in json.loads((first[1] / FOLDS_FILE).read_text()).items()}
+    n_folds = len(set(folds.values()))
     patches = datalib.load_patches_cached(
         first[0].data_dirs, args.cache_dir, limit_per_patient=first[0].limit_per_patient
     )
     inner = {
-        name: pd.concat([inner_scores(cfg, patches, folds, j, args.nest.resolve() / name) for j in range(K)])
+        name: pd.concat([inner_scores(cfg, patches, folds, j, args.nest.resolve() / name) for j in range(n_folds)])
         for name, (cfg, _) in candidates.items()
     }
     rule = {
@@ -188,14 +189,14 @@ def main():
     }
     result: dict = {"rule": rule, "outer_folds": {}}
     chosen_rows = []
-    for k in range(K):
+    for k in range(n_folds):
         # the other folds' patches scored by the network trained on the remaining one
         figures = {n: inner_figures(s[(s.outer_fold != k) & (s.trained_on_fold != k)]) for n, s in inner.items()}
         chosen = choose(figures)
         _print_choice(k, figures, chosen)
         result["outer_folds"][k] = {"chosen": chosen, "inner": figures}
         cfg, run_dir = candidates[chosen]
-        chosen_rows.append(outer_fold(cfg, run_dir, patches, folds, k))
+        chosen_rows.append(outer_fold(cfg, run_dir, patches, folds, k, n_folds))
     report = out_of_fold_report(pd.concat(chosen_rows, ignore_index=True))
     result["nested"] = {key: report[key] for key in REPORTED} | {"patch_only_roc_auc": report["patch_only_roc_auc"]}
     print("nested out-of-fold: " + ", ".join(f"{k} {v:.4f}" for k, v in result["nested"].items()))
