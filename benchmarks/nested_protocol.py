@@ -12,8 +12,7 @@ candidate's RUN_DIR holds, or is given, that run's folds.
 For outer fold k the choice sees only the other folds: each candidate's network trained on one of
 them alone scores the rest of them (so K networks a candidate in all, each on a K-th of the patients,
 kept under ``--nest``; with K = 3, the network trained on fold i scores fold j and the one trained on
-j scores i). The rule, fixed before any
-of it ran:
+j scores i). The rule, fixed before any of it ran:
 
 - a candidate is eligible if, on those pooled inner scores (patch alone, each network on its own
   training patches' scale), scaling haematoxylin by 0.6 lowers ROC AUC by at most 0.02 and the
@@ -190,7 +189,7 @@ def main():
     result: dict = {"rule": rule, "outer_folds": {}}
     chosen_rows = []
     for k in range(n_folds):
-        # the other folds' patches scored by the network trained on the remaining one
+        # the other folds' patches, each scored by the networks trained on another of them alone
         figures = {n: inner_figures(s[(s.outer_fold != k) & (s.trained_on_fold != k)]) for n, s in inner.items()}
         chosen = choose(figures)
         _print_choice(k, figures, chosen)
