@@ -80,7 +80,8 @@ def main():
     oof = out_of_fold(args.source)
     maps = patient_maps(oof, *cross_fitted(oof)[:2])
     share = {p: lab[~np.isnan(g)].mean() for p, (g, lab, _, _) in maps.items()}
-    least = sorted(share, key=share.__getitem__)[:3]
+    order = sorted(share, key=share.__getitem__)  # least IDC first
+    least = order[:3]
     folds = {p: m[3] for p, m in maps.items()}
 
     def dices(rule: dict) -> dict[str, float]:
@@ -98,7 +99,6 @@ def main():
         print(f"| {name}, chosen inside the folds | {picks} | {summary(results[name], least, base)} |")
         for rule, d in zip(family, per_rule):
             print(f"| {name} {rule} (in-sample) | - | {summary(d, least, base)} |")
-    order = sorted(share, key=share.__getitem__)
     print("\n| patient | IDC share | " + " | ".join(results) + " |\n|---|---|" + "---|" * len(results))
     for p in order:
         print(f"| {p} | {share[p]:.1%} | " + " | ".join(f"{r[p]:.3f}" for r in results.values()) + " |")

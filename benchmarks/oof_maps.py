@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from bench_ensemble import out_of_fold
 
-from idcmap.jobs.render.summaries import idc_mask
+from idcmap.jobs.render.summaries import idc_mask, patches_for_area
 from idcmap.model.crossval import cross_fitted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +48,7 @@ def patient_maps(oof: pd.DataFrame, prob, thr):
 
 
 def min_patches(min_area_mm2: float) -> int:
-    return max(1, math.ceil(min_area_mm2 / PATCH_MM2 - 1e-9))
+    return patches_for_area(min_area_mm2, PATCH_MM2)
 
 
 def map_dice(maps: dict, min_area_mm2: float) -> dict[str, float]:

@@ -96,9 +96,14 @@ def prob_stats(probs: np.ndarray, idc_patches: int) -> ProbStats:
     )
 
 
+def patches_for_area(area_mm2: float, patch_mm2: float) -> int:
+    """Pure: patches of ``patch_mm2`` each that a region needs to reach ``area_mm2`` (at least 1)."""
+    return max(1, math.ceil(area_mm2 / patch_mm2 - 1e-9))
+
+
 def min_region_patches(meta: SlideMeta) -> int:
     """Patches an IDC region needs to reach the minimum IDC area (at least 1)."""
-    return max(1, math.ceil(min_idc_area_mm2(meta) / patch_area_mm2(meta) - 1e-9))
+    return patches_for_area(min_idc_area_mm2(meta), patch_area_mm2(meta))
 
 
 def idc_mask(prob_map: np.ndarray, threshold: float, min_patches: int) -> np.ndarray:
