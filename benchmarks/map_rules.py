@@ -9,7 +9,10 @@ of other rules on the 24 whole patients' out-of-fold maps:
 - ``smooth``: the logits Gaussian-smoothed over the tissue (sigma in patches) before the threshold;
 - ``offset``: the map's threshold moved by a logit offset (the patch threshold is chosen for
   balanced accuracy, Dice weighs false positives differently);
-- ``area``: the minimum region area.
+- ``area``: the minimum region area;
+- ``seed``: hysteresis: a region called at the threshold is kept only if its highest score reaches
+  the threshold moved up by a logit offset (a faint blob goes, the whole extent of a strong one
+  stays).
 
 Choosing a rule by the Dice of the same patients flatters it, so each fold's rule is the one with
 the best mean Dice on the *other* folds' whole patients, and the figures reported (mean, median,
@@ -31,15 +34,16 @@ from idcmap.jobs.render.summaries import idc_mask
 from idcmap.model.crossval import cross_fitted, patient_resamples
 from idcmap.model.scoring import logit, sigmoid
 
-SHIPPED = {"sigma": 0.0, "offset": 0.0, "area": 0.2}
+SHIPPED = {"sigma": 0.0, "offset": 0.0, "area": 0.2, "seed": 0.0}
 FAMILIES = {
     "smooth": [{"sigma": s} for s in (0.0, 0.5, 1.0, 1.5, 2.0)],
     "offset": [{"offset": d} for d in (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)],
     "area": [{"area": a} for a in (0.0, 0.2, 0.4, 0.8)],
+    "seed": [{"seed": d} for d in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)],
 }
 
 
-def calls(grid: np.ndarray, threshold: float, sigma: float, offset: float, area: float) -> np.ndarray:
+def calls(grid: np.ndarray, threshold: float, sigma: float, offset: float, area: float, seed: float) -> np.ndarray:
     """The map's IDC calls under one rule (``grid``: probabilities, NaN off tissue)."""
     tissue = ~np.isnan(grid)
     z = np.where(tissue, logit(np.nan_to_num(grid)), 0.0).astype(np.float32)
@@ -47,7 +51,14 @@ def calls(grid: np.ndarray, threshold: float, sigma: float, offset: float, area:
         weight = cv2.GaussianBlur(tissue.astype(np.float32), (0, 0), sigma)
         z = cv2.GaussianBlur(z, (0, 0), sigma) / np.maximum(weight, 1e-6)
     prob = np.where(tissue, sigmoid(z), np.nan)
-    return idc_mask(prob, float(sigmoid(logit(threshold) + offset)), min_patches(area))
+    threshold = float(sigmoid(logit(threshold) + offset))
+    mask = idc_mask(prob, threshold, min_patches(area))
+    if seed and mask.any():  # keep the regions whose peak reaches the raised threshold
+        n, regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+        peak = np.zeros(n)
+        np.maximum.at(peak, regions[mask], prob[mask])
+        mask &= peak[regions] >= sigmoid(logit(threshold) + seed)
+    return mask
 
 
 def nested(dices: list[dict[str, float]], folds: dict[str, int]) -> tuple[dict[str, float], list[int]]:
