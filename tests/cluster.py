@@ -32,12 +32,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ray_processes() -> set[int]:
+def _ray_processes(temp_dir: Path) -> set[int]:
+    """The processes of the Ray whose temp dir is ``temp_dir``: those that name it on their command
+    line (GCS, raylets, dashboard, monitors) and their children (agents, workers). Another Ray on
+    this machine (a job's embedded one, starting while a node does) is never among them."""
     found = set()
     for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "/site-packages/ray/" in cmd or "ray::" in cmd:  # raylet, GCS, dashboard, agents, log monitor
-            found.add(p.info["pid"])
+        if str(temp_dir) in " ".join(p.info["cmdline"] or []):
+            try:
+                found |= {p.info["pid"], *(c.pid for c in p.children(recursive=True))}
+            except psutil.Error:
+                pass
     return found
 
 
@@ -54,7 +59,7 @@ class LocalCluster:
         self.killed: set[int] = set()  # the nodes kill_node took down
 
     def _ray_start(self, *args: str) -> set[int]:
-        before = _ray_processes()
+        before = _ray_processes(self.temp_dir)
         # every node its own agent ports: Ray's defaults (52365 ...) may be taken by another Ray on
         # this machine (the tests' embedded one), and a head without its job agent refuses submissions
         ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
@@ -63,7 +68,7 @@ class LocalCluster:
         proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         time.sleep(1.0)
-        added = _ray_processes() - before
+        added = _ray_processes(self.temp_dir) - before
         self.nodes.append(added)
         return added
 

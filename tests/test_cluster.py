@@ -5,9 +5,11 @@ its workers across nodes and survives losing one; the job lock holds between nod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -179,6 +181,34 @@ def test_a_node_that_joins_mid_job_gets_scorers(tmp_path, rebuilt, reference_job
         same_table(copy.sort_by(ROW_ORDER), expected)
     nodes = json.loads((job / "job.json").read_text())["runs"][-1]["nodes"]
     assert len(nodes) == 2 and all(n["patches"] > 0 for n in nodes.values()), nodes
+
+
+def test_the_test_cluster_stops_only_its_own_processes():
+    """A process of another Ray on this machine (a job's embedded Ray, say) that starts while a node
+    starts is not taken for the node's: the cluster's stop leaves it running and stops its own."""
+    other: list[subprocess.Popen] = []
+    fake = [sys.executable, "-c", "import time; time.sleep(300)", "/tmp/other-ray/site-packages/ray/raylet"]
+    starter = threading.Timer(0.5, lambda: other.append(subprocess.Popen(fake)))
+    c = LocalCluster()
+    try:
+        starter.start()
+        c.start()  # `ray start` takes seconds: the other process starts meanwhile
+        starter.join()
+        own = set(c.nodes[0])
+        assert c.raylet(0).pid in own and other[0].pid not in own
+        procs = []
+        for pid in own:
+            with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived helper may be gone
+                procs.append(psutil.Process(pid))
+    finally:
+        c.stop()
+    try:
+        assert other[0].poll() is None, "the cluster's stop killed another Ray's process"
+        _, running = psutil.wait_procs(procs, timeout=10)  # SIGKILL takes effect a moment later
+        assert not running, running
+    finally:
+        for p in other:
+            p.kill()
 
 
 LOCK_FROM_TWO_NODES = """
