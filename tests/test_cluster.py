@@ -1,7 +1,8 @@
 """On a real local Ray cluster (`ray start`: a head and worker nodes of 1 CPU each, one of them with
 a GPU that is not there): scoring gives the embedded run's rows, with GPU scorers only where the GPU
 is; a worker node lost mid-job costs no slide and no row; `ray job submit` runs a job; training runs
-its workers across nodes and survives losing one; the job lock holds between nodes."""
+its workers across nodes and survives losing one; the job lock holds between nodes; the test cluster
+stops only its own processes."""
 
 from __future__ import annotations
 
@@ -190,19 +191,20 @@ def test_the_test_cluster_stops_only_its_own_processes():
     fake = [sys.executable, "-c", "import time; time.sleep(300)", "/tmp/other-ray/site-packages/ray/raylet"]
     starter = threading.Timer(0.5, lambda: other.append(subprocess.Popen(fake)))
     c = LocalCluster()
+    procs: list[psutil.Process] = []
     try:
-        starter.start()
-        c.start()  # `ray start` takes seconds: the other process starts meanwhile
-        starter.join()
-        own = set(c.nodes[0])
-        assert c.raylet(0).pid in own and other[0].pid not in own
-        procs = []
-        for pid in own:
-            with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived helper may be gone
-                procs.append(psutil.Process(pid))
-    finally:
-        c.stop()
-    try:
+        try:
+            starter.start()
+            c.start()  # `ray start` takes seconds: the other process starts meanwhile
+            starter.join()
+            own = set(c.nodes[0])
+            assert c.raylet(0).pid in own and other[0].pid not in own
+            for pid in own:
+                with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived helper may be gone
+                    procs.append(psutil.Process(pid))
+        finally:
+            starter.join()
+            c.stop()
         assert other[0].poll() is None, "the cluster's stop killed another Ray's process"
         _, running = psutil.wait_procs(procs, timeout=10)  # SIGKILL takes effect a moment later
         assert not running, running
