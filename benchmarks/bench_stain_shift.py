@@ -129,6 +129,11 @@ def _transferred(images, patient_ids, vectors):
     return out
 
 
+def with_transfer(patient_ids, vectors) -> dict:
+    """``SHIFTS`` and ``OTHER_STAINS``: each patient re-drawn with another's stains (``_transferred``)."""
+    return dict(SHIFTS, **{OTHER_STAINS: lambda x: _transferred(x, patient_ids, vectors)})
+
+
 SHIFTS = {
     "none": lambda x: x,
     "H x0.5": lambda x: restain(x, h_scale=0.5),
@@ -146,7 +151,8 @@ SHIFTS = {
     "hue -15°": lambda x: _hue(x, -15),
     "JPEG q50": lambda x: _jpeg(x, 50),
 }
-QUICK = ["none", "H x0.6", "E x0.6", "other patients' stains", "JPEG q50"]
+OTHER_STAINS = "other patients' stains"
+QUICK = ["none", "H x0.6", "E x0.6", OTHER_STAINS, "JPEG q50"]
 
 
 def oof_images(oof: pd.DataFrame, cache_dir=None) -> np.ndarray:
@@ -244,7 +250,7 @@ def main():
     images, labels, pids = oof_images(oof, args.cache_dir), oof.label.to_numpy(), oof.patient_id.to_numpy()
     vectors = _vectors_of(images, pids)
     fold_of = oof.fold.to_numpy()
-    shifts = dict(SHIFTS, **{"other patients' stains": lambda x: _transferred(x, pids, vectors)})
+    shifts = with_transfer(pids, vectors)
     names = QUICK if args.quick else list(shifts)
 
     trained_normalised = all(info.get("stain_normalised") for info, _, _ in folds)

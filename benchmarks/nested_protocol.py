@@ -34,12 +34,13 @@ are the bundle's cross-fitted ones (context, temperature, threshold) over the K 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_stain_shift import DATA, SHIFTS, _transferred, _vectors_of
+from bench_stain_shift import DATA, OTHER_STAINS, SHIFTS, _vectors_of, with_transfer
 from stain_screen import SENSITIVITY  # the operating point: the shipped model's sensitivity, rounded
 
 from idcmap.jobs.cli import configure_logging
@@ -60,7 +61,6 @@ from idcmap.model.scoring import idc_logit, scoring_function
 from idcmap.model.train import TrainConfig
 
 SHIFT = "H x0.6"
-OTHER_STAINS = "other patients' stains"
 ALL_SHIFTS = [*(n for n in SHIFTS if n != "none"), OTHER_STAINS]
 MAX_AUC_DROP, MAX_SENSITIVITY_DROP = 0.02, 0.05
 REPORTED = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
@@ -143,7 +143,7 @@ def all_shift_logits(run_dir: Path, patches) -> pd.DataFrame:
         return pd.read_parquet(cached)
     score, info, test = _inner_network(run_dir, patches)
     images, pids = test.images, test.patient_ids
-    shifts = dict(SHIFTS, **{OTHER_STAINS: lambda x: _transferred(x, pids, _vectors_of(x, pids))})
+    shifts = with_transfer(pids, _vectors_of(images, pids))
     out = pd.DataFrame({name: _scaled_logits(score, info, shifts[name](images)) for name in ALL_SHIFTS})
     out.to_parquet(cached, index=False)
     return out
@@ -206,14 +206,11 @@ def outer_fold(cfg: TrainConfig, run_dir: Path, patches, folds: dict[str, int], 
 
 def all_shift_rows(inner: dict[str, pd.DataFrame], nest: Path, patches, n_folds: int):
     """``name -> its inner rows with a column per shift of ALL_SHIFTS``, scored the first time asked."""
-    done: dict[str, pd.DataFrame] = {}
 
+    @functools.cache
     def rows(name: str) -> pd.DataFrame:
-        if name not in done:
-            logits = [all_shift_logits(nest / name / f"trained-on-fold-{j}", patches) for j in range(n_folds)]
-            parts = [inner[name].reset_index(drop=True), pd.concat(logits, ignore_index=True)]
-            done[name] = pd.concat(parts, axis=1)
-        return done[name]
+        logits = [all_shift_logits(nest / name / f"trained-on-fold-{j}", patches) for j in range(n_folds)]
+        return pd.concat([inner[name].reset_index(drop=True), pd.concat(logits, ignore_index=True)], axis=1)
 
     return rows
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_stain_shift import SHIFTS, _normalised, _transferred, _vectors_of, oof_images
+from bench_stain_shift import OTHER_STAINS, _normalised, _vectors_of, oof_images, with_transfer
 
 from idcmap.model.make_bundle import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches
 from idcmap.model.metrics import roc_auc
@@ -43,8 +43,8 @@ def main():
     oof = pd.read_parquet(args.run_dirs[0] / f"fold-{args.fold}" / FOLD_OOF)
     images = oof_images(oof, args.cache_dir)
     y, pids = oof.label.to_numpy(), oof.patient_id.to_numpy()
-    shifted = {n: SHIFTS[n](images) for n in NAMES}
-    shifted["other patients' stains"] = _transferred(images, pids, _vectors_of(images, pids))
+    shifts = with_transfer(pids, _vectors_of(images, pids))
+    shifted = {n: shifts[n](images) for n in [*NAMES, OTHER_STAINS]}
 
     results = {}
     for run in args.run_dirs:
