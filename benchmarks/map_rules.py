@@ -12,7 +12,15 @@ of other rules on the 24 whole patients' out-of-fold maps:
 - ``area``: the minimum region area;
 - ``seed``: hysteresis: a region called at the threshold is kept only if its highest score reaches
   the threshold moved up by a logit offset (a faint blob goes, the whole extent of a strong one
-  stays).
+  stays);
+- ``peak``: the slide's own strongest evidence sets a floor: its map threshold is raised to
+  ``d`` logits below the 98th percentile of its tissue probabilities (never lowered; slides of
+  fewer than 10 tissue patches keep the threshold), so a slide with a strong tumour loses its
+  faint blobs and a pale slide, whose tumour is its top, keeps it;
+- ``prior``: the slide's own IDC prevalence estimated by EM on its probabilities (Saerens et al.
+  2002; starting from the mean probability ``pi0`` of the other folds' patches), and its logits
+  moved by ``lam`` times the log-odds of that prevalence against ``pi0`` (a slide with little IDC
+  is pulled down, a mostly-IDC one up; fewer than 10 tissue patches: unchanged).
 
 Choosing a rule by the Dice of the same patients flatters it, so each fold's rule is the one with
 the best mean Dice on the *other* folds' whole patients, and the figures reported (mean, median,
@@ -34,24 +42,50 @@ from idcmap.jobs.render.summaries import idc_mask
 from idcmap.model.crossval import cross_fitted, patient_resamples
 from idcmap.model.scoring import logit, sigmoid
 
-SHIPPED = {"sigma": 0.0, "offset": 0.0, "area": 0.2, "seed": 0.0}
+SHIPPED = {"sigma": 0.0, "offset": 0.0, "area": 0.2, "seed": 0.0, "peak": np.inf, "prior": 0.0}
 FAMILIES = {
     "smooth": [{"sigma": s} for s in (0.0, 0.5, 1.0, 1.5, 2.0)],
     "offset": [{"offset": d} for d in (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)],
     "area": [{"area": a} for a in (0.0, 0.2, 0.4, 0.8)],
     "seed": [{"seed": d} for d in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)],
+    "peak": [{"peak": d} for d in (np.inf, 3.0, 2.5, 2.0, 1.5, 1.0)],
+    "prior": [{"prior": lam} for lam in (0.0, 0.25, 0.5, 0.75, 1.0)],
 }
 
 
-def calls(grid: np.ndarray, threshold: float, sigma: float, offset: float, area: float, seed: float) -> np.ndarray:
+def em_prevalence(prob: np.ndarray, pi0: float, iterations: int = 100) -> float:
+    """The prevalence of a set of probabilities calibrated at prevalence ``pi0`` that makes them
+    self-consistent (EM: the mean of the posteriors re-weighted to the estimate)."""
+    pi = pi0
+    for _ in range(iterations):
+        a = prob * pi / pi0
+        pi = float(np.mean(a / (a + (1 - prob) * (1 - pi) / (1 - pi0))))
+    return pi
+
+
+def calls(
+    grid: np.ndarray,
+    threshold: float,
+    sigma: float,
+    offset: float,
+    area: float,
+    seed: float,
+    peak: float,
+    prior: float,
+    pi0: float,
+) -> np.ndarray:
     """The map's IDC calls under one rule (``grid``: probabilities, NaN off tissue)."""
     tissue = ~np.isnan(grid)
     z = np.where(tissue, logit(np.nan_to_num(grid)), 0.0).astype(np.float32)
+    if prior and tissue.sum() >= 10:
+        z[tissue] += prior * (logit(em_prevalence(grid[tissue], pi0)) - logit(pi0))
     if sigma:  # a weighted mean over tissue only: the background neither dilutes nor adds
         weight = cv2.GaussianBlur(tissue.astype(np.float32), (0, 0), sigma)
         z = cv2.GaussianBlur(z, (0, 0), sigma) / np.maximum(weight, 1e-6)
     prob = np.where(tissue, sigmoid(z), np.nan)
     threshold = float(sigmoid(logit(threshold) + offset))
+    if np.isfinite(peak) and tissue.sum() >= 10:
+        threshold = max(threshold, float(sigmoid(logit(np.percentile(prob[tissue], 98)) - peak)))
     mask = idc_mask(prob, threshold, min_patches(area))
     if seed and mask.any():  # keep the regions whose peak reaches the raised threshold
         n, regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
@@ -89,14 +123,16 @@ def main():
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     oof = out_of_fold(args.source)
-    maps = patient_maps(oof, *cross_fitted(oof)[:2])
+    prob, thr, _ = cross_fitted(oof)
+    maps = patient_maps(oof, prob, thr)
+    pi0 = {f: float(prob[(oof.fold != f).to_numpy()].mean()) for f in oof.fold.unique()}
     share = {p: lab[~np.isnan(g)].mean() for p, (g, lab, _, _) in maps.items()}
     order = sorted(share, key=share.__getitem__)  # least IDC first
     least = order[:3]
     folds = {p: m[3] for p, m in maps.items()}
 
     def dices(rule: dict) -> dict[str, float]:
-        return {p: dice(calls(g, t, **{**SHIPPED, **rule}), lab) for p, (g, lab, t, _) in maps.items()}
+        return {p: dice(calls(g, t, **{**SHIPPED, **rule}, pi0=pi0[f]), lab) for p, (g, lab, t, f) in maps.items()}
 
     base = dices({})
     results = {"shipped": base}
