@@ -17,12 +17,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from bench_ensemble import out_of_fold
+from bench_ensemble import difference_interval, out_of_fold
 
-from idcmap.model.crossval import cross_fitted, patient_resamples
-from idcmap.model.metrics import classification_metrics, roc_auc
+from idcmap.model.crossval import cross_fitted
+from idcmap.model.metrics import classification_metrics
 
 REPORTED = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
 
@@ -35,8 +34,7 @@ def compare(oof: pd.DataFrame) -> dict:
         m = classification_metrics(y, prob, thr)
         out[name] = {k: m[k] for k in REPORTED} | {"weights": [f["baseline_weight"] for f in per_fold.values()]}
         probs[name] = prob
-    diffs = [roc_auc(y, probs["with"], w) - roc_auc(y, probs["without"], w) for w in patient_resamples(patients)]
-    out["roc_auc_change_95"] = [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+    out["roc_auc_change_95"] = difference_interval(y, probs["without"], probs["with"], patients)
     return out
 
 

@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_ensemble import out_of_fold
+from bench_ensemble import difference_interval, out_of_fold
 from oof_maps import map_dice, patient_maps
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from idcmap.model.calibration import choose_threshold
-from idcmap.model.crossval import cross_fitted, patient_resamples
-from idcmap.model.metrics import classification_metrics, roc_auc
+from idcmap.model.crossval import cross_fitted
+from idcmap.model.metrics import classification_metrics
 from idcmap.slide_tiling import PATCH_SIZE
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -101,8 +101,7 @@ def compare(oof: pd.DataFrame) -> dict:
             "map_dice": dices,
         }
         probs[name] = prob
-    diffs = [roc_auc(y, probs["stacker"], w) - roc_auc(y, probs["shipped"], w) for w in patient_resamples(patients)]
-    out["roc_auc_change_95"] = [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+    out["roc_auc_change_95"] = difference_interval(y, probs["shipped"], probs["stacker"], patients)
     return out
 
 

@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_ensemble import difference_interval
 from bench_stain_shift import DATA
 
 from idcmap.model import data as datalib
 from idcmap.model.architectures import build
-from idcmap.model.crossval import cross_fitted, patient_resamples
+from idcmap.model.crossval import cross_fitted
 from idcmap.model.make_bundle import (
     FOLD_INFO,
     FOLD_OOF,
@@ -120,8 +121,7 @@ def main():
         if first is None:
             first = scores[0]
         else:
-            diffs = [roc_auc(y, scores[0], w) - roc_auc(y, first, w) for w in patient_resamples(patients)]
-            r["roc_auc_minus_first_95"] = [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+            r["roc_auc_minus_first_95"] = difference_interval(y, first, scores[0], patients)
         results[name] = r
         print(f"{name:34s}", ", ".join(f"{k} {np.round(v, 4)}" for k, v in r.items()))
     if args.json:
