@@ -43,6 +43,8 @@ from idcmap.model.crossval import cross_fitted, patient_resamples
 from idcmap.model.scoring import logit, sigmoid
 
 SHIPPED = {"sigma": 0.0, "offset": 0.0, "area": 0.2, "seed": 0.0, "peak": np.inf, "prior": 0.0}
+#: slides with fewer tissue patches keep their map under the per-slide rules (``peak``, ``prior``)
+MIN_SLIDE_PATCHES = 10
 FAMILIES = {
     "smooth": [{"sigma": s} for s in (0.0, 0.5, 1.0, 1.5, 2.0)],
     "offset": [{"offset": d} for d in (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)],
@@ -77,14 +79,14 @@ def calls(
     """The map's IDC calls under one rule (``grid``: probabilities, NaN off tissue)."""
     tissue = ~np.isnan(grid)
     z = np.where(tissue, logit(np.nan_to_num(grid)), 0.0).astype(np.float32)
-    if prior and tissue.sum() >= 10:
+    if prior and tissue.sum() >= MIN_SLIDE_PATCHES:
         z[tissue] += prior * (logit(em_prevalence(grid[tissue], pi0)) - logit(pi0))
     if sigma:  # a weighted mean over tissue only: the background neither dilutes nor adds
         weight = cv2.GaussianBlur(tissue.astype(np.float32), (0, 0), sigma)
         z = cv2.GaussianBlur(z, (0, 0), sigma) / np.maximum(weight, 1e-6)
     prob = np.where(tissue, sigmoid(z), np.nan)
     threshold = float(sigmoid(logit(threshold) + offset))
-    if np.isfinite(peak) and tissue.sum() >= 10:
+    if np.isfinite(peak) and tissue.sum() >= MIN_SLIDE_PATCHES:
         threshold = max(threshold, float(sigmoid(logit(np.percentile(prob[tissue], 98)) - peak)))
     mask = idc_mask(prob, threshold, min_patches(area))
     if seed and mask.any():  # keep the regions whose peak reaches the raised threshold
