@@ -45,8 +45,8 @@ def grid_features(z: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     the 5x5 ring's mean (own logit where no neighbour is scored)."""
     r, c = rows - rows.min() + 2, cols - cols.min() + 2
     shape = (r.max() + 3, c.max() + 3)
-    val, has = np.full(shape, np.nan), np.zeros(shape, bool)
-    val[r, c], has[r, c] = z, True
+    val = np.full(shape, np.nan)
+    val[r, c] = z
     near = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
     ring = [(dr, dc) for dr in range(-2, 3) for dc in range(-2, 3) if max(abs(dr), abs(dc)) == 2]
 
