@@ -170,6 +170,27 @@ def test_a_run_dir_refuses_a_rerun_with_other_options(crossvalidated, data_dirs)
     assert not (crossvalidated["root"] / "other-bundle").exists()
 
 
+def test_folds_only_prints_the_run_s_out_of_fold_figures_and_writes_no_bundle(crossvalidated, data_dirs, tmp_path):
+    """``train --folds-only`` on a finished run resumes its folds (no training: nothing in the run
+    changes) and prints the figures the bundle stores; no bundle, no network on every patient."""
+    from idcmap.jobs.cli import cli
+
+    runs = crossvalidated["root"] / "runs"
+    before = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
+    args = ["train", "--epochs", "1", "--batch-size", "32", "--limit-per-patient", str(PATCHES_PER_PATIENT)]
+    args += ["--stain-strength", "1", "--folds", str(FOLDS), "--folds-only", "--run-dir", str(runs)]
+    res = CliRunner().invoke(cli, args + [a for d in data_dirs for a in ("--data", d)])
+    assert res.exit_code == 0, res.output
+    stored = crossvalidated["bundle"].meta["out_of_fold_metrics"]
+    for key in ("roc_auc", "balanced_accuracy", "ece"):
+        assert f"  {key:18s} {stored[key]:.4f}" in res.output, key
+    assert f"out of fold: {FOLDS} folds" in res.output and "no bundle (--folds-only)" in res.output
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == before
+    # it names no bundle, so it needs the run folder
+    res = CliRunner().invoke(cli, ["train", "--data", data_dirs[0], "--folds", "2", "--folds-only"])
+    assert res.exit_code == 2 and "give --out (or, with --folds-only, --run-dir)" in res.output
+
+
 def test_bundle_manifest(trained):
     from idcmap.model import load_bundle
 

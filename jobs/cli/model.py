@@ -55,8 +55,8 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Bundle folder to write (replaced atomically when done).",
+    default=None,
+    help="Bundle folder to write (replaced atomically when done); required but with --folds-only.",
 )
 @click.option(
     "--resume",
@@ -178,8 +178,14 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
 @click.option(
     "--stain-normalise",
     is_flag=True,
-    help="Macenko-normalise each patient's patches before training (cross-validation folds only: "
+    help="Macenko-normalise each patient's patches before training (implies --folds-only: "
     "scoring does not normalise yet, so no bundle is written).",
+)
+@click.option(
+    "--folds-only",
+    is_flag=True,
+    help="Stop after the cross-validation folds: their out-of-fold scores in --run-dir and figures "
+    "printed, no network on every patient and no bundle (for comparing training protocols).",
 )
 @click.option(
     "--folds",
@@ -207,10 +213,13 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     help="Keep decoded patches here as .npz between runs.",
 )
 @click.option("--address", default=None, help="Ray cluster address [default: embedded local Ray].")
-def train(data_dirs, out_dir, resume, run_dir, folds, cache_dir, address, **options):
+def train(data_dirs, out_dir, resume, run_dir, folds, folds_only, cache_dir, address, **options):
     """Train a model with Ray Train and write a verified model bundle."""
     from idcmap.model.make_bundle import train_bundle, train_crossvalidated_bundle
 
+    folds_only = folds_only or options["stain_normalise"]
+    if out_dir is None and not (folds_only and run_dir):
+        raise click.UsageError("give --out (or, with --folds-only, --run-dir)")
     cfg, run_dir = train_setup(data_dirs, out_dir, run_dir, cache_dir, **options)
     if cfg.global_batch_size % cfg.num_workers:
         raise click.ClickException(
@@ -218,8 +227,12 @@ def train(data_dirs, out_dir, resume, run_dir, folds, cache_dir, address, **opti
         )
     if folds == 1:
         raise click.ClickException("--folds must be 0 (one validation split) or at least 2")
-    if cfg.stain_normalise and not folds:
-        raise click.ClickException("--stain-normalise measures cross-validation folds only: give --folds >= 2")
+    if folds_only and not folds:
+        what = "--stain-normalise" if cfg.stain_normalise else "--folds-only"
+        raise click.ClickException(f"{what} measures cross-validation folds only: give --folds >= 2")
+    if folds_only:
+        _cross_validate_only(cfg, folds, run_dir, address)
+        return
     if folds:  # a run resumes by itself: every fold and the final model keep their checkpoints
         bundle = train_crossvalidated_bundle(cfg, folds, out_dir, run_dir, ray_address=address)
     else:
@@ -230,6 +243,17 @@ def train(data_dirs, out_dir, resume, run_dir, folds, cache_dir, address, **opti
         f"balanced accuracy {m['balanced_accuracy']:.4f}, ECE {m['ece']:.4f}; threshold "
         f"{bundle.threshold:.3f}, backends {', '.join(bundle.backends)}"
     )
+
+
+def _cross_validate_only(cfg, folds: int, run_dir: Path, address) -> None:
+    """``train --folds-only``: the folds (resumed where done), their out-of-fold figures printed."""
+    from idcmap.model.crossval import out_of_fold_report
+    from idcmap.model.make_bundle import cross_validate
+
+    oof, _ = cross_validate(cfg, folds, run_dir.resolve(), ray_address=address)
+    report = out_of_fold_report(oof)
+    _print_report(dict(report, model=str(run_dir), backend="fold networks"), out_of_fold=True)
+    click.echo(f"the {folds} folds' networks and out-of-fold scores are under {run_dir}; no bundle (--folds-only)")
 
 
 @click.command()
