@@ -56,7 +56,7 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Bundle folder to write (replaced atomically when done); required but with --folds-only.",
+    help="Bundle folder to write (replaced atomically when done); needed unless --folds-only with --run-dir.",
 )
 @click.option(
     "--resume",
