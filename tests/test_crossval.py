@@ -275,7 +275,7 @@ def test_the_documented_runs_resume_under_their_commands(arch):
     args = shlex.split(command.replace("\\\n", " "))[2:]
     params = dict(cli.commands["train"].make_context("train", args).params)
     k = params.pop("folds")
-    for key in ("resume", "address"):
+    for key in ("resume", "address", "folds_only"):
         params.pop(key)
     cfg, run_dir = train_setup(**params)
     run_dir = REPO / run_dir
