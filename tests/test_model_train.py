@@ -170,7 +170,7 @@ def test_a_run_dir_refuses_a_rerun_with_other_options(crossvalidated, data_dirs)
     assert not (crossvalidated["root"] / "other-bundle").exists()
 
 
-def test_folds_only_prints_the_run_s_out_of_fold_figures_and_writes_no_bundle(crossvalidated, data_dirs, tmp_path):
+def test_folds_only_prints_the_run_s_out_of_fold_figures_and_writes_no_bundle(crossvalidated, data_dirs):
     """``train --folds-only`` on a finished run resumes its folds (no training: nothing in the run
     changes) and prints the figures the bundle stores; no bundle, no network on every patient."""
     from idcmap.jobs.cli import cli
