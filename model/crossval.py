@@ -15,7 +15,7 @@ all folds' out-of-fold scores together.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import PurePath
 
 import numpy as np
@@ -213,14 +213,15 @@ def patient_resamples(patient_ids, n: int = BOOTSTRAP, seed: int = 0) -> Iterato
         yield np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)[patient].astype(np.float64)
 
 
-def bootstrap_intervals(labels, prob, thr, patient_ids, n: int = BOOTSTRAP, seed: int = 0) -> dict:
-    """95 % intervals of the pooled figures over :func:`patient_resamples`."""
+def resampled_figures(labels, prob, thr, weightings: Iterable[np.ndarray]) -> dict[str, list[float]]:
+    """The pooled figures (ROC AUC, balanced accuracy, sensitivity, specificity, ECE) under each
+    per-patch weighting, e.g. :func:`patient_resamples`; weightings with a single class are skipped."""
     y, prob = np.asarray(labels).astype(bool), np.asarray(prob, np.float64)
     call, groups = prob >= np.asarray(thr), score_groups(prob)
     samples: dict[str, list[float]] = {
         k: [] for k in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
     }
-    for w in patient_resamples(patient_ids, n, seed):
+    for w in weightings:
         n_pos, n_neg = w[y].sum(), w[~y].sum()
         if not n_pos or not n_neg:
             continue
@@ -230,6 +231,12 @@ def bootstrap_intervals(labels, prob, thr, patient_ids, n: int = BOOTSTRAP, seed
         samples["specificity"].append(spec)
         samples["balanced_accuracy"].append((sens + spec) / 2)
         samples["ece"].append(expected_calibration_error(prob, y, weights=w))
+    return samples
+
+
+def bootstrap_intervals(labels, prob, thr, patient_ids, n: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """95 % intervals of the pooled figures over :func:`patient_resamples`."""
+    samples = resampled_figures(labels, prob, thr, patient_resamples(patient_ids, n, seed))
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in samples.items()}
 
 
