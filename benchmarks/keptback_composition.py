@@ -49,6 +49,20 @@ def composed_resamples(
         yield times[index].astype(np.float64), drawn
 
 
+def print_folders(oof, prob: np.ndarray, thr: np.ndarray) -> None:
+    """All patients', the whole ones' and the sparse ones' pooled figures, patch alone and after the steps."""
+    y, patients, source = oof.label.to_numpy(), oof.patient_id.to_numpy(), oof.source.to_numpy()
+    print("| patients | patches | ROC AUC, patch alone | ROC AUC | balanced acc. | sensitivity | specificity | ECE |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, m in (("all", np.ones(len(y), bool)), ("whole", source == "patients"), ("sparse", source == "sparse")):
+        r = classification_metrics(y[m], prob[m], thr[m])
+        print(
+            f"| {name} ({len(set(patients[m]))}) | {m.sum()} | {roc_auc(y[m], oof.logit.to_numpy()[m]):.4f} | "
+            f"{r['roc_auc']:.4f} | {r['balanced_accuracy']:.3f} | {r['sensitivity']:.3f} | {r['specificity']:.3f} "
+            f"| {r['ece']:.3f} |"
+        )
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("source", type=Path, help="a cross-validated bundle, or its training run (--run-dir)")
@@ -60,16 +74,7 @@ def main():
     oof = out_of_fold(args.source)
     prob, thr, _ = cross_fitted(oof)
     y, patients, source = oof.label.to_numpy(), oof.patient_id.to_numpy(), oof.source.to_numpy()
-
-    print("| patients | patches | ROC AUC, patch alone | ROC AUC | balanced acc. | sensitivity | specificity | ECE |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, m in (("all", np.ones(len(y), bool)), ("whole", source == "patients"), ("sparse", source == "sparse")):
-        r = classification_metrics(y[m], prob[m], thr[m])
-        print(
-            f"| {name} ({len(set(patients[m]))}) | {m.sum()} | {roc_auc(y[m], oof.logit.to_numpy()[m]):.4f} | "
-            f"{r['roc_auc']:.4f} | {r['balanced_accuracy']:.3f} | {r['sensitivity']:.3f} | {r['specificity']:.3f} "
-            f"| {r['ece']:.3f} |"
-        )
+    print_folders(oof, prob, thr)
 
     whole, sparse = (sorted(set(patients[source == s])) for s in ("patients", "sparse"))
     whole_ba = {
@@ -102,7 +107,8 @@ def main():
     if args.whole:
         met = float(np.mean(np.array(lowest) >= WHOLE_PATIENT_BA))
         out["whole_patients_ba_at_least"] = {"bound": WHOLE_PATIENT_BA, "share_meeting": met}
-        print(f"| lowest whole patient's balanced acc. | {np.median(lowest):.3f} | | >= {WHOLE_PATIENT_BA} | {met:.0%} |")
+        median = np.median(lowest)
+        print(f"| lowest whole patient's balanced acc. | {median:.3f} | | >= {WHOLE_PATIENT_BA} | {met:.0%} |")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 

@@ -20,7 +20,12 @@ of other rules on the 24 whole patients' out-of-fold maps:
 - ``prior``: the slide's own IDC prevalence estimated by EM on its probabilities (Saerens et al.
   2002; starting from the mean probability ``pi0`` of the other folds' patches), and its logits
   moved by ``lam`` times the log-odds of that prevalence against ``pi0`` (a slide with little IDC
-  is pulled down, a mostly-IDC one up; fewer than 10 tissue patches: unchanged).
+  is pulled down, a mostly-IDC one up; fewer than 10 tissue patches: unchanged);
+- ``edice``: the slide's map is the set of its patches that maximises the Dice its calibrated
+  probabilities expect, 2 x (the sum of the called patches' probabilities) / (the called patches +
+  the sum of all its probabilities): its highest-scoring patches down to the count that maximises
+  that (the plug-in rule for F1 of Jansche 2007 and Nan et al. 2012; no parameter; fewer than 10
+  tissue patches: the threshold).
 
 Choosing a rule by the Dice of the same patients flatters it, so each fold's rule is the one with
 the best mean Dice on the *other* folds' whole patients, and the figures reported (mean, median,
@@ -42,7 +47,7 @@ from idcmap.jobs.render.summaries import idc_mask
 from idcmap.model.crossval import cross_fitted, patient_resamples
 from idcmap.model.scoring import logit, sigmoid
 
-SHIPPED = {"sigma": 0.0, "offset": 0.0, "area": 0.2, "seed": 0.0, "peak": np.inf, "prior": 0.0}
+SHIPPED = {"sigma": 0.0, "offset": 0.0, "area": 0.2, "seed": 0.0, "peak": np.inf, "prior": 0.0, "edice": 0}
 #: slides with fewer tissue patches keep their map under the per-slide rules (``peak``, ``prior``)
 MIN_SLIDE_PATCHES = 10
 FAMILIES = {
@@ -52,6 +57,7 @@ FAMILIES = {
     "seed": [{"seed": d} for d in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)],
     "peak": [{"peak": d} for d in (np.inf, 3.0, 2.5, 2.0, 1.5, 1.0)],
     "prior": [{"prior": lam} for lam in (0.0, 0.25, 0.5, 0.75, 1.0)],
+    "edice": [{"edice": on} for on in (0, 1)],
 }
 
 
@@ -65,6 +71,14 @@ def em_prevalence(prob: np.ndarray, pi0: float, iterations: int = 100) -> float:
     return pi
 
 
+def expected_dice_threshold(prob: np.ndarray) -> float:
+    """The probability at and above which calling patches maximises the Dice that the (calibrated)
+    probabilities ``prob`` expect: 2 sum(called) / (n called + sum(all))."""
+    top = np.sort(prob)[::-1]
+    k = np.arange(1, len(top) + 1)
+    return float(top[np.argmax(2 * np.cumsum(top) / (k + top.sum()))])
+
+
 def calls(
     grid: np.ndarray,
     threshold: float,
@@ -74,6 +88,7 @@ def calls(
     seed: float,
     peak: float,
     prior: float,
+    edice: int,
     pi0: float,
 ) -> np.ndarray:
     """The map's IDC calls under one rule (``grid``: probabilities, NaN off tissue)."""
@@ -88,6 +103,8 @@ def calls(
     threshold = float(sigmoid(logit(threshold) + offset))
     if np.isfinite(peak) and tissue.sum() >= MIN_SLIDE_PATCHES:
         threshold = max(threshold, float(sigmoid(logit(np.percentile(prob[tissue], 98)) - peak)))
+    if edice and tissue.sum() >= MIN_SLIDE_PATCHES:
+        threshold = expected_dice_threshold(prob[tissue])
     mask = idc_mask(prob, threshold, min_patches(area))
     if seed and mask.any():  # keep the regions whose peak reaches the raised threshold
         n, regions = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
