@@ -32,7 +32,7 @@ from bench_ensemble import out_of_fold
 from idcmap.model.calibration import choose_threshold, fit_temperature
 from idcmap.model.crossval import context_logits, cross_fitted, resampled_figures
 from idcmap.model.metrics import classification_metrics, roc_auc
-from idcmap.model.scoring import sigmoid
+from idcmap.model.scoring import neighbour_counts, sigmoid
 from idcmap.slide_tiling import PATCH_SIZE
 
 #: issue 12's floors on the kept-back patients: (figure, bound, True when the figure must be at least it)
@@ -56,21 +56,12 @@ def composed_resamples(
         yield times[index].astype(np.float64), drawn
 
 
-def isolated(oof) -> np.ndarray:
-    """Per patch: no scored 8-neighbour on its patient's grid, so the context step leaves it alone."""
-    col, row = (oof.x // PATCH_SIZE).to_numpy(), (oof.y // PATCH_SIZE).to_numpy()
-    scored = set(zip(oof.patient_id, col, row))
-    around = [(dc, dr) for dc in (-1, 0, 1) for dr in (-1, 0, 1) if dc or dr]
-    return np.array(
-        [not any((p, c + dc, r + dr) in scored for dc, dr in around) for p, c, r in zip(oof.patient_id, col, row)]
-    )
-
-
 def isolated_apart(oof, per_fold: dict, threshold_on_all: bool) -> tuple[np.ndarray, np.ndarray]:
     """:func:`cross_fitted`'s scores with patches that have scored neighbours and those that have
     none given a temperature each (fold k's fitted on the other folds' patches of the kind), and
     one threshold chosen after it on the other folds' patches (all, or those with neighbours)."""
-    y, fold, alone = oof.label.to_numpy(), oof.fold.to_numpy(), isolated(oof)
+    y, fold = oof.label.to_numpy(), oof.fold.to_numpy()
+    alone = neighbour_counts(oof.y // PATCH_SIZE, oof.x // PATCH_SIZE, oof.patient_id) == 0
     prob, thr = np.zeros(len(oof)), np.zeros(len(oof))
     for f, fit in per_fold.items():
         mine = fold == f

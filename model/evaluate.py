@@ -10,14 +10,28 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import auc, roc_curve
 
+from idcmap.slide_tiling import PATCH_SIZE
+
 from .backends import make_backend
 from .bundle import OOF_FILE, BundleError, ModelBundle, load_bundle
 from .crossval import cross_fitted, out_of_fold_report
 from .data import load_patches
-from .metrics import expected_calibration_error, metrics_report, reliability_bins, roc_auc
+from .metrics import classification_metrics, expected_calibration_error, metrics_report, reliability_bins, roc_auc
+from .scoring import neighbour_counts
 
 _SIZE, _MARGIN = 480, 60
 _BLACK, _GREY, _BLUE, _RED = (0, 0, 0), (170, 170, 170), (200, 90, 20), (40, 40, 220)
+
+
+def by_neighbours(labels, prob, threshold, rows, cols, groups) -> dict:
+    """The figures of the patches with a scored neighbour on their slide's grid (where the context
+    step acts) and of the isolated ones (scored by the network alone: a folder of scattered patches
+    is mostly these), apart; a kind with no patch is left out."""
+    labels, prob = np.asarray(labels), np.asarray(prob)
+    has = neighbour_counts(rows, cols, groups) > 0
+    threshold = np.broadcast_to(np.asarray(threshold, np.float64), has.shape)
+    kinds = (("with_neighbours", has), ("isolated", ~has))
+    return {kind: classification_metrics(labels[m], prob[m], threshold[m]) for kind, m in kinds if m.any()}
 
 
 def evaluate(
@@ -45,6 +59,7 @@ def evaluate(
         backend=backend,
         data_dirs=[str(d) for d in data_dirs],
         reliability=reliability_bins(prob, patches.labels),
+        by_neighbours=by_neighbours(patches.labels, prob, bundle.threshold, *patches.grid),
     )
     if plots_dir is not None:
         report["plots"] = write_plots(patches.labels, prob, plots_dir, bundle.threshold)
@@ -64,10 +79,12 @@ def evaluate_out_of_fold(bundle, plots_dir=None) -> dict:
     scores = cross_fitted(oof) if "baseline" in bundle.meta.get("context", {}) else cross_fitted(oof, baselines=(0.0,))
     report = out_of_fold_report(oof, per_patient=True, scores=scores)
     prob, thr, _ = scores
+    grid = (oof["y"] // PATCH_SIZE, oof["x"] // PATCH_SIZE, oof["patient_id"])
     report.update(
         model=bundle.version,
         backend="stored out-of-fold predictions",
         reliability=reliability_bins(prob, oof["label"].to_numpy()),
+        by_neighbours=by_neighbours(oof["label"].to_numpy(), prob, thr, *grid),
     )
     if plots_dir is not None:
         report["plots"] = write_plots(oof["label"].to_numpy(), prob, plots_dir, thr)

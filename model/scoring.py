@@ -69,17 +69,11 @@ def _group_index(groups, n: int) -> np.ndarray:
     return np.zeros(n, np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
 
 
-def mix_neighbours(z, rows, cols, groups=None, self_weight: float = CONTEXT_SELF_WEIGHT) -> np.ndarray:
-    """``self_weight * z + (1 - self_weight) * mean(z of the scored 8-neighbours)`` per patch.
-
-    ``rows``/``cols`` are grid positions; patches of different ``groups`` (slides) are never
-    neighbours. A patch with no scored neighbour keeps its own value. float64 (N,).
-    """
-    z = np.asarray(z, np.float64)
+def _neighbour_sums(z: np.ndarray, rows, cols, groups) -> tuple[np.ndarray, np.ndarray]:
+    """Per patch: the sum of its scored 8-neighbours' ``z`` and how many there are, on its group's
+    grid (patches of different groups are never neighbours)."""
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-    out = z.copy()
-    if self_weight >= 1.0 or not len(z):
-        return out
+    sums, counts = np.zeros(len(z)), np.zeros(len(z))
     group_index = _group_index(groups, len(z))
     for g in np.unique(group_index):
         idx = np.flatnonzero(group_index == g)
@@ -90,11 +84,32 @@ def mix_neighbours(z, rows, cols, groups=None, self_weight: float = CONTEXT_SELF
         if count.max() > 1:
             raise ValueError("two patches at the same grid position")
         total[r, c] = z[idx]
-        s = sum(total[r + dr, c + dc] for dr, dc in _NEIGHBOURS)
-        n = sum(count[r + dr, c + dc] for dr, dc in _NEIGHBOURS)
-        has = n > 0
-        out[idx[has]] = self_weight * z[idx[has]] + (1.0 - self_weight) * s[has] / n[has]
+        sums[idx] = sum(total[r + dr, c + dc] for dr, dc in _NEIGHBOURS)
+        counts[idx] = sum(count[r + dr, c + dc] for dr, dc in _NEIGHBOURS)
+    return sums, counts
+
+
+def mix_neighbours(z, rows, cols, groups=None, self_weight: float = CONTEXT_SELF_WEIGHT) -> np.ndarray:
+    """``self_weight * z + (1 - self_weight) * mean(z of the scored 8-neighbours)`` per patch.
+
+    ``rows``/``cols`` are grid positions; patches of different ``groups`` (slides) are never
+    neighbours. A patch with no scored neighbour keeps its own value. float64 (N,).
+    """
+    z = np.asarray(z, np.float64)
+    out = z.copy()
+    if self_weight >= 1.0 or not len(z):
+        return out
+    sums, counts = _neighbour_sums(z, rows, cols, groups)
+    has = counts > 0
+    out[has] = self_weight * z[has] + (1.0 - self_weight) * sums[has] / counts[has]
     return out
+
+
+def neighbour_counts(rows, cols, groups=None) -> np.ndarray:
+    """How many scored 8-neighbours each patch has in its group (0: the context step leaves it
+    alone, so its score is the patch's own). int64 (N,)."""
+    n = len(np.asarray(rows))
+    return _neighbour_sums(np.zeros(n), rows, cols, groups)[1].astype(np.int64) if n else np.zeros(0, np.int64)
 
 
 #: a slide's baseline is this quantile of its context logits: the level of its least IDC-like tissue

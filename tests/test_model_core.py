@@ -34,6 +34,7 @@ from idcmap.model.scoring import (
     idc_logit,
     logit,
     mix_neighbours,
+    neighbour_counts,
     sigmoid,
     with_baseline,
     with_context,
@@ -289,6 +290,10 @@ def test_neighbour_context_mixes_scored_neighbours_of_the_same_slide():
     assert (mix_neighbours(z, rows, cols, groups, self_weight=1.0) == z).all()
     with pytest.raises(ValueError, match="same grid position"):
         mix_neighbours(z[:2], [0, 0], [1, 1])
+    # the same count the context step mixes by: centre 8, edges 5, corners 3, alone in its slide 0
+    assert neighbour_counts(rows, cols, groups).tolist() == [3, 5, 3, 5, 8, 5, 3, 5, 3, 0, 0]
+    assert neighbour_counts(rows, cols).tolist()[5] == 6  # one slide: the patch at (1, 3) now counts
+    assert neighbour_counts([], []).tolist() == []
 
 
 def test_context_on_probabilities_equals_calibrating_mixed_logits():

@@ -132,6 +132,8 @@ def test_fold_scores_are_on_the_fold_models_training_scale_and_a_saved_model_is_
 
 
 def test_evaluate_reports_the_stored_out_of_fold_figures(crossvalidated, tmp_path):
+    import pandas as pd
+
     from idcmap.jobs.cli import cli
 
     b = crossvalidated["bundle"]
@@ -141,6 +143,18 @@ def test_evaluate_reports_the_stored_out_of_fold_figures(crossvalidated, tmp_pat
     for key in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece", "n_patches", "n_patients"):
         assert report[key] == stored[key], key
     assert report["intervals_95"] == stored["intervals_95"] and len(report["per_patient"]) == 147
+    # the patches with a scored neighbour and the isolated ones (a set of each patient's grid
+    # places here, the context step's grid there) split the patches and their confusion matrix
+    oof = pd.read_parquet(b.path / "oof_predictions.parquet")
+    places = set(zip(oof.patient_id, oof.x // 50, oof.y // 50))
+    around = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if dx or dy]
+    alone = sum(not any((p, x + dx, y + dy) in places for dx, dy in around) for p, x, y in places)
+    parts = report["by_neighbours"]
+    expected = {"with_neighbours": len(oof) - alone, "isolated": alone}
+    assert alone and {k: part["n_patches"] for k, part in parts.items()} == {k: n for k, n in expected.items() if n}
+    for cell, n in report["confusion_matrix"].items():
+        assert sum(part["confusion_matrix"][cell] for part in parts.values()) == n, cell
+    assert f"isolated ({alone} patches): roc_auc" in res.output
     # a cross-validated bundle has no validation patients to fall back on
     res = CliRunner().invoke(cli, ["evaluate", str(b.path), str(shared_path("idc", "sparse")), "--validation-only"])
     assert res.exit_code == 1 and "use --out-of-fold" in res.output
@@ -282,6 +296,7 @@ def test_evaluate_cli_writes_report_and_plots(trained, tmp_path):
     assert report["threshold"] == pytest.approx(trained["bundle"].threshold)
     cm = report["confusion_matrix"]
     assert sum(cm.values()) == n_files
+    assert sum(part["n_patches"] for part in report["by_neighbours"].values()) == n_files
     assert 0 <= report["accuracy"] <= 1 and 0 <= report["ece"] <= 1
     for png in ("roc.png", "reliability.png"):
         if png == "roc.png" and report["roc_auc"] is None:

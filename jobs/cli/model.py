@@ -342,6 +342,11 @@ def _print_report(report: dict, out_of_fold: bool) -> None:
         click.echo(f"  {'roc_auc patch only':18s} {fmt(report['patch_only_roc_auc'])}  (the patch alone)")
     cm = report["confusion_matrix"]
     click.echo(f"  confusion          tn {cm['tn']}  fp {cm['fp']}  fn {cm['fn']}  tp {cm['tp']}")
+    for kind, r in report.get("by_neighbours", {}).items():
+        click.echo(
+            f"  {kind.replace('_', ' ')} ({r['n_patches']} patches): roc_auc {fmt(r['roc_auc'])}, "
+            f"balanced_accuracy {fmt(r['balanced_accuracy'])}, ece {fmt(r['ece'])}"
+        )
     if out_of_fold:
         ci, sp = report["intervals_95"], report["per_patient_spread"]
         click.echo(
