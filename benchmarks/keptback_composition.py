@@ -1,6 +1,7 @@
 """What the out-of-fold scores predict for a patient set made like issue 12's kept-back one.
 
-    python benchmarks/keptback_composition.py BUNDLE_OR_RUN_DIR [--whole 8] [--sparse 123] [--json OUT]
+    python benchmarks/keptback_composition.py BUNDLE_OR_RUN_DIR [--whole 8] [--sparse 123] [--draws 2000]
+        [--isolated-temperature] [--json OUT]
 
 The pooled out-of-fold figures weigh the 24 whole patients' 22,907 patches against the 123 sparse
 patients' 4,001: 85 % of the patches, and the neighbour-context and slide-baseline steps act on

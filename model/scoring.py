@@ -108,8 +108,7 @@ def mix_neighbours(z, rows, cols, groups=None, self_weight: float = CONTEXT_SELF
 def neighbour_counts(rows, cols, groups=None) -> np.ndarray:
     """How many scored 8-neighbours each patch has in its group (0: the context step leaves it
     alone, so its score is the patch's own). int64 (N,)."""
-    n = len(np.asarray(rows))
-    return _neighbour_sums(np.zeros(n), rows, cols, groups)[1].astype(np.int64) if n else np.zeros(0, np.int64)
+    return _neighbour_sums(np.zeros(len(np.asarray(rows))), rows, cols, groups)[1].astype(np.int64)
 
 
 #: a slide's baseline is this quantile of its context logits: the level of its least IDC-like tissue
