@@ -1,6 +1,9 @@
 """Per-patient table: build-slide then tile, against the dataset's own patches (2.5x and 40x).
 
-python benchmarks/rebuild_check.py [--work DIR]
+python benchmarks/rebuild_check.py [--work DIR] [--fades 0.25 0.4 0.55 0.7]
+
+``--fades``: instead, the 2.5x slides blended that share of the way to white (paler sections) and
+the share of the dataset's patches that tiling still finds as tissue at each.
 """
 
 from __future__ import annotations
@@ -16,10 +19,31 @@ from idcmap.slide_tiling.groundtruth import check_rebuild
 PATIENTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "idc" / "patients"
 
 
+def faded_recall(fades: list[float], work: Path) -> None:
+    print("| patient | dataset patches | " + " | ".join(f"recall, faded {f:g}" for f in fades) + " |")
+    print("|---|---|" + "---|" * len(fades))
+    found, total = dict.fromkeys(fades, 0), 0
+    for patient in sorted(PATIENTS.iterdir()):
+        checks = []
+        for fade in fades:
+            slide = work / f"{patient.name}-faded.tiff"
+            build_slide(patient, slide, fade=fade)
+            checks.append(check_rebuild(patient, slide))
+            found[fade] += checks[-1].recovered
+            slide.unlink()
+        total += checks[0].dataset_patches
+        recalls = " | ".join(f"{c.recall:.2%}" for c in checks)
+        print(f"| {patient.name} | {checks[0].dataset_patches} | {recalls} |")
+    print(f"| all | {total} | " + " | ".join(f"{found[f] / total:.2%}" for f in fades) + " |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="idcmap-rebuild-")))
+    ap.add_argument("--fades", type=float, nargs="+", help="blend the 2.5x slides this share toward white")
     args = ap.parse_args()
+    if args.fades:
+        return faded_recall(args.fades, args.work)
     print(
         "| patient | dataset patches | recall 2.5x | recall 40x | extra | mean abs diff | worst patch | 40x build s |"
     )

@@ -86,11 +86,16 @@ def write_pyramid(
     return sizes
 
 
-def build_slide(patient_dir, out_tiff, mask_png=None, scan_mpp: float | None = None, quality: int = 90) -> dict:
-    """Rebuild one patient's slide; returns a summary dict (sizes, mpp, patch counts)."""
+def build_slide(
+    patient_dir, out_tiff, mask_png=None, scan_mpp: float | None = None, quality: int = 90, fade: float = 0.0
+) -> dict:
+    """Rebuild one patient's slide; returns a summary dict (sizes, mpp, patch counts). ``fade``
+    blends every pixel that share of the way to white (a paler section, for robustness checks)."""
     reader = KaggleFolderReader(patient_dir)
     w, h = reader.dimensions
     base = reader.read_region(0, 0, 0, w, h)
+    if fade:
+        base = (255.0 - (255.0 - base) * (1.0 - fade)).round().astype(np.uint8)
     if scan_mpp is None:
         mpp, upsample = KAGGLE_MPP, 1
     else:
