@@ -57,13 +57,17 @@ def composed_resamples(
         yield times[index].astype(np.float64), drawn
 
 
-def isolated_apart(oof, per_fold: dict, threshold_on_all: bool) -> tuple[np.ndarray, np.ndarray]:
+def isolated_patches(oof) -> np.ndarray:
+    return neighbour_counts(oof.y // PATCH_SIZE, oof.x // PATCH_SIZE, oof.patient_id) == 0
+
+
+def isolated_apart(oof, per_fold: dict, threshold_on_all: bool) -> tuple[np.ndarray, np.ndarray, list]:
     """:func:`cross_fitted`'s scores with patches that have scored neighbours and those that have
     none given a temperature each (fold k's fitted on the other folds' patches of the kind), and
-    one threshold chosen after it on the other folds' patches (all, or those with neighbours)."""
-    y, fold = oof.label.to_numpy(), oof.fold.to_numpy()
-    alone = neighbour_counts(oof.y // PATCH_SIZE, oof.x // PATCH_SIZE, oof.patient_id) == 0
-    prob, thr = np.zeros(len(oof)), np.zeros(len(oof))
+    one threshold chosen after it on the other folds' patches (all, or those with neighbours); and
+    each fold's two temperatures (with neighbours, isolated)."""
+    y, fold, alone = oof.label.to_numpy(), oof.fold.to_numpy(), isolated_patches(oof)
+    prob, thr, temperatures = np.zeros(len(oof)), np.zeros(len(oof)), []
     for f, fit in per_fold.items():
         mine = fold == f
         z = context_logits(oof, fit["context_self_weight"], (fit["baseline_weight"], fit["baseline_reference"]))
@@ -71,18 +75,24 @@ def isolated_apart(oof, per_fold: dict, threshold_on_all: bool) -> tuple[np.ndar
         p = sigmoid(z / np.where(alone, t[True], t[False]))
         chooser = ~mine if threshold_on_all else ~mine & ~alone
         prob[mine], thr[mine] = p[mine], choose_threshold(p[chooser], y[chooser])
-    return prob, thr
+        temperatures.append((round(t[False], 3), round(t[True], 3)))
+    return prob, thr, temperatures
 
 
 def print_folders(oof, prob: np.ndarray, thr: np.ndarray) -> None:
     """All patients', the whole ones' and the sparse ones' pooled figures, patch alone and after the steps."""
     y, patients, source = oof.label.to_numpy(), oof.patient_id.to_numpy(), oof.source.to_numpy()
-    print("| patients | patches | ROC AUC, patch alone | ROC AUC | balanced acc. | sensitivity | specificity | ECE |")
-    print("|---|---|---|---|---|---|---|---|")
+    alone = isolated_patches(oof)
+    print(
+        "| patients | patches | with no scored neighbour | ROC AUC, patch alone | ROC AUC | balanced acc. "
+        "| sensitivity | specificity | ECE |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, m in (("all", np.ones(len(y), bool)), ("whole", source == "patients"), ("sparse", source == "sparse")):
         r = classification_metrics(y[m], prob[m], thr[m])
         print(
-            f"| {name} ({len(set(patients[m]))}) | {m.sum()} | {roc_auc(y[m], oof.logit.to_numpy()[m]):.4f} | "
+            f"| {name} ({len(set(patients[m]))}) | {m.sum()} | {alone[m].mean():.1%} | "
+            f"{roc_auc(y[m], oof.logit.to_numpy()[m]):.4f} | "
             f"{r['roc_auc']:.4f} | {r['balanced_accuracy']:.3f} | {r['sensitivity']:.3f} | {r['specificity']:.3f} "
             f"| {r['ece']:.3f} |"
         )
@@ -145,8 +155,11 @@ def main():
     prob, thr, per_fold = cross_fitted(oof)
     scorings = {"cross-fitted, as the bundle": (prob, thr)}
     if args.isolated_temperature:
-        scorings["isolated patches' own temperature, threshold on all"] = isolated_apart(oof, per_fold, True)
-        scorings["the same, threshold on patches with neighbours"] = isolated_apart(oof, per_fold, False)
+        for name, on_all in (("threshold on all", True), ("threshold on patches with neighbours", False)):
+            p, t, temperatures = isolated_apart(oof, per_fold, on_all)
+            scorings[
+                f"isolated patches' own temperature, {name} (per fold, with neighbours / isolated: {temperatures})"
+            ] = (p, t)
     patients, source = oof.patient_id.to_numpy(), oof.source.to_numpy()
     whole, sparse = (sorted(set(patients[source == s])) for s in ("patients", "sparse"))
     strata = {"whole": (whole, args.whole), "sparse": (sparse, args.sparse)}
