@@ -32,9 +32,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from idcmap.model.calibration import choose_threshold
-from idcmap.model.crossval import cross_fitted
+from idcmap.model.crossval import cross_fitted, oof_grid
 from idcmap.model.metrics import classification_metrics
-from idcmap.slide_tiling import PATCH_SIZE
 
 QUANTILES = (0.1, 0.5, 0.9)
 MIN_PATCHES = 10
@@ -65,7 +64,7 @@ def grid_features(z: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
 def features(oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(per-patch grid features, per-patch patient quantiles: NaN for patients of < 10 patches)."""
     z = oof["logit"].to_numpy(np.float64)
-    rows, cols = oof["y"].to_numpy() // PATCH_SIZE, oof["x"].to_numpy() // PATCH_SIZE
+    rows, cols, _ = oof_grid(oof)
     grid, quant = np.zeros((len(z), 6)), np.full((len(z), len(QUANTILES)), np.nan)
     for idx in oof.groupby("patient_id").indices.values():
         grid[idx] = grid_features(z[idx], rows[idx], cols[idx])

@@ -31,10 +31,9 @@ import numpy as np
 from bench_ensemble import out_of_fold
 
 from idcmap.model.calibration import choose_threshold, fit_temperature
-from idcmap.model.crossval import context_logits, cross_fitted, resampled_figures
+from idcmap.model.crossval import context_logits, cross_fitted, oof_grid, resampled_figures
 from idcmap.model.metrics import classification_metrics, roc_auc
 from idcmap.model.scoring import neighbour_counts, sigmoid
-from idcmap.slide_tiling import PATCH_SIZE
 
 #: issue 12's floors on the kept-back patients: (figure, bound, True when the figure must be at least it)
 FLOORS = (("roc_auc", 0.935, True), ("balanced_accuracy", 0.85, True), ("ece", 0.06, False))
@@ -58,7 +57,7 @@ def composed_resamples(
 
 
 def isolated_patches(oof) -> np.ndarray:
-    return neighbour_counts(oof.y // PATCH_SIZE, oof.x // PATCH_SIZE, oof.patient_id) == 0
+    return neighbour_counts(*oof_grid(oof)) == 0
 
 
 def isolated_apart(oof, per_fold: dict, threshold_on_all: bool) -> tuple[np.ndarray, np.ndarray, list]:

@@ -48,7 +48,7 @@ from idcmap.model.crossval import cross_fitted, patient_resamples
 from idcmap.model.scoring import logit, sigmoid
 
 SHIPPED = {"sigma": 0.0, "offset": 0.0, "area": 0.2, "seed": 0.0, "peak": np.inf, "prior": 0.0, "edice": 0}
-#: slides with fewer tissue patches keep their map under the per-slide rules (``peak``, ``prior``)
+#: slides with fewer tissue patches keep their map under the per-slide rules (``peak``, ``prior``, ``edice``)
 MIN_SLIDE_PATCHES = 10
 FAMILIES = {
     "smooth": [{"sigma": s} for s in (0.0, 0.5, 1.0, 1.5, 2.0)],

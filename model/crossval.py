@@ -81,20 +81,20 @@ def assign_folds(patient_ids, sources, labels, k: int = 3) -> dict[str, int]:
     return folds
 
 
+def oof_grid(oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, patient ids): each patch's place on its patient's 50-px grid."""
+    rows, cols = oof["y"].to_numpy() // PATCH_SIZE, oof["x"].to_numpy() // PATCH_SIZE
+    return rows, cols, oof["patient_id"].to_numpy()
+
+
 def context_logits(
     oof: pd.DataFrame, self_weight: float = CONTEXT_SELF_WEIGHT, baseline: tuple[float, float] = (0.0, 0.0)
 ) -> np.ndarray:
     """Each patch's logit mixed with its scored neighbours' on its patient's 50-px grid, then
     lifted if its patient's baseline is low (``baseline``: weight and reference; see
     :func:`~model.scoring.with_baseline`)."""
-    patients = oof["patient_id"].to_numpy()
-    z = mix_neighbours(
-        oof["logit"].to_numpy(),
-        oof["y"].to_numpy() // PATCH_SIZE,
-        oof["x"].to_numpy() // PATCH_SIZE,
-        patients,
-        self_weight,
-    )
+    rows, cols, patients = oof_grid(oof)
+    z = mix_neighbours(oof["logit"].to_numpy(), rows, cols, patients, self_weight)
     return with_baseline(z, patients, *baseline)
 
 

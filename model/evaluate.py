@@ -10,11 +10,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import auc, roc_curve
 
-from idcmap.slide_tiling import PATCH_SIZE
-
 from .backends import make_backend
 from .bundle import OOF_FILE, BundleError, ModelBundle, load_bundle
-from .crossval import cross_fitted, out_of_fold_report
+from .crossval import cross_fitted, oof_grid, out_of_fold_report
 from .data import load_patches
 from .metrics import classification_metrics, expected_calibration_error, metrics_report, reliability_bins, roc_auc
 from .scoring import neighbour_counts
@@ -79,12 +77,11 @@ def evaluate_out_of_fold(bundle, plots_dir=None) -> dict:
     scores = cross_fitted(oof) if "baseline" in bundle.meta.get("context", {}) else cross_fitted(oof, baselines=(0.0,))
     report = out_of_fold_report(oof, per_patient=True, scores=scores)
     prob, thr, _ = scores
-    grid = (oof["y"] // PATCH_SIZE, oof["x"] // PATCH_SIZE, oof["patient_id"])
     report.update(
         model=bundle.version,
         backend="stored out-of-fold predictions",
         reliability=reliability_bins(prob, oof["label"].to_numpy()),
-        by_neighbours=by_neighbours(oof["label"].to_numpy(), prob, thr, *grid),
+        by_neighbours=by_neighbours(oof["label"].to_numpy(), prob, thr, *oof_grid(oof)),
     )
     if plots_dir is not None:
         report["plots"] = write_plots(oof["label"].to_numpy(), prob, plots_dir, thr)
