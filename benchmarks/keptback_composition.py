@@ -17,7 +17,8 @@ difference comes from.
 
 ``--isolated-temperature`` adds a design tried and not kept (models/README): patches with no scored
 neighbour, which the context step leaves alone, get their own temperature (fitted on the other
-folds' such patches), the threshold chosen after it on all patches or on those with neighbours.
+folds' such patches), the threshold chosen after it on all patches or on those with neighbours; and
+a third try that keeps every call: only the isolated patches' log-odds scaled about the threshold.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_ensemble import out_of_fold
+from scipy.optimize import minimize_scalar
 
 from idcmap.model.calibration import choose_threshold, fit_temperature
 from idcmap.model.crossval import context_logits, cross_fitted, oof_grid, resampled_figures
@@ -76,6 +78,29 @@ def isolated_apart(oof, per_fold: dict, threshold_on_all: bool) -> tuple[np.ndar
         prob[mine], thr[mine] = p[mine], choose_threshold(p[chooser], y[chooser])
         temperatures.append((round(t[False], 3), round(t[True], 3)))
     return prob, thr, temperatures
+
+
+def isolated_scaled(oof, prob: np.ndarray, thr: np.ndarray, per_fold: dict) -> tuple[np.ndarray, list]:
+    """:func:`cross_fitted`'s scores with the isolated patches' log-odds scaled about the threshold's,
+    sigmoid(u + s * (z / T - u)) with u = logit(threshold), so that no call changes (fold k's s fitted
+    by log-loss on the other folds' isolated patches); and each fold's s."""
+    y, fold, alone = oof.label.to_numpy(), oof.fold.to_numpy(), isolated_patches(oof)
+    out, scales = prob.astype(np.float64), []
+    for f, fit in per_fold.items():
+        z = context_logits(oof, fit["context_self_weight"], (fit["baseline_weight"], fit["baseline_reference"]))
+        u = np.log(fit["threshold"] / (1 - fit["threshold"]))
+        a, known = z / fit["temperature"] - u, (fold != f) & alone
+
+        def loss(log_s, a=a[known], y=y[known], u=u):
+            s = u + np.exp(log_s) * a
+            return float(np.mean(np.logaddexp(0.0, s) - y * s))
+
+        scale = float(np.exp(minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded").x))
+        mine = (fold == f) & alone
+        out[mine] = sigmoid(u + scale * a[mine])
+        scales.append(round(scale, 3))
+    assert np.array_equal(out >= thr, prob >= thr), "the scale must keep every call"
+    return out, scales
 
 
 def print_folders(oof, prob: np.ndarray, thr: np.ndarray) -> None:
@@ -159,6 +184,8 @@ def main():
             scorings[
                 f"isolated patches' own temperature, {name} (per fold, with neighbours / isolated: {temperatures})"
             ] = (p, t)
+        p, scales = isolated_scaled(oof, prob, thr, per_fold)
+        scorings[f"isolated patches' log-odds scaled about the threshold (per fold: {scales})"] = (p, thr)
     patients, source = oof.patient_id.to_numpy(), oof.source.to_numpy()
     whole, sparse = (sorted(set(patients[source == s])) for s in ("patients", "sparse"))
     strata = {"whole": (whole, args.whole), "sparse": (sparse, args.sparse)}
