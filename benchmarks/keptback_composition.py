@@ -15,10 +15,9 @@ which the issue says they are not (new stains), so read it as the best case: a f
 is likely missed there. Each folder's own figures, patch alone and after the steps, show where the
 difference comes from.
 
-``--isolated-temperature`` adds a design tried and not kept (models/README): patches with no scored
-neighbour, which the context step leaves alone, get their own temperature (fitted on the other
-folds' such patches), the threshold chosen after it on all patches or on those with neighbours; and
-a third try that keeps every call: only the isolated patches' log-odds scaled about the threshold.
+``--isolated-temperature`` adds the designs tried and not kept (models/README) for the patches
+with no scored neighbour, which the context step leaves alone: their own calibration, five ways
+(:data:`ISOLATED_VARIANTS`), each fitted on the other folds.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import numpy as np
 from bench_ensemble import out_of_fold
 from scipy.optimize import minimize_scalar
 
-from idcmap.model.calibration import choose_threshold, fit_temperature
+from idcmap.model.calibration import choose_threshold, fit_platt, fit_temperature
 from idcmap.model.crossval import context_logits, cross_fitted, oof_grid, resampled_figures
 from idcmap.model.metrics import classification_metrics, roc_auc
 from idcmap.model.scoring import neighbour_counts, sigmoid
@@ -62,45 +61,59 @@ def isolated_patches(oof) -> np.ndarray:
     return neighbour_counts(*oof_grid(oof)) == 0
 
 
-def isolated_apart(oof, per_fold: dict, threshold_on_all: bool) -> tuple[np.ndarray, np.ndarray, list]:
-    """:func:`cross_fitted`'s scores with patches that have scored neighbours and those that have
-    none given a temperature each (fold k's fitted on the other folds' patches of the kind), and
-    one threshold chosen after it on the other folds' patches (all, or those with neighbours); and
-    each fold's two temperatures (with neighbours, isolated)."""
-    y, fold, alone = oof.label.to_numpy(), oof.fold.to_numpy(), isolated_patches(oof)
-    prob, thr, temperatures = np.zeros(len(oof)), np.zeros(len(oof)), []
-    for f, fit in per_fold.items():
-        mine = fold == f
-        z = context_logits(oof, fit["context_self_weight"], (fit["baseline_weight"], fit["baseline_reference"]))
-        t = {kind: fit_temperature(z[~mine & (alone == kind)], y[~mine & (alone == kind)]) for kind in (False, True)}
-        p = sigmoid(z / np.where(alone, t[True], t[False]))
-        chooser = ~mine if threshold_on_all else ~mine & ~alone
-        prob[mine], thr[mine] = p[mine], choose_threshold(p[chooser], y[chooser])
-        temperatures.append((round(t[False], 3), round(t[True], 3)))
-    return prob, thr, temperatures
+#: the designs tried for the isolated patches (models/README, "Isolated patches' own temperature"),
+#: in the order they were tried; each changes only the calibration after the context step
+ISOLATED_VARIANTS = {
+    "own temperatures, threshold chosen again on all patches": "all",
+    "own temperatures, threshold chosen again on the patches with neighbours": "neighbours",
+    "isolated log-odds scaled about the threshold (no call changes)": "scale",
+    "isolated temperature and threshold of their own": "own threshold",
+    "two calibrations (temperature; Platt for the isolated), one threshold (no call with neighbours changes)": "two",
+}
 
 
-def isolated_scaled(oof, prob: np.ndarray, thr: np.ndarray, per_fold: dict) -> tuple[np.ndarray, list]:
-    """:func:`cross_fitted`'s scores with the isolated patches' log-odds scaled about the threshold's,
-    sigmoid(u + s * (z / T - u)) with u = logit(threshold), so that no call changes (fold k's s fitted
-    by log-loss on the other folds' isolated patches); and each fold's s."""
-    y, fold, alone = oof.label.to_numpy(), oof.fold.to_numpy(), isolated_patches(oof)
-    out, scales = prob.astype(np.float64), []
-    for f, fit in per_fold.items():
-        z = context_logits(oof, fit["context_self_weight"], (fit["baseline_weight"], fit["baseline_reference"]))
-        u = np.log(fit["threshold"] / (1 - fit["threshold"]))
-        a, known = z / fit["temperature"] - u, (fold != f) & alone
+def _fit_isolated(variant: str, z, y, alone, known, temperature: float, threshold: float):
+    """One fold's (probability, threshold, fitted values) under ``variant``: ``z`` the context
+    logits, ``known`` the other folds' patches (everything is fitted on them), ``temperature`` and
+    ``threshold`` the fold's shared ones (:func:`cross_fitted`)."""
+    near, apart = known & ~alone, known & alone
+    u = np.log(threshold / (1 - threshold))  # the threshold on z / temperature
+    if variant in ("all", "neighbours"):
+        t = fit_temperature(z[near], y[near]), fit_temperature(z[apart], y[apart])
+        p = sigmoid(z / np.where(alone, t[1], t[0]))
+        chooser = known if variant == "all" else near
+        return p, choose_threshold(p[chooser], y[chooser]), t
+    if variant == "scale":
+        a = z / temperature - u
 
-        def loss(log_s, a=a[known], y=y[known], u=u):
+        def loss(log_s, a=a[apart], y=y[apart]):
             s = u + np.exp(log_s) * a
             return float(np.mean(np.logaddexp(0.0, s) - y * s))
 
         scale = float(np.exp(minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded").x))
-        mine = (fold == f) & alone
-        out[mine] = sigmoid(u + scale * a[mine])
-        scales.append(round(scale, 3))
-    assert np.array_equal(out >= thr, prob >= thr), "the scale must keep every call"
-    return out, scales
+        return np.where(alone, sigmoid(u + scale * a), sigmoid(z / temperature)), threshold, (scale,)
+    if variant == "own threshold":
+        t = fit_temperature(z[apart], y[apart])
+        own = choose_threshold(sigmoid(z[apart] / t), y[apart])
+        return sigmoid(z / np.where(alone, t, temperature)), np.where(alone, own, threshold), (t, own)
+    t = fit_temperature(z[near], y[near])
+    a, c = fit_platt(z[apart], y[apart])
+    return np.where(alone, sigmoid(a * (z - c)), sigmoid(z / t)), float(sigmoid(u * temperature / t)), (t, 1 / a, c)
+
+
+def isolated_apart(oof, per_fold: dict, variant: str) -> tuple[np.ndarray, np.ndarray, list]:
+    """:func:`cross_fitted`'s scores with the isolated patches (no scored neighbour) calibrated
+    apart as ``variant`` says (:data:`ISOLATED_VARIANTS`), fold k's fitted on the other folds; and
+    each fold's fitted values."""
+    y, fold, alone = oof.label.to_numpy(), oof.fold.to_numpy(), isolated_patches(oof)
+    prob, thr, fitted = np.zeros(len(oof)), np.zeros(len(oof)), []
+    for f, fit in per_fold.items():
+        mine = fold == f
+        z = context_logits(oof, fit["context_self_weight"], (fit["baseline_weight"], fit["baseline_reference"]))
+        p, t, values = _fit_isolated(variant, z, y, alone, ~mine, fit["temperature"], fit["threshold"])
+        prob[mine], thr[mine] = p[mine], np.broadcast_to(t, len(oof))[mine]
+        fitted.append(tuple(round(float(v), 3) for v in values))
+    return prob, thr, fitted
 
 
 def print_folders(oof, prob: np.ndarray, thr: np.ndarray) -> None:
@@ -179,13 +192,9 @@ def main():
     prob, thr, per_fold = cross_fitted(oof)
     scorings = {"cross-fitted, as the bundle": (prob, thr)}
     if args.isolated_temperature:
-        for name, on_all in (("threshold on all", True), ("threshold on patches with neighbours", False)):
-            p, t, temperatures = isolated_apart(oof, per_fold, on_all)
-            scorings[
-                f"isolated patches' own temperature, {name} (per fold, with neighbours / isolated: {temperatures})"
-            ] = (p, t)
-        p, scales = isolated_scaled(oof, prob, thr, per_fold)
-        scorings[f"isolated patches' log-odds scaled about the threshold (per fold: {scales})"] = (p, thr)
+        for name, variant in ISOLATED_VARIANTS.items():
+            p, t, fitted = isolated_apart(oof, per_fold, variant)
+            scorings[f"{name} (fitted per fold: {fitted})"] = (p, t)
     patients, source = oof.patient_id.to_numpy(), oof.source.to_numpy()
     whole, sparse = (sorted(set(patients[source == s])) for s in ("patients", "sparse"))
     strata = {"whole": (whole, args.whole), "sparse": (sparse, args.sparse)}
