@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from bench_ensemble import difference_interval
-from bench_stain_shift import _halves, _load_folds, _vectors_of, oof_images, with_transfer
+from bench_stain_shift import _halves, _load_folds, _vectors_of, calibrated_as_folds, oof_images, with_transfer
 from oof_maps import map_dice, patient_maps
 
 from idcmap.model.crossval import choose_context_weight, context_logits, cross_fitted
 from idcmap.model.make_bundle import FOLD_MODEL
 from idcmap.model.metrics import classification_metrics, roc_auc
-from idcmap.model.scoring import idc_logit, normalise, sigmoid
+from idcmap.model.scoring import idc_logit, normalise
 
 SHIFT_NAMES = ("none", "H x0.5", "H x0.6", "E x0.6", "other patients' stains", "JPEG q50")
 KEYS = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "ece")
@@ -84,17 +84,6 @@ def nested(oof: pd.DataFrame, logits: dict) -> tuple[np.ndarray, np.ndarray, dic
     return prob, thr, per_fold, chosen
 
 
-def shifted_probs(oof, logit, per_fold) -> np.ndarray:
-    """Probabilities of (shifted) logits at each fold's calibration from its unshifted fit."""
-    prob, fold = np.empty(len(oof), np.float32), oof.fold.to_numpy()
-    for f, cal in per_fold.items():
-        z = context_logits(
-            oof.assign(logit=logit), cal["context_self_weight"], (cal["baseline_weight"], cal["baseline_reference"])
-        )
-        prob[fold == f] = sigmoid(z[fold == f] / cal["temperature"])
-    return prob
-
-
 def figures(oof: pd.DataFrame, fitted, shifted: dict) -> dict:
     """The unshifted figures and mean map Dice of ``fitted`` (probability, threshold, per-fold
     calibration), and each shift's change of ROC AUC and sensitivity (``shifted``: name -> logits)."""
@@ -102,7 +91,7 @@ def figures(oof: pd.DataFrame, fitted, shifted: dict) -> dict:
     row = {k: classification_metrics(y, prob, thr)[k] for k in KEYS}
     row["map_dice_mean"] = float(np.mean(list(map_dice(patient_maps(oof, prob, thr), 0.2).values())))
     for name, z in shifted.items():
-        m = classification_metrics(y, shifted_probs(oof, z, per_fold), thr)
+        m = classification_metrics(y, calibrated_as_folds(oof, z, per_fold), thr)
         row[name] = [m["roc_auc"] - row["roc_auc"], m["sensitivity"] - row["sensitivity"]]
     return row
 
@@ -114,7 +103,7 @@ def proportion_check(folds, oof, images, whole: np.ndarray, prior: float, fitted
     halves = _halves(y, pids)
     kept = halves != ""
     alone = fold_adapted_logits(folds, oof, images, np.where(kept, halves, pids), prior)
-    calls_alone, calls_whole = (shifted_probs(oof, z, fitted[2]) >= fitted[1] for z in (alone, whole))
+    calls_alone, calls_whole = (calibrated_as_folds(oof, z, fitted[2]) >= fitted[1] for z in (alone, whole))
     return {
         "prior": prior,
         "patients": int(len(set(pids[kept]))),

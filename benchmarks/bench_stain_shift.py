@@ -189,6 +189,20 @@ def fold_logits(folds, fold_of: np.ndarray, images: np.ndarray, prepare=None) ->
     return logit
 
 
+def calibrated_as_folds(oof: pd.DataFrame, logit: np.ndarray, per_fold: dict) -> np.ndarray:
+    """Probabilities of ``oof``'s patches with (shifted) logits ``logit``, each fold through the steps
+    and calibration :func:`~idcmap.model.crossval.cross_fitted` chose for it on the other folds'
+    unshifted scores (``per_fold``)."""
+    prob, fold_of = np.empty(len(oof), np.float32), oof.fold.to_numpy()
+    for f, cal in per_fold.items():
+        m = fold_of == f
+        z = context_logits(
+            oof.assign(logit=logit), cal["context_self_weight"], (cal["baseline_weight"], cal["baseline_reference"])
+        )
+        prob[m] = sigmoid(z[m] / cal["temperature"])
+    return prob
+
+
 def plot_by_density(table: pd.DataFrame, path: Path):
     """Per-patient ROC AUC (blue) and sensitivity (red) against mean optical density, for the
     patients with enough patches of each class to have them (the per-patient rule of the bundle)."""
@@ -266,15 +280,7 @@ def main():
                 return _normalised(x, pids[m], _reference(vectors, set(pids[~m])))
             return x
 
-        logit = fold_logits(folds, fold_of, shifted, prepare)
-        prob = np.empty(len(oof), np.float32)
-        for f, cal in per_fold.items():  # each fold as calibrated on the other folds' unshifted scores
-            m = fold_of == f
-            z = context_logits(
-                oof.assign(logit=logit), cal["context_self_weight"], (cal["baseline_weight"], cal["baseline_reference"])
-            )
-            prob[m] = sigmoid(z[m] / cal["temperature"])
-        return prob
+        return calibrated_as_folds(oof, fold_logits(folds, fold_of, shifted, prepare), per_fold)
 
     results = {}
     for name in names:
