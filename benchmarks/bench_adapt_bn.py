@@ -70,10 +70,10 @@ def _rank(oof: pd.DataFrame) -> float:
     return roc_auc(oof.label.to_numpy(), context_logits(oof, choose_context_weight(oof)))
 
 
-def nested(oof: pd.DataFrame, logits: dict) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+def nested(oof: pd.DataFrame, logits: dict, fitted: dict) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """(probability, threshold, per-fold calibration, per-fold prior): each fold takes the prior
-    whose adapted logits of the other folds rank best after their own context step."""
-    fitted = {n: cross_fitted(oof.assign(logit=z)) for n, z in logits.items()}
+    whose adapted logits of the other folds rank best after their own context step, and that
+    prior's cross-fitted figures (``fitted``: prior -> :func:`cross_fitted` of its logits)."""
     fold = oof.fold.to_numpy()
     prob, thr, per_fold, chosen = np.zeros(len(oof), np.float32), np.zeros(len(oof)), {}, {}
     for f in np.unique(fold):
@@ -142,7 +142,7 @@ def main():
         rows["unadapted" if n == np.inf else f"N = {n:g}"] = figures(
             oof, fitted[n], {s: logits[s][n] for s in SHIFT_NAMES[1:]}
         )
-    *nest, chosen = nested(oof, {n: logits["none"][n] for n in args.priors})
+    *nest, chosen = nested(oof, {n: logits["none"][n] for n in args.priors}, fitted)
     in_fold = [oof.fold.to_numpy() == f for f in chosen]
     rows["N chosen inside the folds"] = figures(
         oof, nest, {s: np.select(in_fold, [logits[s][n] for n in chosen.values()]) for s in SHIFT_NAMES[1:]}
@@ -157,6 +157,7 @@ def main():
         "rows": rows,
         "priors_chosen": chosen,
         "roc_auc_change_95": difference_interval(y, fitted[np.inf][0], nest[0], pids),
+        # at fold 0's prior in every fold (the same prior wherever all folds chose alike)
         "halves": proportion_check(folds, oof, images, logits["none"][chosen[0]], chosen[0], nest),
     }
     print(f"priors chosen per fold: {chosen}; ROC AUC change, 95 % over patients: {out['roc_auc_change_95']}")
