@@ -25,7 +25,6 @@ from bench_stain_shift import _halves, _load_folds, _vectors_of, calibrated_as_f
 from oof_maps import map_dice, patient_maps
 
 from idcmap.model.crossval import choose_context_weight, context_logits, cross_fitted
-from idcmap.model.make_bundle import FOLD_MODEL
 from idcmap.model.metrics import classification_metrics, roc_auc
 from idcmap.model.scoring import idc_logit, normalise
 
@@ -120,12 +119,7 @@ def main():
     ap.add_argument("--cache-dir", default=None, help="decoded-patch cache, as for idcmap train")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    import keras
-
-    folds = [
-        (info, score, frame, keras.saving.load_model(args.run_dir / f"fold-{info['fold']}" / FOLD_MODEL, compile=False))
-        for info, score, frame in _load_folds(args.run_dir)
-    ]
+    folds = _load_folds(args.run_dir)
     oof = pd.concat([f[2] for f in folds], ignore_index=True)
     images, pids = oof_images(oof, args.cache_dir), oof.patient_id.to_numpy()
     shifts = with_transfer(pids, _vectors_of(images, pids))

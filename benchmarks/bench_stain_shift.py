@@ -166,13 +166,14 @@ def oof_images(oof: pd.DataFrame, cache_dir=None) -> np.ndarray:
 
 
 def _load_folds(run_dir: Path):
+    """Each ``fold-N/``'s (info, scoring function, out-of-fold scores, network)."""
     import keras
 
     folds = []
     for d in sorted(run_dir.glob("fold-*")):
         info = json.loads((d / FOLD_INFO).read_text())
         model = keras.saving.load_model(d / FOLD_MODEL, compile=False, safe_mode=True)
-        folds.append((info, scoring_function(model, info["normalisation"]), pd.read_parquet(d / FOLD_OOF)))
+        folds.append((info, scoring_function(model, info["normalisation"]), pd.read_parquet(d / FOLD_OOF), model))
     if not folds:
         raise SystemExit(f"{run_dir}: no fold-N/ folders (train with --folds K --run-dir {run_dir})")
     return folds
@@ -182,7 +183,7 @@ def fold_logits(folds, fold_of: np.ndarray, images: np.ndarray, prepare=None) ->
     """Each fold model's IDC logits of its own held-out rows of ``images``, on the scale of its
     out-of-fold scores; ``prepare(x, rows)`` transforms a fold's rows first (stain normalisation)."""
     logit = np.empty(len(images))
-    for info, score, _ in folds:
+    for info, score, *_ in folds:
         m = fold_of == info["fold"]
         x = images[m] if prepare is None else prepare(images[m], m)
         logit[m] = info.get("logit_scale", 1.0) * (idc_logit(predict_batches(score, x)) - info["logit_offset"])
@@ -267,7 +268,7 @@ def main():
     shifts = with_transfer(pids, vectors)
     names = QUICK if args.quick else list(shifts)
 
-    trained_normalised = all(info.get("stain_normalised") for info, _, _ in folds)
+    trained_normalised = all(info.get("stain_normalised") for info, *_ in folds)
 
     def probabilities(shifted, groups=pids):
         """Each fold model's calibrated probabilities of its held-out patients' ``shifted`` patches

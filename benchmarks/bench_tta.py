@@ -40,7 +40,7 @@ def main():
     oof = pd.concat([f[2] for f in folds], ignore_index=True)
     images, fold_of = oof_images(oof, args.cache_dir), oof.fold.to_numpy()
     pids = oof.patient_id.to_numpy()
-    normalised = all(info.get("stain_normalised") for info, _, _ in folds)  # as the run trained
+    normalised = all(info.get("stain_normalised") for info, *_ in folds)  # as the run trained
     prepare = (lambda x, m: _normalised(x, pids[m])) if normalised else None
     logits = np.stack([fold_logits(folds, fold_of, oriented(images, k), prepare) for k in range(8)])
     print(f"unrotated logits reproduce the stored ones to {np.abs(logits[0] - oof.logit).max():.1e}")
