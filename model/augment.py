@@ -24,9 +24,6 @@ GAMMA = 0.25
 #: each patch blended towards a Gaussian blur of sigma BLUR_SIGMA px by U(0, 1). The lowest quality
 #: covers the stain-shift benchmark's JPEG q50; fixed before any cross-validation, not tuned on it.
 JPEG_P, JPEG_MIN_QUALITY, BLUR_SIGMA = 0.5, 40, 1.0
-#: geometry at strength 1: each patch rotated by U(-ROTATION, ROTATION) degrees (with the dihedral
-#: symmetries: any angle) and zoomed by U(1 - ZOOM, 1 + ZOOM), edges filled by reflection
-ROTATION, ZOOM = 45.0, 0.1
 
 
 def dihedral(x: tf.Tensor) -> tf.Tensor:
@@ -40,26 +37,6 @@ def dihedral(x: tf.Tensor) -> tf.Tensor:
     x = maybe(lambda y: tf.reverse(y, [2]), x)
     x = maybe(lambda y: tf.reverse(y, [1]), x)
     return maybe(lambda y: tf.transpose(y, [0, 2, 1, 3]), x)
-
-
-def rotate_zoom(x: tf.Tensor, rotation: float = ROTATION, zoom: float = ZOOM) -> tf.Tensor:
-    """Per image, a rotation by U(-rotation, rotation) degrees and a zoom by U(1 - zoom, 1 + zoom)
-    about the centre, bilinear, the edges filled by reflecting the image."""
-    n = tf.shape(x)[0]
-    angle = tf.random.uniform([n], -rotation, rotation) * (3.141592653589793 / 180.0)
-    inverse = 1.0 / tf.random.uniform([n], 1.0 - zoom, 1.0 + zoom)  # output to input coordinates
-    c, s = tf.cos(angle) * inverse, tf.sin(angle) * inverse
-    cy, cx = (tf.cast(tf.shape(x)[1], tf.float32) - 1.0) / 2.0, (tf.cast(tf.shape(x)[2], tf.float32) - 1.0) / 2.0
-    zero = tf.zeros([n])
-    transforms = tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, zero, zero], axis=1)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=x,
-        transforms=transforms,
-        output_shape=tf.shape(x)[1:3],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="REFLECT",
-    )
 
 
 def colour_jitter(x: tf.Tensor, brightness=12.0, contrast=0.15, saturation=0.15, stain=0.06) -> tf.Tensor:
@@ -116,23 +93,16 @@ def jpeg(x: tf.Tensor, p: float = JPEG_P, min_quality: int = JPEG_MIN_QUALITY) -
 
 
 def augment(
-    x: tf.Tensor,
-    colour_strength: float = 1.0,
-    stain_strength: float = 0.0,
-    artefact_strength: float = 0.0,
-    geometry_strength: float = 0.0,
+    x: tf.Tensor, colour_strength: float = 1.0, stain_strength: float = 0.0, artefact_strength: float = 0.0
 ) -> tf.Tensor:
     """The training augmentation: symmetries, stain-space jitter and gamma, colour jitter, then
     scanning artefacts (float32 pixels in [0, 255]).
 
     ``colour_strength`` scales every colour jitter range (1.0: the defaults of colour_jitter);
     ``stain_strength`` scales the HED jitter and the gamma range (0: neither);
-    ``artefact_strength`` scales the blur sigma and the JPEG share of patches (0: neither);
-    ``geometry_strength`` scales the rotation and zoom ranges (0: symmetries of the square only).
+    ``artefact_strength`` scales the blur sigma and the JPEG share of patches (0: neither).
     """
     x = dihedral(x)
-    if geometry_strength > 0:
-        x = rotate_zoom(x, ROTATION * geometry_strength, ZOOM * geometry_strength)
     if stain_strength > 0:
         x = random_gamma(hed_jitter(x, HED_SCALE * stain_strength, HED_SHIFT * stain_strength), GAMMA * stain_strength)
     s = colour_strength

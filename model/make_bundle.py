@@ -327,7 +327,6 @@ RECIPE_KEYS = (
     "colour_strength",
     "stain_strength",
     "artefact_strength",
-    "geometry_strength",
     "consistency",
     "wide_stain",
     "label_smoothing",

@@ -47,7 +47,6 @@ class TrainConfig:
     colour_strength: float = 1.0  # scales the colour jitter ranges of the augmentation
     stain_strength: float = 0.0  # scales the HED (stain space) jitter and gamma; 0: off
     artefact_strength: float = 0.0  # scales the blur and JPEG augmentation; 0: off
-    geometry_strength: float = 0.0  # scales the rotation and zoom augmentation; 0: off
     consistency: float = 0.0  # weight of the two-view consistency loss (Jensen-Shannon); 0: off
     wide_stain: float = 0.0  # with consistency: the second view's stain strength; it is only pulled to the first's
     # prediction (held fixed), and the cross-entropy is on the first view alone; 0: two alike views
@@ -213,9 +212,7 @@ def _step_functions(cfg: TrainConfig, model, optimizer, strategy):
     loss_fn = cross_entropy(cfg.label_smoothing, cfg.robust_q)
 
     def view(x, stain_strength=cfg.stain_strength):
-        x = augment(
-            tf.cast(x, tf.float32), cfg.colour_strength, stain_strength, cfg.artefact_strength, cfg.geometry_strength
-        )
+        x = augment(tf.cast(x, tf.float32), cfg.colour_strength, stain_strength, cfg.artefact_strength)
         return normalise(x, cfg.normalisation)
 
     def replica_step(x, y, w):

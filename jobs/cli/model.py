@@ -113,13 +113,6 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     help="Scale of the blur and JPEG-compression augmentation; 0 turns it off.",
 )
 @click.option(
-    "--geometry-strength",
-    type=click.FloatRange(0),
-    default=0.0,
-    show_default=True,
-    help="Scale of the rotation (45 degrees) and zoom (10 %) augmentation; 0 turns it off.",
-)
-@click.option(
     "--consistency",
     type=click.FloatRange(0),
     default=0.0,
