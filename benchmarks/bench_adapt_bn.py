@@ -21,7 +21,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from bench_ensemble import difference_interval
-from bench_stain_shift import _halves, _load_folds, _vectors_of, calibrated_as_folds, oof_images, with_transfer
+from bench_stain_shift import (
+    _halves,
+    _load_folds,
+    _vectors_of,
+    calibrated_as_folds,
+    on_run_scale,
+    oof_images,
+    with_transfer,
+)
 from oof_maps import map_dice, patient_maps
 
 from idcmap.model.crossval import choose_context_weight, context_logits, cross_fitted
@@ -59,8 +67,7 @@ def fold_adapted_logits(folds, oof: pd.DataFrame, images: np.ndarray, groups: np
     for info, _, _, model in folds:
         for g in np.unique(groups[fold_of == info["fold"]]):
             m = (fold_of == info["fold"]) & (groups == g)
-            z = idc_logit(adapted_probs(model, info["normalisation"], images[m], prior))
-            logit[m] = info.get("logit_scale", 1.0) * (z - info["logit_offset"])
+            logit[m] = on_run_scale(info, idc_logit(adapted_probs(model, info["normalisation"], images[m], prior)))
     return logit
 
 

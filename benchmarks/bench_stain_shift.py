@@ -186,8 +186,13 @@ def fold_logits(folds, fold_of: np.ndarray, images: np.ndarray, prepare=None) ->
     for info, score, *_ in folds:
         m = fold_of == info["fold"]
         x = images[m] if prepare is None else prepare(images[m], m)
-        logit[m] = info.get("logit_scale", 1.0) * (idc_logit(predict_batches(score, x)) - info["logit_offset"])
+        logit[m] = on_run_scale(info, idc_logit(predict_batches(score, x)))
     return logit
+
+
+def on_run_scale(info: dict, logit: np.ndarray) -> np.ndarray:
+    """A fold network's raw IDC logits on the scale of its run's out-of-fold scores."""
+    return info.get("logit_scale", 1.0) * (logit - info["logit_offset"])
 
 
 def calibrated_as_folds(oof: pd.DataFrame, logit: np.ndarray, per_fold: dict) -> np.ndarray:
