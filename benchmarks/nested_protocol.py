@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bench_stain_shift import DATA, OTHER_STAINS, SHIFTS, _vectors_of, with_transfer
+from bench_stain_shift import DATA, OTHER_STAINS, SHIFTS, _vectors_of, on_run_scale, with_transfer
 from stain_screen import SENSITIVITY  # the operating point: the shipped model's sensitivity, rounded
 
 from idcmap.jobs.cli import configure_logging
@@ -110,7 +110,7 @@ def _inner_network(run_dir: Path, patches):
 
 def _scaled_logits(score, info: dict, images) -> np.ndarray:
     """Patch-alone logits on the network's training patches' scale."""
-    return (info["logit_scale"] * (idc_logit(predict_batches(score, images)) - info["logit_offset"])).astype(np.float32)
+    return on_run_scale(info, idc_logit(predict_batches(score, images))).astype(np.float32)
 
 
 def inner_scores(cfg: TrainConfig, patches, folds: dict[str, int], j: int, nest: Path) -> pd.DataFrame:
