@@ -7,6 +7,7 @@ function, so the same network serves Keras and ONNX.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from idcmap.errors import InputError
@@ -115,7 +116,12 @@ def idcnet_se(width: int = 32) -> keras.Model:
     return idcnet(width=width, name="idcnet_se", se=True)
 
 
-ARCHITECTURES = {"seed_cnn": seed_cnn, "idcnet": idcnet, "idcnet_deep": idcnet_deep, "idcnet_se": idcnet_se}
+ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
+    "seed_cnn": seed_cnn,
+    "idcnet": idcnet,
+    "idcnet_deep": idcnet_deep,
+    "idcnet_se": idcnet_se,
+}
 
 
 def build(name: str, width: int | None = None) -> keras.Model:
@@ -125,7 +131,7 @@ def build(name: str, width: int | None = None) -> keras.Model:
     if width is None:
         return ARCHITECTURES[name]()
     if name == "seed_cnn":
-        raise InputError(f"{name} has a fixed width; --width applies to idcnet and idcnet_deep only")
+        raise InputError(f"{name} has a fixed width; --width applies to idcnet's kinds only")
     return ARCHITECTURES[name](width=width)
 
 
