@@ -7,7 +7,6 @@ function, so the same network serves Keras and ONNX.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from idcmap.errors import InputError
@@ -65,21 +64,7 @@ def _sep_block(x, filters: int, name: str):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _squeeze_excite(x, name: str):
-    """Channel attention (Hu et al. 2018): each channel scaled by a gate computed from all channels'
-    means through a bottleneck of a quarter of them."""
-    from keras import layers
-
-    c = x.shape[-1]
-    g = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(x)
-    g = layers.Dense(max(c // 4, 8), activation="relu", name=f"{name}_se_down")(g)
-    g = layers.Dense(c, activation="sigmoid", name=f"{name}_se_up")(g)
-    return layers.Multiply(name=f"{name}_se")([x, g])
-
-
-def idcnet(
-    width: int = 32, dropout: float = 0.3, depth: int = 2, name: str = "idcnet", se: bool = False
-) -> keras.Model:
+def idcnet(width: int = 32, dropout: float = 0.3, depth: int = 2, name: str = "idcnet") -> keras.Model:
     """The optimised network: a full conv stem, then separable-conv stages, global average pooling.
 
     Stages at 50, 25, 12 and 6 pixels with width, 2x, 4x, 8x channels, ``depth`` separable blocks in
@@ -94,12 +79,10 @@ def idcnet(
     x = layers.BatchNormalization(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     x = _sep_block(x, width, "s1a")
-    x = _squeeze_excite(x, "s1a") if se else x
     for stage, mult in enumerate((2, 4, 8), start=2):
         x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
         for block in "abcdefgh"[:depth]:
             x = _sep_block(x, width * mult, f"s{stage}{block}")
-        x = _squeeze_excite(x, f"s{stage}") if se else x
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     out = layers.Dense(2, activation="softmax", name="probs")(x)
@@ -111,17 +94,7 @@ def idcnet_deep(width: int = 32) -> keras.Model:
     return idcnet(width=width, depth=3, name="idcnet_deep")
 
 
-def idcnet_se(width: int = 32) -> keras.Model:
-    """idcnet with a squeeze-and-excitation gate at the end of each stage."""
-    return idcnet(width=width, name="idcnet_se", se=True)
-
-
-ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
-    "seed_cnn": seed_cnn,
-    "idcnet": idcnet,
-    "idcnet_deep": idcnet_deep,
-    "idcnet_se": idcnet_se,
-}
+ARCHITECTURES = {"seed_cnn": seed_cnn, "idcnet": idcnet, "idcnet_deep": idcnet_deep}
 
 
 def build(name: str, width: int | None = None) -> keras.Model:
@@ -131,8 +104,8 @@ def build(name: str, width: int | None = None) -> keras.Model:
     if width is None:
         return ARCHITECTURES[name]()
     if name == "seed_cnn":
-        raise InputError(f"{name} has a fixed width; --width applies to idcnet's kinds only")
-    return ARCHITECTURES[name](width=width)
+        raise InputError(f"{name} has a fixed width; --width applies to idcnet and idcnet_deep only")
+    return idcnet_deep(width) if name == "idcnet_deep" else idcnet(width=width)
 
 
 def flops_per_patch(model: keras.Model) -> int:
@@ -171,5 +144,4 @@ TRAINING: dict[str, dict] = {
     "seed_cnn": {"lr": 1e-4, "schedule": "constant"},
     "idcnet": {"lr": 2e-3, "schedule": "cosine"},
     "idcnet_deep": {"lr": 2e-3, "schedule": "cosine"},
-    "idcnet_se": {"lr": 2e-3, "schedule": "cosine"},
 }

@@ -62,36 +62,6 @@ def test_seed_cnn_flops_and_shapes():
         np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
 
 
-def test_idcnet_se_with_its_gates_held_open_is_idcnet():
-    import keras
-
-    from idcmap.model.architectures import build
-
-    plain, gated = build("idcnet", width=16), build("idcnet_se", width=16)
-    gates = [layer for layer in gated.layers if layer.name.endswith("_se_up")]
-    # one gate after each of the four stages, as wide as its stage
-    assert [g.units for g in gates] == [16, 32, 64, 128]
-    for layer in plain.layers:
-        if layer.weights:
-            gated.get_layer(layer.name).set_weights(layer.get_weights())
-
-    def features(model, x):  # the pooled features the head sees
-        return np.asarray(keras.Model(model.inputs, model.get_layer("gap").output)(x, training=False))
-
-    def set_gates(bias):  # every gate to sigmoid(bias), whatever its input
-        for g in gates:
-            kernel, b = g.get_weights()
-            g.set_weights([np.zeros_like(kernel), np.full_like(b, bias)])
-
-    x = np.random.default_rng(1).normal(size=(4, 50, 50, 3)).astype(np.float32)
-    set_gates(40.0)  # sigmoid(40) is 1 in float32: every channel passed unchanged
-    np.testing.assert_allclose(features(gated, x), features(plain, x), rtol=1e-5, atol=1e-7)
-    # half open: fresh, every layer between the gates is positively homogeneous (zero biases, batch
-    # norm at its initial statistics, ReLU, max pooling), so four halvings scale the features by 1/16
-    set_gates(0.0)
-    np.testing.assert_allclose(features(gated, x), features(plain, x) / 16, rtol=1e-4, atol=1e-12)
-
-
 def test_unknown_architecture_is_refused():
     from idcmap.model.architectures import build
 
