@@ -7,6 +7,7 @@ function, so the same network serves Keras and ONNX.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from idcmap.errors import InputError
@@ -94,7 +95,11 @@ def idcnet_deep(width: int = 32) -> keras.Model:
     return idcnet(width=width, depth=3, name="idcnet_deep")
 
 
-ARCHITECTURES = {"seed_cnn": seed_cnn, "idcnet": idcnet, "idcnet_deep": idcnet_deep}
+ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
+    "seed_cnn": seed_cnn,
+    "idcnet": idcnet,
+    "idcnet_deep": idcnet_deep,
+}
 
 
 def build(name: str, width: int | None = None) -> keras.Model:
@@ -104,8 +109,8 @@ def build(name: str, width: int | None = None) -> keras.Model:
     if width is None:
         return ARCHITECTURES[name]()
     if name == "seed_cnn":
-        raise InputError(f"{name} has a fixed width; --width applies to idcnet and idcnet_deep only")
-    return idcnet_deep(width) if name == "idcnet_deep" else idcnet(width=width)
+        raise InputError(f"{name} has a fixed width; --width applies to idcnet's kinds only")
+    return ARCHITECTURES[name](width=width)
 
 
 def flops_per_patch(model: keras.Model) -> int:
