@@ -332,7 +332,6 @@ RECIPE_KEYS = (
     "label_smoothing",
     "robust_q",
     "patient_power",
-    "border_weight",
     "ema",
     "weight_decay",
     "mixup",

@@ -111,14 +111,6 @@ def neighbour_counts(rows, cols, groups=None) -> np.ndarray:
     return _neighbour_sums(np.zeros(len(np.asarray(rows))), rows, cols, groups)[1].astype(np.int64)
 
 
-def label_disagreement(labels, rows, cols, groups=None) -> np.ndarray:
-    """The share of each patch's labelled 8-neighbours whose label differs from its own (0 with no
-    neighbour): near a coarse region outline, where the labels are least sure. float64 (N,)."""
-    y = np.asarray(labels, np.float64)
-    sums, counts = _neighbour_sums(y, rows, cols, groups)
-    return np.where(y == 1, counts - sums, sums) / np.maximum(counts, 1)
-
-
 #: a slide's baseline is this quantile of its context logits: the level of its least IDC-like tissue
 BASELINE_QUANTILE = 0.1
 #: slides (patients) with fewer scored patches keep their logits: too few for a quantile

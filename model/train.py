@@ -26,7 +26,6 @@ import numpy as np
 from . import data as datalib
 from .architectures import TRAINING, build
 from .metrics import roc_auc
-from .scoring import label_disagreement
 
 STATE_FILE = "state.json"
 log = logging.getLogger("idcmap")
@@ -54,7 +53,6 @@ class TrainConfig:
     label_smoothing: float = 0.0  # targets 1 - s/2 and s/2 instead of 1 and 0 (coarse region labels)
     robust_q: float = 0.0  # generalised cross-entropy (1 - p^q) / q, robust to wrong labels; 0: cross-entropy
     patient_power: float = 0.0  # each patch weighted by its patient's patch count^-power (0: off, 1: patients equal)
-    border_weight: float = 0.0  # each patch weighted by 1 - this x its labelled neighbours' share of the other label
     ema: float = 0.0  # momentum of the weights' moving average that is validated and saved as the model; 0: off
     weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0: Adam
     mixup: float = 0.0  # each training patch blended with another by a share ~ Beta(a, a), labels too; 0: off
@@ -139,12 +137,8 @@ def _save_checkpoint(path: Path, model, optimizer, state: dict, best_weights: by
 def class_balance(cfg: TrainConfig, patches: datalib.PatchSet) -> tuple[np.ndarray, dict[int, float]]:
     """(per-patch patient weights, class weights counted with them): how training on ``patches``
     weighs them. Imbalance "weights" puts both in the loss, "sampling" draws patches by the class
-    weights and puts the patient weights in the loss; either way the classes weigh alike.
-    ``border_weight`` weighs down the patches at a region outline (see :func:`label_disagreement`)."""
+    weights and puts the patient weights in the loss; either way the classes weigh alike."""
     pw = datalib.patient_weights(patches.patient_ids, cfg.patient_power)
-    if cfg.border_weight:
-        pw = pw * (1.0 - cfg.border_weight * label_disagreement(patches.labels, *patches.grid))
-        pw = pw / pw.mean()
     return pw, datalib.class_weights(patches.labels, pw)
 
 

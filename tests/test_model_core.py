@@ -482,35 +482,6 @@ def test_patient_weights_trade_patches_for_patients_and_the_classes_stay_balance
         assert weighted.mean() == pytest.approx(1.0)
 
 
-def test_border_weight_weighs_down_the_patches_at_a_label_outline_and_keeps_the_classes_balanced():
-    from idcmap.model.data import PatchSet
-    from idcmap.model.scoring import label_disagreement
-    from idcmap.model.train import TrainConfig, class_balance
-
-    # one patient, a 4x4 grid: IDC in the left two columns; plus one isolated patch of another patient
-    rows = np.array([r for r in range(4) for _ in range(4)] + [0])
-    cols = np.array([c for _ in range(4) for c in range(4)] + [0])
-    y = np.array([1 if c < 2 else 0 for c in cols[:16]] + [1], np.int8)
-    ids = np.array(["a"] * 16 + ["b"])
-    share = label_disagreement(y, rows, cols, ids)
-    # corner (0, 1): neighbours (0,0) IDC, (0,2) (1,2) not, (1,0) (1,1) IDC -> 2 of 5 disagree
-    assert share[1] == pytest.approx(2 / 5)
-    assert share[0] == 0.0 and share[3] == 0.0  # columns 0 and 3 touch only their own class
-    assert share[5] == pytest.approx(3 / 8)  # (1, 1): (0,2) (1,2) (2,2) differ
-    assert share[16] == 0.0  # no neighbour: nothing to disagree with
-
-    xy = np.stack([cols * 50, rows * 50], axis=1)
-    patches = PatchSet(np.zeros((17, 50, 50, 3), np.uint8), y, ids, np.array(["d"] * 17), xy)
-    plain, _ = class_balance(TrainConfig(data_dirs=[]), patches)
-    assert np.array_equal(plain, np.ones(17))
-    w, cw = class_balance(TrainConfig(data_dirs=[], border_weight=1.0), patches)
-    assert w.mean() == pytest.approx(1.0)
-    assert w[5] / w[0] == pytest.approx(1 - 3 / 8)
-    assert w[16] == pytest.approx(w[0])  # the isolated patch keeps an interior patch's weight
-    weighted = w * np.where(y == 1, cw[1], cw[0])
-    assert weighted[y == 1].sum() == pytest.approx(weighted[y == 0].sum())
-
-
 # --- bundle manifest -------------------------------------------------------------------------
 
 FAKE_META = {

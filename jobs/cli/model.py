@@ -153,14 +153,6 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     "alike, 1 patients alike (a few-patch patient as much as a whole slide).",
 )
 @click.option(
-    "--border-weight",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Weigh each training patch by 1 - B x the share of its labelled 8-neighbours with the other "
-    "label: the labels come from coarse region outlines, least sure at their borders; 0 turns it off.",
-)
-@click.option(
     "--ema",
     type=click.FloatRange(0, 1, max_open=True),
     default=0.0,
