@@ -90,9 +90,9 @@ def idcnet(width: int = 32, dropout: float = 0.3, depth: int = 2, name: str = "i
     return keras.Model(inp, out, name=name)
 
 
-def idcnet_deep(width: int = 32, dropout: float = 0.3) -> keras.Model:
+def idcnet_deep(width: int = 32) -> keras.Model:
     """idcnet with three separable blocks per stage instead of two."""
-    return idcnet(width=width, dropout=dropout, depth=3, name="idcnet_deep")
+    return idcnet(width=width, depth=3, name="idcnet_deep")
 
 
 ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
@@ -102,15 +102,15 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
 }
 
 
-def build(name: str, width: int | None = None, dropout: float | None = None) -> keras.Model:
-    """A fresh network by name; ``width`` and ``dropout`` (idcnet's kinds only) set its stem channel
-    count and the dropout before its head."""
+def build(name: str, width: int | None = None) -> keras.Model:
+    """A fresh network by name; ``width`` (idcnet's kinds only) sets its stem channel count."""
     if name not in ARCHITECTURES:
         raise InputError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
-    options = {k: v for k, v in (("width", width), ("dropout", dropout)) if v is not None}
-    if options and name == "seed_cnn":
-        raise InputError(f"{name} has a fixed width and dropout; --width and --dropout apply to idcnet's kinds only")
-    return ARCHITECTURES[name](**options)
+    if width is None:
+        return ARCHITECTURES[name]()
+    if name == "seed_cnn":
+        raise InputError(f"{name} has a fixed width; --width applies to idcnet's kinds only")
+    return ARCHITECTURES[name](width=width)
 
 
 def flops_per_patch(model: keras.Model) -> int:

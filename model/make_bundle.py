@@ -298,7 +298,7 @@ def train_bundle(cfg: TrainConfig, out_dir, run_dir, resume: bool = False, ray_a
         raise InputError(
             f"{ckpt}: checkpoint is of {state.get('arch')} width {state.get('width')}, not {cfg.arch} width {cfg.width}"
         )
-    model = build(cfg.arch, cfg.width, cfg.dropout)
+    model = build(cfg.arch, cfg.width)
     model.load_weights(ckpt / "best.weights.h5")
     return write_bundle(
         out_dir,
@@ -321,7 +321,6 @@ NOT_IN_CONFIG = ("split", "normalisation", "resume_from", "start_marker", "data_
 RECIPE_KEYS = (
     "arch",
     "width",
-    "dropout",
     "epochs",
     "global_batch_size",
     "imbalance",
@@ -335,7 +334,6 @@ RECIPE_KEYS = (
     "patient_power",
     "ema",
     "weight_decay",
-    "lr_scale",
     "mixup",
     "stain_normalise",
     "seed",
@@ -379,7 +377,7 @@ def _fixed_epochs_config(cfg: TrainConfig, train_patients, rule: str, images: np
 def _fit_fixed(cfg: TrainConfig, run_dir: Path, ray_address, label: str) -> tuple:
     """Train (or finish) a fixed-epoch run in ``run_dir``; (model, state)."""
     ckpt = fit(cfg, run_dir, resume_from=latest_checkpoint(run_dir), ray_address=ray_address, label=label)
-    model = build(cfg.arch, cfg.width, cfg.dropout)
+    model = build(cfg.arch, cfg.width)
     model.load_weights(ckpt / "best.weights.h5")
     return model, json.loads((ckpt / STATE_FILE).read_text())
 

@@ -40,7 +40,6 @@ class TrainConfig:
     data_dirs: list[str]
     arch: str = "idcnet"
     width: int | None = None  # idcnet channel width (None: the architecture's default)
-    dropout: float | None = None  # idcnet dropout before the head (None: the architecture's 0.3)
     epochs: int = 20
     global_batch_size: int = 64
     patience: int = 4  # epochs without a better validation AUC before stopping
@@ -56,7 +55,6 @@ class TrainConfig:
     patient_power: float = 0.0  # each patch weighted by its patient's patch count^-power (0: off, 1: patients equal)
     ema: float = 0.0  # momentum of the weights' moving average that is validated and saved as the model; 0: off
     weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0: Adam
-    lr_scale: float = 1.0  # multiplies the architecture's learning rate (its schedule unchanged)
     mixup: float = 0.0  # each training patch blended with another by a share ~ Beta(a, a), labels too; 0: off
     stain_normalise: bool = False  # each patient's patches Macenko-normalised (folds only, for now)
     num_workers: int = 1
@@ -91,10 +89,9 @@ def _epoch_indices(draw: np.ndarray | None, n: int, cfg: TrainConfig, epoch: int
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
     spec = TRAINING[cfg.arch]
-    lr = spec["lr"] * cfg.lr_scale
     if spec["schedule"] == "cosine":
-        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
-    return lr
+        return spec["lr"] * 0.5 * (1.0 + math.cos(math.pi * epoch / max(cfg.epochs, 1)))
+    return spec["lr"]
 
 
 def _optimizer(cfg: TrainConfig):
@@ -349,7 +346,7 @@ def train_loop_per_worker(config: dict):
     train, val, y_train, sample_weight, draw = _training_arrays(cfg)
     per_replica, steps = cfg.global_batch_size // world, len(y_train) // cfg.global_batch_size
     with strategy.scope():
-        model = build(cfg.arch, cfg.width, cfg.dropout)
+        model = build(cfg.arch, cfg.width)
         optimizer = _optimizer(cfg)
         optimizer.build(model.trainable_variables)
     state, best_weights = _restore(cfg, model, optimizer)

@@ -38,12 +38,6 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
 @click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="idcnet", show_default=True)
 @click.option("--width", type=click.IntRange(8), default=None, help="idcnet channel width [default: 32].")
 @click.option(
-    "--dropout",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=None,
-    help="idcnet's dropout before its head [default: 0.3].",
-)
-@click.option(
     "--epochs",
     type=click.IntRange(1),
     default=6,
@@ -172,13 +166,6 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     default=0.0,
     show_default=True,
     help="AdamW's decoupled weight decay instead of Adam; 0 turns it off.",
-)
-@click.option(
-    "--lr-scale",
-    type=click.FloatRange(0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Multiply the architecture's learning rate by this (its schedule unchanged).",
 )
 @click.option(
     "--mixup",
