@@ -1,7 +1,7 @@
 """What the out-of-fold scores predict for a patient set made like issue 12's kept-back one.
 
     python benchmarks/keptback_composition.py BUNDLE_OR_RUN_DIR [--whole 8] [--sparse 123] [--draws 2000]
-        [--isolated-temperature] [--json OUT]
+        [--isolated-temperature] [--isolated-nested] [--json OUT]
 
 The pooled out-of-fold figures weigh the 24 whole patients' 22,907 patches against the 123 sparse
 patients' 4,001: 85 % of the patches, and the neighbour-context and slide-baseline steps act on
@@ -14,6 +14,11 @@ share of sets that meet each kept-back floor. It assumes the kept-back patients 
 which the issue says they are not (new stains), so read it as the best case: a floor missed here
 is likely missed there. Each folder's own figures, patch alone and after the steps, show where the
 difference comes from.
+
+``--isolated-nested`` adds the last of them chosen inside the folds against the shared calibration
+(lower log loss on the other folds, each scored by a fit on the rest), and beside it one constant
+added to the isolated patches' logits, or to the sparse folder's, to show how much of its gain is a
+prior for those patches rather than a better ranking of their tissue.
 
 ``--isolated-temperature`` adds the designs tried and not kept (models/README) for the patches
 with no scored neighbour, which the context step leaves alone: their own calibration, five ways
@@ -31,7 +36,7 @@ import numpy as np
 from bench_ensemble import out_of_fold
 from scipy.optimize import minimize_scalar
 
-from idcmap.model.calibration import choose_threshold, fit_platt, fit_temperature
+from idcmap.model.calibration import choose_threshold, fit_platt, fit_temperature, nll
 from idcmap.model.crossval import context_logits, cross_fitted, oof_grid, resampled_figures
 from idcmap.model.metrics import classification_metrics, roc_auc
 from idcmap.model.scoring import neighbour_counts, sigmoid
@@ -116,6 +121,57 @@ def isolated_apart(oof, per_fold: dict, variant: str) -> tuple[np.ndarray, np.nd
     return prob, thr, fitted
 
 
+def _inner_nll(z, y, alone, fold, k, variant: str) -> float:
+    """Pooled log loss on the folds other than ``k`` under ``variant`` ("shared": one temperature;
+    "two": :func:`_fit_isolated`'s), each fold j's probabilities fitted on the folds other than j and k."""
+    probs, labels = [], []
+    for j in np.unique(fold[fold != k]):
+        known, mine = (fold != j) & (fold != k), fold == j
+        if variant == "shared":
+            p = sigmoid(z / fit_temperature(z[known], y[known]))
+        else:  # the probabilities do not depend on the shared temperature and threshold passed
+            p = _fit_isolated(variant, z, y, alone, known, 1.0, 0.5)[0]
+        probs.append(p[mine])
+        labels.append(y[mine])
+    return nll(np.concatenate(probs), np.concatenate(labels))
+
+
+def isolated_nested(oof, per_fold: dict, prob, thr, variant: str = "two") -> tuple[np.ndarray, np.ndarray, list]:
+    """Fold k scored by the shared calibration (``prob``, ``thr``: :func:`cross_fitted`'s) or by
+    ``variant``, whichever has the lower log loss on the other folds (:func:`_inner_nll`); each
+    fold's choice and inner log losses."""
+    y, fold, alone = oof.label.to_numpy(), oof.fold.to_numpy(), isolated_patches(oof)
+    prob, thr, choices = prob.copy(), thr.copy(), []
+    for k, fit in per_fold.items():
+        mine = fold == k
+        z = context_logits(oof, fit["context_self_weight"], (fit["baseline_weight"], fit["baseline_reference"]))
+        loss = {v: _inner_nll(z, y, alone, fold, k, v) for v in ("shared", variant)}
+        if loss[variant] < loss["shared"]:
+            p, t, _ = _fit_isolated(variant, z, y, alone, ~mine, fit["temperature"], fit["threshold"])
+            prob[mine], thr[mine] = p[mine], t
+        choices.append({"fold": k, "choice": min(loss, key=loss.__getitem__)} | {v: round(x, 5) for v, x in loss.items()})
+    return prob, thr, choices
+
+
+def intercept_only(oof, per_fold: dict, group: np.ndarray) -> np.ndarray:
+    """:func:`cross_fitted`'s probabilities with ``group``'s calibrated logits moved by one constant
+    (fold k's fitted by log loss on the other folds' patches of the group), the rest unchanged: how
+    much of the isolated patches' gain a prior for a set of patches alone gives."""
+    y, fold = oof.label.to_numpy(), oof.fold.to_numpy()
+    prob = np.zeros(len(oof))
+    for k, fit in per_fold.items():
+        mine = fold == k
+        u = context_logits(oof, fit["context_self_weight"], (fit["baseline_weight"], fit["baseline_reference"]))
+        u, known = u / fit["temperature"], group & ~mine
+
+        def loss(d, u=u[known], y=y[known]):
+            return float(np.mean(np.logaddexp(0.0, u + d) - y * (u + d)))
+
+        shift = minimize_scalar(loss, bounds=(-3.0, 3.0), method="bounded").x
+        prob[mine] = sigmoid(u[mine] + np.where(group[mine], shift, 0.0))
+    return prob
+
+
 def print_folders(oof, prob: np.ndarray, thr: np.ndarray) -> None:
     """All patients', the whole ones' and the sparse ones' pooled figures, patch alone and after the steps."""
     y, patients, source = oof.label.to_numpy(), oof.patient_id.to_numpy(), oof.source.to_numpy()
@@ -186,6 +242,9 @@ def main():
     ap.add_argument("--sparse", type=int, default=123, help="sparse patients in a set (kept back: 123)")
     ap.add_argument("--draws", type=int, default=DRAWS)
     ap.add_argument("--isolated-temperature", action="store_true", help="add the isolated patches' own temperature")
+    ap.add_argument(
+        "--isolated-nested", action="store_true", help="add the two-calibration design, chosen inside the folds"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     oof = out_of_fold(args.source)
@@ -195,6 +254,16 @@ def main():
         for name, variant in ISOLATED_VARIANTS.items():
             p, t, fitted = isolated_apart(oof, per_fold, variant)
             scorings[f"{name} (fitted per fold: {fitted})"] = (p, t)
+    if args.isolated_nested:
+        p, t, choices = isolated_nested(oof, per_fold, prob, thr)
+        scorings[f"two calibrations or one, chosen inside the folds by log loss ({choices})"] = (p, t)
+        alone, whole = isolated_patches(oof), oof.source.to_numpy() == "patients"
+        print(
+            f"whole patients' isolated patches ({(alone & whole).sum()}, IDC share {oof.label[alone & whole].mean():.3f}):"
+            f" mean probability {prob[alone & whole].mean():.3f} as the bundle, {p[alone & whole].mean():.3f} so chosen"
+        )
+        for name, group in (("the isolated patches'", alone), ("the sparse folder's (a label scoring cannot see)", ~whole)):
+            scorings[f"{name} logits moved by one constant, fitted per fold"] = (intercept_only(oof, per_fold, group), thr)
     patients, source = oof.patient_id.to_numpy(), oof.source.to_numpy()
     whole, sparse = (sorted(set(patients[source == s])) for s in ("patients", "sparse"))
     strata = {"whole": (whole, args.whole), "sparse": (sparse, args.sparse)}
