@@ -149,7 +149,9 @@ def isolated_nested(oof, per_fold: dict, prob, thr, variant: str = "two") -> tup
         if loss[variant] < loss["shared"]:
             p, t, _ = _fit_isolated(variant, z, y, alone, ~mine, fit["temperature"], fit["threshold"])
             prob[mine], thr[mine] = p[mine], t
-        choices.append({"fold": k, "choice": min(loss, key=loss.__getitem__)} | {v: round(x, 5) for v, x in loss.items()})
+        choices.append(
+            {"fold": k, "choice": min(loss, key=loss.__getitem__)} | {v: round(x, 5) for v, x in loss.items()}
+        )
     return prob, thr, choices
 
 
@@ -170,6 +172,24 @@ def intercept_only(oof, per_fold: dict, group: np.ndarray) -> np.ndarray:
         shift = minimize_scalar(loss, bounds=(-3.0, 3.0), method="bounded").x
         prob[mine] = sigmoid(u[mine] + np.where(group[mine], shift, 0.0))
     return prob
+
+
+def nested_and_priors(oof, per_fold: dict, prob, thr) -> dict:
+    """``--isolated-nested``'s scorings: the two calibrations chosen inside the folds, and one
+    constant on the isolated patches' or the sparse folder's logits; prints what the chosen design
+    gives the whole patients' isolated patches."""
+    p, t, choices = isolated_nested(oof, per_fold, prob, thr)
+    alone, whole = isolated_patches(oof), oof.source.to_numpy() == "patients"
+    on_slides = alone & whole
+    print(
+        f"whole patients' isolated patches ({on_slides.sum()}, IDC share {oof.label[on_slides].mean():.3f}): "
+        f"mean probability {prob[on_slides].mean():.3f} as the bundle, {p[on_slides].mean():.3f} so chosen"
+    )
+    groups = {"the isolated patches'": alone, "the sparse folder's (a label scoring cannot see)": ~whole}
+    return {f"two calibrations or one, chosen inside the folds by log loss ({choices})": (p, t)} | {
+        f"{name} logits moved by one constant, fitted per fold": (intercept_only(oof, per_fold, g), thr)
+        for name, g in groups.items()
+    }
 
 
 def print_folders(oof, prob: np.ndarray, thr: np.ndarray) -> None:
@@ -255,15 +275,7 @@ def main():
             p, t, fitted = isolated_apart(oof, per_fold, variant)
             scorings[f"{name} (fitted per fold: {fitted})"] = (p, t)
     if args.isolated_nested:
-        p, t, choices = isolated_nested(oof, per_fold, prob, thr)
-        scorings[f"two calibrations or one, chosen inside the folds by log loss ({choices})"] = (p, t)
-        alone, whole = isolated_patches(oof), oof.source.to_numpy() == "patients"
-        print(
-            f"whole patients' isolated patches ({(alone & whole).sum()}, IDC share {oof.label[alone & whole].mean():.3f}):"
-            f" mean probability {prob[alone & whole].mean():.3f} as the bundle, {p[alone & whole].mean():.3f} so chosen"
-        )
-        for name, group in (("the isolated patches'", alone), ("the sparse folder's (a label scoring cannot see)", ~whole)):
-            scorings[f"{name} logits moved by one constant, fitted per fold"] = (intercept_only(oof, per_fold, group), thr)
+        scorings |= nested_and_priors(oof, per_fold, prob, thr)
     patients, source = oof.patient_id.to_numpy(), oof.source.to_numpy()
     whole, sparse = (sorted(set(patients[source == s])) for s in ("patients", "sparse"))
     strata = {"whole": (whole, args.whole), "sparse": (sparse, args.sparse)}
