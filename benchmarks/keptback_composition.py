@@ -106,6 +106,12 @@ def _fit_isolated(variant: str, z, y, alone, known, temperature: float, threshol
     return np.where(alone, sigmoid(a * (z - c)), sigmoid(z / t)), float(sigmoid(u * temperature / t)), (t, 1 / a, c)
 
 
+def fold_context_logits(oof, fit: dict) -> np.ndarray:
+    """Every patch's logits after the context and baseline steps as one fold's (``fit``: its entry of
+    :func:`cross_fitted`'s per-fold values) chose them."""
+    return context_logits(oof, fit["context_self_weight"], (fit["baseline_weight"], fit["baseline_reference"]))
+
+
 def isolated_apart(oof, per_fold: dict, variant: str) -> tuple[np.ndarray, np.ndarray, list]:
     """:func:`cross_fitted`'s scores with the isolated patches (no scored neighbour) calibrated
     apart as ``variant`` says (:data:`ISOLATED_VARIANTS`), fold k's fitted on the other folds; and
@@ -114,7 +120,7 @@ def isolated_apart(oof, per_fold: dict, variant: str) -> tuple[np.ndarray, np.nd
     prob, thr, fitted = np.zeros(len(oof)), np.zeros(len(oof)), []
     for f, fit in per_fold.items():
         mine = fold == f
-        z = context_logits(oof, fit["context_self_weight"], (fit["baseline_weight"], fit["baseline_reference"]))
+        z = fold_context_logits(oof, fit)
         p, t, values = _fit_isolated(variant, z, y, alone, ~mine, fit["temperature"], fit["threshold"])
         prob[mine], thr[mine] = p[mine], np.broadcast_to(t, len(oof))[mine]
         fitted.append(tuple(round(float(v), 3) for v in values))
@@ -144,7 +150,7 @@ def isolated_nested(oof, per_fold: dict, prob, thr, variant: str = "two") -> tup
     prob, thr, choices = prob.copy(), thr.copy(), []
     for k, fit in per_fold.items():
         mine = fold == k
-        z = context_logits(oof, fit["context_self_weight"], (fit["baseline_weight"], fit["baseline_reference"]))
+        z = fold_context_logits(oof, fit)
         loss = {v: _inner_nll(z, y, alone, fold, k, v) for v in ("shared", variant)}
         if loss[variant] < loss["shared"]:
             p, t, _ = _fit_isolated(variant, z, y, alone, ~mine, fit["temperature"], fit["threshold"])
@@ -163,7 +169,7 @@ def intercept_only(oof, per_fold: dict, group: np.ndarray) -> np.ndarray:
     prob = np.zeros(len(oof))
     for k, fit in per_fold.items():
         mine = fold == k
-        u = context_logits(oof, fit["context_self_weight"], (fit["baseline_weight"], fit["baseline_reference"]))
+        u = fold_context_logits(oof, fit)
         u, known = u / fit["temperature"], group & ~mine
 
         def loss(d, u=u[known], y=y[known]):
