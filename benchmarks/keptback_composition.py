@@ -37,6 +37,7 @@ from bench_ensemble import difference_interval, out_of_fold
 from oof_maps import map_dice, patient_maps
 from scipy.optimize import minimize_scalar
 
+from idcmap.jobs.render.summaries import DEFAULT_MIN_IDC_AREA_MM2
 from idcmap.model.calibration import choose_threshold, fit_platt, fit_temperature, nll
 from idcmap.model.crossval import context_logits, cross_fitted, oof_grid, resampled_figures
 from idcmap.model.metrics import classification_metrics, roc_auc
@@ -189,10 +190,13 @@ def nested_and_priors(oof, per_fold: dict, prob, thr) -> dict:
     alone, whole = isolated_patches(oof), oof.source.to_numpy() == "patients"
     on_slides = alone & whole
     low, high = difference_interval(oof.label.to_numpy(), prob, p, oof.patient_id.to_numpy())
-    maps = [np.mean(list(map_dice(patient_maps(oof, q, u), 0.2).values())) for q, u in ((prob, thr), (p, t))]
+    maps = [
+        np.mean(list(map_dice(patient_maps(oof, q, u), DEFAULT_MIN_IDC_AREA_MM2).values()))
+        for q, u in ((prob, thr), (p, t))
+    ]
     print(
         f"chosen inside the folds, minus the bundle's scores: ROC AUC 95 % {low:+.4f} to {high:+.4f} over patients; "
-        f"map mean Dice (0.2 mm²) {maps[0]:.4f} as the bundle, {maps[1]:.4f} so chosen\n"
+        f"map mean Dice ({DEFAULT_MIN_IDC_AREA_MM2:g} mm²) {maps[0]:.4f} as the bundle, {maps[1]:.4f} so chosen\n"
         f"whole patients' isolated patches ({on_slides.sum()}, IDC share {oof.label[on_slides].mean():.3f}): "
         f"mean probability {prob[on_slides].mean():.3f} as the bundle, {p[on_slides].mean():.3f} so chosen"
     )
