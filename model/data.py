@@ -216,3 +216,51 @@ def channel_stats(images: np.ndarray, sample: int = 4000, seed: int = 0) -> dict
     idx = rng.choice(len(images), min(sample, len(images)), replace=False)
     px = images[np.sort(idx)].reshape(-1, 3).astype(np.float64)
     return {"mean": [round(float(v), 3) for v in px.mean(0)], "std": [round(float(v), 3) for v in px.std(0)]}
+
+
+#: a patient's patches form a slide (so ``--shift`` may move them) when the median count of the 8
+#: grid neighbours present around its patches is at least this (the whole patients: 5-8; the sparse
+#: folder's: 0-1)
+SLIDE_NEIGHBOURS = 4
+
+
+def context_canvases(ps: PatchSet, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """(canvases, shiftable): each patch with ``margin`` px of its 8 grid neighbours' tissue around
+    it, (N, 50 + 2 margin, 50 + 2 margin, 3) uint8 with the cells that have no patch white (as
+    background is); and whether its patient's patches form a slide (:data:`SLIDE_NEIGHBOURS`)."""
+    if not 0 < margin <= PATCH_SIZE:
+        raise ValueError(f"margin {margin} is not within 1..{PATCH_SIZE} px")
+    size = PATCH_SIZE + 2 * margin
+    canvases = np.full((len(ps), size, size, 3), 255, np.uint8)
+    rows, cols, groups = (a.tolist() for a in ps.grid)
+    where = {key: i for i, key in enumerate(zip(groups, rows, cols))}
+    # along one axis, the neighbour at d: its pixels [lo, hi) go to the canvas's [lo', hi')
+    spans = {
+        -1: (PATCH_SIZE - margin, PATCH_SIZE, 0, margin),
+        0: (0, PATCH_SIZE, margin, margin + PATCH_SIZE),
+        1: (0, margin, margin + PATCH_SIZE, size),
+    }
+    present = np.zeros(len(ps), np.int64)
+    for dr, (r0, r1, cr0, cr1) in spans.items():
+        for dc, (c0, c1, cc0, cc1) in spans.items():
+            idx = np.array([where.get((g, r + dr, c + dc), -1) for g, r, c in zip(groups, rows, cols)])
+            has = idx >= 0
+            canvases[has, cr0:cr1, cc0:cc1] = ps.images[idx[has], r0:r1, c0:c1]
+            if dr or dc:
+                present += has
+    median = {p: np.median(present[ps.patient_ids == p]) for p in ps.patients}
+    shiftable = np.array([median[p] >= SLIDE_NEIGHBOURS for p in ps.patient_ids.tolist()], bool)
+    return canvases, shiftable
+
+
+def shifted_crops(
+    canvases: np.ndarray, shiftable: np.ndarray, idx: np.ndarray, margin: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Patches ``idx`` cut from their :func:`context_canvases`, each moved by up to ``margin`` px
+    on each axis (drawn uniformly) where it is shiftable, in place where not: (len(idx), 50, 50, 3)."""
+    offset = rng.integers(0, 2 * margin + 1, size=(len(idx), 2))
+    offset[~shiftable[idx]] = margin
+    span = np.arange(PATCH_SIZE)
+    rows = (offset[:, 0, None] + span)[:, :, None]
+    cols = (offset[:, 1, None] + span)[:, None, :]
+    return canvases[np.asarray(idx)[:, None, None], rows, cols]

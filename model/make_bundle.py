@@ -335,6 +335,7 @@ RECIPE_KEYS = (
     "ema",
     "weight_decay",
     "mixup",
+    "shift",
     "stain_normalise",
     "seed",
     "limit_per_patient",
