@@ -335,7 +335,6 @@ RECIPE_KEYS = (
     "ema",
     "weight_decay",
     "mixup",
-    "shift",
     "stain_normalise",
     "seed",
     "limit_per_patient",

@@ -55,7 +55,6 @@ class TrainConfig:
     patient_power: float = 0.0  # each patch weighted by its patient's patch count^-power (0: off, 1: patients equal)
     ema: float = 0.0  # momentum of the weights' moving average that is validated and saved as the model; 0: off
     weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0: Adam
-    shift: int = 0  # a slide's training patch moved by up to this many px, cut with its neighbours' tissue; 0: off
     mixup: float = 0.0  # each training patch blended with another by a share ~ Beta(a, a), labels too; 0: off
     stain_normalise: bool = False  # each patient's patches Macenko-normalised (folds only, for now)
     num_workers: int = 1
@@ -345,7 +344,6 @@ def train_loop_per_worker(config: dict):
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     train, val, y_train, sample_weight, draw = _training_arrays(cfg)
-    context = datalib.context_canvases(train, cfg.shift) if cfg.shift else None
     per_replica, steps = cfg.global_batch_size // world, len(y_train) // cfg.global_batch_size
     with strategy.scope():
         model = build(cfg.arch, cfg.width)
@@ -360,11 +358,9 @@ def train_loop_per_worker(config: dict):
         optimizer.learning_rate.assign(learning_rate(cfg, epoch))
         order = _epoch_indices(draw, len(y_train), cfg, epoch)[: steps * cfg.global_batch_size]
         t0, total = time.perf_counter(), 0.0
-        shifts = np.random.default_rng([cfg.seed, epoch, rank, 1])
         for idx in order.reshape(steps, world, per_replica)[:, rank]:
             idx = np.sort(idx)
-            x = train.images[idx] if context is None else datalib.shifted_crops(*context, idx, cfg.shift, shifts)
-            total += float(train_step(x, y_train[idx], sample_weight[idx]))
+            total += float(train_step(train.images[idx], y_train[idx], sample_weight[idx]))
         if world > 1:
             average_statistics()
         seconds = time.perf_counter() - t0

@@ -482,39 +482,6 @@ def test_patient_weights_trade_patches_for_patients_and_the_classes_stay_balance
         assert weighted.mean() == pytest.approx(1.0)
 
 
-def test_shifted_crops_are_windows_of_the_slide_and_lone_patches_stay_put():
-    from idcmap.model.data import context_canvases, shifted_crops
-
-    rng = np.random.default_rng(0)
-    cells = [(r, c) for r in range(3) for c in range(4) if (r, c) != (1, 3)]  # one cell of the slide is background
-    images = rng.integers(0, 255, (len(cells) + 1, 50, 50, 3), dtype=np.uint8)
-    xy = np.array([(50 * c, 50 * r) for r, c in cells] + [(0, 0)])
-    ids = np.array(["slide"] * len(cells) + ["lone"])
-    ps = PatchSet(images, np.zeros(len(ids), np.int8), ids, np.array(["d"] * len(ids)), xy)
-    margin = 20
-    slide = np.full((150 + 2 * margin, 200 + 2 * margin, 3), 255, np.uint8)  # the slide on white, padded
-    for i, (r, c) in enumerate(cells):
-        slide[margin + 50 * r : margin + 50 * r + 50, margin + 50 * c : margin + 50 * c + 50] = images[i]
-
-    canvases, shiftable = context_canvases(ps, margin)
-    assert shiftable.tolist() == [True] * len(cells) + [False]  # the median count of neighbours: 4 on the slide
-    idx = np.repeat(np.arange(len(ids)), 20)
-    draws = np.random.default_rng(1)
-    crops = shifted_crops(canvases, shiftable, idx, margin, np.random.default_rng(1))
-    offsets = draws.integers(0, 2 * margin + 1, size=(len(idx), 2))  # the same draws the crops took
-    assert len(np.unique(offsets[idx == 0], axis=0)) > 10
-    for k, i in enumerate(idx):
-        if ids[i] == "lone":
-            assert np.array_equal(crops[k], images[i])
-        else:
-            top, left = xy[i, 1] + offsets[k, 0], xy[i, 0] + offsets[k, 1]
-            assert np.array_equal(crops[k], slide[top : top + 50, left : left + 50])
-    in_place = shifted_crops(canvases, np.zeros(len(ids), bool), np.arange(len(ids)), margin, draws)
-    assert np.array_equal(in_place, images)
-    with pytest.raises(ValueError, match="margin 51"):
-        context_canvases(ps, 51)
-
-
 # --- bundle manifest -------------------------------------------------------------------------
 
 FAKE_META = {

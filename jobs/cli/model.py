@@ -176,14 +176,6 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     "share drawn from Beta(A, A); 0 turns it off.",
 )
 @click.option(
-    "--shift",
-    type=click.IntRange(0, 50),
-    default=0,
-    show_default=True,
-    help="Move each training patch of a slide (a patient whose patches have grid neighbours) by up to "
-    "this many px on each axis, cut with its neighbours' tissue; 0 turns it off.",
-)
-@click.option(
     "--stain-normalise",
     is_flag=True,
     help="Macenko-normalise each patient's patches before training (implies --folds-only: "
