@@ -10,7 +10,8 @@ out-of-fold figures. Shifts: haematoxylin and eosin optical density scaled indep
 1.5, Ruifrok-Johnston deconvolution), each patient re-drawn with another patient's Macenko stain
 vectors and concentration scale, fading towards white, hue rotation, JPEG quality 50.
 
-It also plots each out-of-fold patient's ROC AUC and sensitivity against its mean optical density
+Under each shift it also reports the whole patients' map Dice (``oof_maps.dice_summary``). It plots
+each out-of-fold patient's ROC AUC and sensitivity against its mean optical density
 (pale patients on the left).
 
 ``--normalise`` measures stain normalisation at scoring time on the same models: each patient's
@@ -31,7 +32,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from oof_maps import dice_summary
 
+from idcmap.jobs.render.summaries import DEFAULT_MIN_IDC_AREA_MM2
 from idcmap.model import data as datalib
 from idcmap.model.crossval import (
     PER_PATIENT_MIN,
@@ -293,6 +296,9 @@ def main():
         prob = probabilities(shifts[name](images))
         r = classification_metrics(labels, prob, thr)
         results[name] = {k: r[k] for k in ("roc_auc", "sensitivity", "specificity", "balanced_accuracy", "ece")}
+        if (oof.source == "patients").any():
+            maps = dice_summary(oof, prob, thr, DEFAULT_MIN_IDC_AREA_MM2)
+            results[name].update({f"map_dice_{k}": v for k, v in maps.items()})
         print(f"{name:24s} " + "  ".join(f"{k} {v:.4f}" for k, v in results[name].items()), flush=True)
         if name == "none":
             table, unshifted = per_patient_table(labels, prob, thr, pids), prob
@@ -332,6 +338,13 @@ def main():
             f"{r['balanced_accuracy']:.4f} | {r['ece']:.4f} | {r['auc_change']:+.4f} | "
             f"{r['sensitivity_change']:+.4f} |"
         )
+    if "map_dice_mean" in base:
+        print(f"\nmaps of the whole patients, Dice ({DEFAULT_MIN_IDC_AREA_MM2:g} mm²):")
+        print("| shift | mean | least-IDC three | most-IDC three |\n|---|---|---|---|")
+        for name, r in results.items():
+            print(
+                f"| {name} | {r['map_dice_mean']:.3f} | {r['map_dice_least_idc']:.3f} | {r['map_dice_most_idc']:.3f} |"
+            )
     if args.plot:
         plot_by_density(table, args.plot)
     if args.json:

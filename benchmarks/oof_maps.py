@@ -56,6 +56,18 @@ def map_dice(maps: dict, min_area_mm2: float) -> dict[str, float]:
     return {p: dice(idc_mask(g, t, min_patches(min_area_mm2)), lab) for p, (g, lab, t, _) in maps.items()}
 
 
+def dice_summary(oof: pd.DataFrame, prob, thr, min_area_mm2: float, n: int = 3) -> dict[str, float]:
+    """Map Dice over the whole patients: mean, and the mean over the ``n`` with the least and the
+    ``n`` with the most IDC (where false positives, and missed IDC, weigh most)."""
+    d = map_dice(patient_maps(oof, prob, thr), min_area_mm2)
+    share = oof[oof.source == "patients"].groupby("patient_id").label.mean().sort_values()
+    return {
+        "mean": float(np.mean(list(d.values()))),
+        "least_idc": float(np.mean([d[p] for p in share.index[:n]])),
+        "most_idc": float(np.mean([d[p] for p in share.index[-n:]])),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("source", type=Path, help="a cross-validated bundle, or its training run (--run-dir)")
