@@ -341,10 +341,9 @@ def main():
     if "map_dice_mean" in base:
         print(f"\nmaps of the whole patients, Dice ({DEFAULT_MIN_IDC_AREA_MM2:g} mm²):")
         print("| shift | mean | least-IDC three | most-IDC three |\n|---|---|---|---|")
+        keys = ("map_dice_mean", "map_dice_least_idc_mean", "map_dice_most_idc_mean")
         for name, r in results.items():
-            print(
-                f"| {name} | {r['map_dice_mean']:.3f} | {r['map_dice_least_idc']:.3f} | {r['map_dice_most_idc']:.3f} |"
-            )
+            print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
     if args.plot:
         plot_by_density(table, args.plot)
     if args.json:

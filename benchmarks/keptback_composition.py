@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_ensemble import difference_interval, out_of_fold
-from oof_maps import map_dice, patient_maps
+from oof_maps import dice_summary
 from scipy.optimize import minimize_scalar
 
 from idcmap.jobs.render.summaries import DEFAULT_MIN_IDC_AREA_MM2
@@ -144,11 +144,11 @@ def _inner_nll(z, y, alone, fold, k, variant: str) -> float:
     return nll(np.concatenate(probs), np.concatenate(labels))
 
 
-def isolated_nested(oof, per_fold: dict, prob, thr, variant: str = "two") -> tuple[np.ndarray, np.ndarray, list]:
+def isolated_nested(oof, per_fold: dict, prob, thr, alone, variant: str = "two") -> tuple[np.ndarray, np.ndarray, list]:
     """Fold k scored by the shared calibration (``prob``, ``thr``: :func:`cross_fitted`'s) or by
-    ``variant``, whichever has the lower log loss on the other folds (:func:`_inner_nll`); each
-    fold's choice and inner log losses."""
-    y, fold, alone = oof.label.to_numpy(), oof.fold.to_numpy(), isolated_patches(oof)
+    ``variant``, whichever has the lower log loss on the other folds (:func:`_inner_nll`; ``alone``:
+    :func:`isolated_patches`); each fold's choice and inner log losses."""
+    y, fold = oof.label.to_numpy(), oof.fold.to_numpy()
     prob, thr, choices = prob.copy(), thr.copy(), []
     for k, fit in per_fold.items():
         mine = fold == k
@@ -186,14 +186,11 @@ def nested_and_priors(oof, per_fold: dict, prob, thr) -> dict:
     """``--isolated-nested``'s scorings: the two calibrations chosen inside the folds, and one
     constant on the isolated patches' or the sparse folder's logits; prints what the chosen design
     gives the whole patients' isolated patches."""
-    p, t, choices = isolated_nested(oof, per_fold, prob, thr)
     alone, whole = isolated_patches(oof), oof.source.to_numpy() == "patients"
+    p, t, choices = isolated_nested(oof, per_fold, prob, thr, alone)
     on_slides = alone & whole
     low, high = difference_interval(oof.label.to_numpy(), prob, p, oof.patient_id.to_numpy())
-    maps = [
-        np.mean(list(map_dice(patient_maps(oof, q, u), DEFAULT_MIN_IDC_AREA_MM2).values()))
-        for q, u in ((prob, thr), (p, t))
-    ]
+    maps = [dice_summary(oof, q, u, DEFAULT_MIN_IDC_AREA_MM2)["mean"] for q, u in ((prob, thr), (p, t))]
     print(
         f"chosen inside the folds, minus the bundle's scores: ROC AUC 95 % {low:+.4f} to {high:+.4f} over patients; "
         f"map mean Dice ({DEFAULT_MIN_IDC_AREA_MM2:g} mm²) {maps[0]:.4f} as the bundle, {maps[1]:.4f} so chosen\n"

@@ -56,16 +56,26 @@ def map_dice(maps: dict, min_area_mm2: float) -> dict[str, float]:
     return {p: dice(idc_mask(g, t, min_patches(min_area_mm2)), lab) for p, (g, lab, t, _) in maps.items()}
 
 
-def dice_summary(oof: pd.DataFrame, prob, thr, min_area_mm2: float, n: int = 3) -> dict[str, float]:
-    """Map Dice over the whole patients: mean, and the mean over the ``n`` with the least and the
-    ``n`` with the most IDC (where false positives, and missed IDC, weigh most)."""
-    d = map_dice(patient_maps(oof, prob, thr), min_area_mm2)
-    share = oof[oof.source == "patients"].groupby("patient_id").label.mean().sort_values()
+def idc_shares(oof: pd.DataFrame) -> pd.Series:
+    """Each whole patient's IDC share, least first."""
+    return oof[oof.source == "patients"].groupby("patient_id").label.mean().sort_values()
+
+
+def summarise(d: dict[str, float], shares: pd.Series, n: int = 3) -> dict[str, float]:
+    """Mean and median of per-patient map Dice ``d``, and its mean over the ``n`` patients with the
+    least and the ``n`` with the most IDC (where false positives, and missed IDC, weigh most)."""
+    v = np.array(list(d.values()))
     return {
-        "mean": float(np.mean(list(d.values()))),
-        "least_idc": float(np.mean([d[p] for p in share.index[:n]])),
-        "most_idc": float(np.mean([d[p] for p in share.index[-n:]])),
+        "mean": float(v.mean()),
+        "median": float(np.median(v)),
+        "least_idc_mean": float(np.mean([d[p] for p in shares.index[:n]])),
+        "most_idc_mean": float(np.mean([d[p] for p in shares.index[-n:]])),
     }
+
+
+def dice_summary(oof: pd.DataFrame, prob, thr, min_area_mm2: float, n: int = 3) -> dict[str, float]:
+    """:func:`summarise` of the whole patients' map Dice with probabilities ``prob``, thresholds ``thr``."""
+    return summarise(map_dice(patient_maps(oof, prob, thr), min_area_mm2), idc_shares(oof), n)
 
 
 def main():
@@ -78,19 +88,12 @@ def main():
     oof = out_of_fold(args.source)
     prob, thr, _ = cross_fitted(oof)
     maps = patient_maps(oof, prob, thr)
-    whole = oof[oof.source == "patients"]
-    idc_share = whole.groupby("patient_id").label.mean().sort_values()
+    idc_share = idc_shares(oof)
     least = list(idc_share.index[: args.least_idc])
     results = {}
     for area in args.min_areas:
         d = map_dice(maps, area)
-        v = np.array(list(d.values()))
-        results[area] = {
-            "per_patient": d,
-            "mean": float(v.mean()),
-            "median": float(np.median(v)),
-            "least_idc_mean": float(np.mean([d[p] for p in least])),
-        }
+        results[area] = {"per_patient": d, **summarise(d, idc_share, args.least_idc)}
     print(f"{len(idc_share)} whole patients; least IDC: " + ", ".join(f"{p} ({idc_share[p]:.1%})" for p in least))
     print("\n| minimum region area | patches | mean Dice | median Dice | mean Dice, least-IDC patients |")
     print("|---|---|---|---|---|")
