@@ -6,10 +6,12 @@ For each run, fold N's model scores fold N's held-out patients (patch alone: no 
 no calibration; each patient normalised first where the run trained so) unshifted and under the
 shifts of ``bench_stain_shift.py``; it reports the ROC AUC, the specificity at the operating point
 that gives sensitivity 0.89 unshifted (each run's own), and how ROC AUC and sensitivity at that
-point change under each shift. The runs must share the fold (same patients and seed: ``idcmap
-train --folds 3`` on the same data). Not the full benchmark: one fold (a third of the patients),
-and a threshold set on the scores it is measured on; use it to decide which arms deserve all
-folds, then ``bench_stain_shift.py`` on those.
+point change under each shift; and the unshifted ROC AUC after the neighbour-context step, its
+weight chosen on the same scores for each run (a network that sees its neighbourhood is compared
+there: each patient is shifted whole before its neighbourhoods are built). The runs must share the
+fold (same patients and seed: ``idcmap train --folds 3`` on the same data). Not the full benchmark:
+one fold (a third of the patients), and a threshold set on the scores it is measured on; use it to
+decide which arms deserve all folds, then ``bench_stain_shift.py`` on those.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import numpy as np
 import pandas as pd
 from bench_stain_shift import OTHER_STAINS, _normalised, _vectors_of, oof_images, with_transfer
 
+from idcmap.model.crossval import CONTEXT_WEIGHTS
+from idcmap.model.data import neighbourhoods
 from idcmap.model.make_bundle import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches
 from idcmap.model.metrics import roc_auc
-from idcmap.model.scoring import idc_logit, scoring_function
+from idcmap.model.scoring import idc_logit, mix_neighbours, scoring_function
 
 SENSITIVITY = 0.89  # the shipped model's out-of-fold sensitivity, rounded: the operating point
 NAMES = ["none", "H x0.6", "H x0.5", "E x0.6", "JPEG q50"]
@@ -43,6 +47,7 @@ def main():
     oof = pd.read_parquet(args.run_dirs[0] / f"fold-{args.fold}" / FOLD_OOF)
     images = oof_images(oof, args.cache_dir)
     y, pids = oof.label.to_numpy(), oof.patient_id.to_numpy()
+    grid = (oof.y.to_numpy() // 50, oof.x.to_numpy() // 50, pids)
     shifts = with_transfer(pids, _vectors_of(images, pids))
     shifted = {n: shifts[n](images) for n in [*NAMES, OTHER_STAINS]}
 
@@ -52,17 +57,24 @@ def main():
         if not pd.read_parquet(d / FOLD_OOF)[["patient_id", "x", "y"]].equals(oof[["patient_id", "x", "y"]]):
             raise SystemExit(f"{run}: fold {args.fold} holds other patches than {args.run_dirs[0]}'s")
         info = json.loads((d / FOLD_INFO).read_text())
-        score = scoring_function(keras.saving.load_model(d / FOLD_MODEL, compile=False), info["normalisation"])
+        model = keras.saving.load_model(d / FOLD_MODEL, compile=False)
+        score = scoring_function(model, info["normalisation"])
         prepare = (lambda x: _normalised(x, pids)) if info.get("stain_normalised") else (lambda x: x)
+        if model.input_shape[-1] == 6:
+            prepare = lambda x: neighbourhoods(x, *grid)  # noqa: E731
         z = {n: idc_logit(predict_batches(score, prepare(x))) for n, x in shifted.items()}
         thr = np.quantile(z["none"][y == 1], 1.0 - SENSITIVITY)
         r = {n: {"roc_auc": roc_auc(y, v), "sensitivity": float((v[y == 1] >= thr).mean())} for n, v in z.items()}
         r["none"]["specificity"] = float((z["none"][y == 0] < thr).mean())
+        stepped = {w: roc_auc(y, mix_neighbours(z["none"], *grid, w)) for w in CONTEXT_WEIGHTS}
+        r["none"]["context_weight"] = max(stepped, key=stepped.get)
+        r["none"]["roc_auc_context"] = stepped[r["none"]["context_weight"]]
         results[str(run)] = r
         base = r["none"]
         print(
             f"{run.name}: ROC AUC {base['roc_auc']:.4f}, specificity {base['specificity']:.3f} at sensitivity "
-            f"{base['sensitivity']:.3f}; "
+            f"{base['sensitivity']:.3f}; with the neighbour-context step {base['roc_auc_context']:.4f} "
+            f"(weight {base['context_weight']}); "
             + "; ".join(
                 f"{n} {v['roc_auc'] - base['roc_auc']:+.4f} / {v['sensitivity'] - base['sensitivity']:+.3f}"
                 for n, v in r.items()

@@ -65,6 +65,21 @@ def _sep_block(x, filters: int, name: str):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
+def _idcnet_trunk(x, width: int, depth: int = 2, prefix: str = ""):
+    """idcnet's layers up to the global average pooling, on ``x``."""
+    from keras import layers
+
+    x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{prefix}stem_conv")(x)
+    x = layers.BatchNormalization(name=f"{prefix}stem_bn")(x)
+    x = layers.ReLU(name=f"{prefix}stem_relu")(x)
+    x = _sep_block(x, width, f"{prefix}s1a")
+    for stage, mult in enumerate((2, 4, 8), start=2):
+        x = layers.MaxPooling2D(2, name=f"{prefix}pool{stage}")(x)
+        for block in "abcdefgh"[:depth]:
+            x = _sep_block(x, width * mult, f"{prefix}s{stage}{block}")
+    return layers.GlobalAveragePooling2D(name=f"{prefix}gap")(x)
+
+
 def idcnet(width: int = 32, dropout: float = 0.3, depth: int = 2, name: str = "idcnet") -> keras.Model:
     """The optimised network: a full conv stem, then separable-conv stages, global average pooling.
 
@@ -76,18 +91,24 @@ def idcnet(width: int = 32, dropout: float = 0.3, depth: int = 2, name: str = "i
     from keras import layers
 
     inp = keras.Input(INPUT_SHAPE)
-    x = layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(inp)
-    x = layers.BatchNormalization(name="stem_bn")(x)
-    x = layers.ReLU(name="stem_relu")(x)
-    x = _sep_block(x, width, "s1a")
-    for stage, mult in enumerate((2, 4, 8), start=2):
-        x = layers.MaxPooling2D(2, name=f"pool{stage}")(x)
-        for block in "abcdefgh"[:depth]:
-            x = _sep_block(x, width * mult, f"s{stage}{block}")
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Dropout(dropout, name="dropout")(_idcnet_trunk(inp, width, depth))
     out = layers.Dense(2, activation="softmax", name="probs")(x)
     return keras.Model(inp, out, name=name)
+
+
+def idcnet_ctx(width: int = 32, context_width: int = 16, dropout: float = 0.3) -> keras.Model:
+    """idcnet on the patch beside a narrower idcnet on its neighbourhood (input (N, 50, 50, 6): the
+    patch, then its 3x3 grid cells averaged down 3x, :func:`idcmap.model.data.neighbourhoods`); the
+    two pooled feature vectors are concatenated before the dropout and the softmax."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((PATCH_SIZE, PATCH_SIZE, 6))
+    patch = _idcnet_trunk(inp[..., :3], width)
+    around = _idcnet_trunk(inp[..., 3:], context_width, prefix="ctx_")
+    x = layers.Dropout(dropout, name="dropout")(layers.Concatenate(name="features")([patch, around]))
+    out = layers.Dense(2, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="idcnet_ctx")
 
 
 def idcnet_deep(width: int = 32) -> keras.Model:
@@ -99,7 +120,10 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
     "seed_cnn": seed_cnn,
     "idcnet": idcnet,
     "idcnet_deep": idcnet_deep,
+    "idcnet_ctx": idcnet_ctx,
 }
+#: networks that see each patch's neighbourhood beside it (6 input channels)
+CONTEXT_ARCHS = {"idcnet_ctx"}
 
 
 def build(name: str, width: int | None = None) -> keras.Model:
@@ -149,4 +173,5 @@ TRAINING: dict[str, dict] = {
     "seed_cnn": {"lr": 1e-4, "schedule": "constant"},
     "idcnet": {"lr": 2e-3, "schedule": "cosine"},
     "idcnet_deep": {"lr": 2e-3, "schedule": "cosine"},
+    "idcnet_ctx": {"lr": 2e-3, "schedule": "cosine"},
 }

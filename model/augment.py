@@ -101,12 +101,17 @@ def augment(
     ``colour_strength`` scales every colour jitter range (1.0: the defaults of colour_jitter);
     ``stain_strength`` scales the HED jitter and the gamma range (0: neither);
     ``artefact_strength`` scales the blur sigma and the JPEG share of patches (0: neither).
+    Six channels are a patch and its neighbourhood (:func:`idcmap.model.data.neighbourhoods`):
+    both get the same draw, side by side (blur and JPEG blocks reach 1-2 px across the seam).
     """
     x = dihedral(x)
+    pair = x.shape[-1] == 6
+    if pair:
+        x = tf.concat([x[..., :3], x[..., 3:]], axis=2)
     if stain_strength > 0:
         x = random_gamma(hed_jitter(x, HED_SCALE * stain_strength, HED_SHIFT * stain_strength), GAMMA * stain_strength)
     s = colour_strength
     x = colour_jitter(x, brightness=12.0 * s, contrast=0.15 * s, saturation=0.15 * s, stain=0.06 * s)
     if artefact_strength > 0:
         x = jpeg(blur(x, BLUR_SIGMA * artefact_strength), min(1.0, JPEG_P * artefact_strength))
-    return x
+    return tf.concat(tf.split(x, 2, axis=2), axis=-1) if pair else x

@@ -32,7 +32,7 @@ class DataError(InputError):
 class PatchSet:
     """Patches of one or more patients: RGB uint8 images with their labels and provenance."""
 
-    images: np.ndarray  # (N, 50, 50, 3) uint8 RGB
+    images: np.ndarray  # (N, 50, 50, 3) uint8 RGB; (N, 50, 50, 6) with each patch's neighbourhood
     labels: np.ndarray  # (N,) int8, 1 = IDC
     patient_ids: np.ndarray  # (N,) str
     sources: np.ndarray  # (N,) str, the data directory each patch came from
@@ -125,10 +125,15 @@ def load_patches(data_dirs, limit_per_patient: int | None = None, threads: int =
     )
 
 
-def load_patches_cached(data_dirs, cache_dir=None, stain_normalised: bool = False, **kw) -> PatchSet:
+def load_patches_cached(
+    data_dirs, cache_dir=None, stain_normalised: bool = False, context: bool = False, **kw
+) -> PatchSet:
     """:func:`load_patches`, memoised as an .npz under ``cache_dir`` keyed by the data fingerprint.
     ``stain_normalised``: each patient's patches Macenko-normalised to
-    :data:`idcmap.model.stain.REFERENCE` (memoised apart)."""
+    :data:`idcmap.model.stain.REFERENCE` (memoised apart). ``context``: each image with its
+    neighbourhood (:func:`with_neighbourhoods`, not memoised)."""
+    if context:
+        return with_neighbourhoods(load_patches_cached(data_dirs, cache_dir, stain_normalised, **kw))
     if cache_dir is None:
         ps = load_patches(data_dirs, **kw)
         return normalise_patients(ps) if stain_normalised else ps
@@ -146,6 +151,34 @@ def load_patches_cached(data_dirs, cache_dir=None, stain_normalised: bool = Fals
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=ps.images, labels=ps.labels, patient_ids=ps.patient_ids, sources=ps.sources, xy=ps.xy)
     return ps
+
+
+def neighbourhoods(images: np.ndarray, rows, cols, groups, chunk: int = 2048) -> np.ndarray:
+    """Each patch beside its neighbourhood, (N, 50, 50, 6) uint8: the patch, then its 3x3 cells on
+    its group's grid (150x150 px, the cells with no patch white as background is) averaged down
+    3x to 50x50. ``rows``/``cols`` are grid positions; groups (patients) are never neighbours."""
+    rows, cols, groups = (np.asarray(a).tolist() for a in (rows, cols, groups))
+    where = {key: i for i, key in enumerate(zip(groups, rows, cols))}
+    out = np.empty((len(images), PATCH_SIZE, PATCH_SIZE, 6), np.uint8)
+    out[..., :3] = images
+    for start in range(0, len(images), chunk):
+        cells = list(zip(groups, rows, cols))[start : start + chunk]
+        canvas = np.full((len(cells), 3 * PATCH_SIZE, 3 * PATCH_SIZE, 3), 255, np.uint8)
+        for dr in (0, 1, 2):
+            for dc in (0, 1, 2):
+                idx = np.array([where.get((g, r + dr - 1, c + dc - 1), -1) for g, r, c in cells])
+                has = idx >= 0
+                canvas[has, dr * PATCH_SIZE : (dr + 1) * PATCH_SIZE, dc * PATCH_SIZE : (dc + 1) * PATCH_SIZE] = images[
+                    idx[has]
+                ]
+        small = canvas.reshape(len(cells), PATCH_SIZE, 3, PATCH_SIZE, 3, 3).mean(axis=(2, 4))
+        out[start : start + len(cells), ..., 3:] = np.round(small).astype(np.uint8)
+    return out
+
+
+def with_neighbourhoods(ps: PatchSet) -> PatchSet:
+    """``ps`` with each image beside its neighbourhood (:func:`neighbourhoods`)."""
+    return PatchSet(neighbourhoods(ps.images, *ps.grid), ps.labels, ps.patient_ids, ps.sources, ps.xy)
 
 
 def normalise_patients(ps: PatchSet) -> PatchSet:
@@ -211,8 +244,8 @@ def patient_weights(patient_ids: np.ndarray, power: float) -> np.ndarray:
 
 
 def channel_stats(images: np.ndarray, sample: int = 4000, seed: int = 0) -> dict:
-    """Per-channel mean and std of RGB pixel values (0..255) on a sample of patches."""
+    """Per-channel mean and std of pixel values (0..255) on a sample of patches."""
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(images), min(sample, len(images)), replace=False)
-    px = images[np.sort(idx)].reshape(-1, 3).astype(np.float64)
+    px = images[np.sort(idx)].reshape(-1, images.shape[-1]).astype(np.float64)
     return {"mean": [round(float(v), 3) for v in px.mean(0)], "std": [round(float(v), 3) for v in px.std(0)]}

@@ -19,7 +19,7 @@ from idcmap.errors import InputError
 from idcmap.slide_tiling import KAGGLE_MPP, PATCH_SIZE
 
 from . import data as datalib
-from .architectures import TRAINING, build, flops_per_patch
+from .architectures import CONTEXT_ARCHS, TRAINING, build, flops_per_patch
 from .bundle import (
     KERAS_FILE,
     ONNX_FILE,
@@ -52,7 +52,7 @@ from .scoring import (
     sigmoid,
     with_context,
 )
-from .train import STATE_FILE, TrainConfig, class_balance, fit, latest_checkpoint, prepare
+from .train import STATE_FILE, TrainConfig, class_balance, fit, latest_checkpoint, load_patches, prepare
 
 log = logging.getLogger("idcmap")
 
@@ -483,9 +483,7 @@ def cross_validate(cfg: TrainConfig, k: int, run_dir, ray_address=None, patches=
     """(out-of-fold table, patient -> fold) of a k-fold patient-level cross-validation."""
     check_recipe(cfg, k, Path(run_dir))
     if patches is None:
-        patches = datalib.load_patches_cached(
-            cfg.data_dirs, cfg.cache_dir, cfg.stain_normalise, limit_per_patient=cfg.limit_per_patient
-        )
+        patches = load_patches(cfg)
     folds = _run_folds(patches, k, Path(run_dir))
     oof = pd.concat([train_fold(cfg, patches, folds, f, run_dir, ray_address) for f in range(k)], ignore_index=True)
     return oof, folds
@@ -524,6 +522,15 @@ def _out_of_fold_calibrated(oof: pd.DataFrame, k: int, patches, scale: float, of
     )
 
 
+def folds_only_reason(cfg: TrainConfig) -> str | None:
+    """Why ``cfg`` can be cross-validated but not shipped (scoring lacks a step it needs), or None."""
+    if cfg.stain_normalise:
+        return "scoring does not stain-normalise slides yet (--stain-normalise measures the folds only)"
+    if cfg.arch in CONTEXT_ARCHS:
+        return f"scoring does not read patches with their neighbourhoods yet ({cfg.arch} measures the folds only)"
+    return None
+
+
 def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_address=None) -> ModelBundle:
     """The k fold models give the out-of-fold figures and the calibration (temperature and
     threshold fitted on all their out-of-fold scores); the bundle's network is then trained the
@@ -531,15 +538,10 @@ def train_crossvalidated_bundle(cfg: TrainConfig, k: int, out_dir, run_dir, ray_
     scale (:func:`on_training_scale`), so one temperature and threshold suit the fold models and
     the final network alike."""
     run_dir = Path(run_dir).resolve()
-    patches = datalib.load_patches_cached(
-        cfg.data_dirs, cfg.cache_dir, cfg.stain_normalise, limit_per_patient=cfg.limit_per_patient
-    )
+    patches = load_patches(cfg)
     oof, folds = cross_validate(cfg, k, run_dir, ray_address, patches)
-    if cfg.stain_normalise:
-        raise InputError(
-            f"{run_dir}: the {k} folds' out-of-fold scores are written; no bundle, since scoring "
-            "does not stain-normalise slides yet (--stain-normalise measures the folds only)"
-        )
+    if why := folds_only_reason(cfg):
+        raise InputError(f"{run_dir}: the {k} folds' out-of-fold scores are written; no bundle: {why}")
     fcfg = _fixed_epochs_config(
         cfg, set(folds), "every patient (cross-validated protocol, nothing held out)", patches.images
     )

@@ -22,10 +22,13 @@ def normalise(x, normalisation: dict):
 
 
 def scoring_function(model, normalisation: dict):
-    """A ``tf.function``: uint8 (N, 50, 50, 3) RGB patches -> softmax probabilities (N, 2)."""
+    """A ``tf.function``: uint8 (N, 50, 50, 3) RGB patches (6 channels: with their neighbourhoods,
+    for a network that takes them) -> softmax probabilities (N, 2)."""
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec([None, PATCH_SIZE, PATCH_SIZE, 3], tf.uint8, name="patches")])
+    channels = model.input_shape[-1]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, PATCH_SIZE, PATCH_SIZE, channels], tf.uint8, name="patches")])
     def score(patches):
         return model(normalise(tf.cast(patches, tf.float32), normalisation), training=False)
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import data as datalib
-from .architectures import TRAINING, build
+from .architectures import CONTEXT_ARCHS, TRAINING, build
 from .metrics import roc_auc
 
 STATE_FILE = "state.json"
@@ -69,11 +69,20 @@ class TrainConfig:
     start_marker: str | None = None  # each worker rank leaves <start_marker>.rank<N>: found at its start = a restart
 
 
+def load_patches(cfg: TrainConfig) -> datalib.PatchSet:
+    """Every patch ``cfg`` trains on, as its network takes them."""
+    return datalib.load_patches_cached(
+        cfg.data_dirs,
+        cfg.cache_dir,
+        cfg.stain_normalise,
+        cfg.arch in CONTEXT_ARCHS,
+        limit_per_patient=cfg.limit_per_patient,
+    )
+
+
 def load_split_data(cfg: TrainConfig):
     """(train, validation) patch sets for ``cfg`` (its split, or a fresh one)."""
-    ps = datalib.load_patches_cached(
-        cfg.data_dirs, cfg.cache_dir, cfg.stain_normalise, limit_per_patient=cfg.limit_per_patient
-    )
+    ps = load_patches(cfg)
     split = cfg.split or datalib.split_patients(ps)
     return datalib.apply_split(ps, split) + (split,)
 

@@ -482,6 +482,43 @@ def test_patient_weights_trade_patches_for_patients_and_the_classes_stay_balance
         assert weighted.mean() == pytest.approx(1.0)
 
 
+def test_neighbourhoods_are_the_patch_and_its_3x3_cells_averaged_down_and_augmented_as_one():
+    import tensorflow as tf
+
+    from idcmap.model.augment import augment
+    from idcmap.model.data import neighbourhoods
+
+    rng = np.random.default_rng(0)
+    cells = [(r, c) for r in range(3) for c in range(4) if (r, c) != (1, 3)]  # one cell of the slide is background
+    images = rng.integers(0, 255, (len(cells) + 1, 50, 50, 3), dtype=np.uint8)
+    rows, cols = np.array([r for r, _ in cells] + [1]), np.array([c for _, c in cells] + [1])
+    groups = np.array(["slide"] * len(cells) + ["other"])  # same grid cell as a slide patch, another patient
+    slide = np.full((250, 300, 3), 255.0)  # the slide on white, one cell of margin
+    for i, (r, c) in enumerate(cells):
+        slide[50 + 50 * r : 100 + 50 * r, 50 + 50 * c : 100 + 50 * c] = images[i]
+
+    pairs = neighbourhoods(images, rows, cols, groups, chunk=4)
+    assert pairs.shape == (len(images), 50, 50, 6) and np.array_equal(pairs[..., :3], images)
+    for i, (r, c) in enumerate(cells):
+        window = slide[50 * r : 50 * r + 150, 50 * c : 50 * c + 150].reshape(50, 3, 50, 3, 3).mean(axis=(1, 3))
+        assert np.array_equal(pairs[i, ..., 3:], np.round(window))
+    lone = np.full((150, 150, 3), 255.0)
+    lone[50:100, 50:100] = images[-1]
+    assert np.array_equal(pairs[-1, ..., 3:], np.round(lone.reshape(50, 3, 50, 3, 3).mean(axis=(1, 3))))
+
+    # no colour change: each output is one symmetry of the square, the same for the patch and its neighbourhood
+    out = augment(tf.constant(pairs, tf.float32), colour_strength=0.0).numpy()
+    views = lambda a: [np.rot90(f, k) for f in (a, a[:, ::-1]) for k in range(4)]  # noqa: E731
+    for x, y in zip(pairs.astype(np.float32), out):
+        same = [k for k, v in enumerate(views(x)) if np.allclose(v, y, atol=1e-3)]
+        assert len(same) == 1
+    # a stain draw is shared: the patch and its neighbourhood change alike where their pixels were alike
+    flat = np.tile(pairs[:1, :, :, :3], (64, 1, 1, 2))
+    out = augment(tf.constant(flat, tf.float32), colour_strength=1.0, stain_strength=1.0).numpy()
+    assert np.allclose(np.sort(out[..., :3].reshape(64, -1), 1), np.sort(out[..., 3:].reshape(64, -1), 1), atol=1e-3)
+    assert out[..., :3].std(axis=0).mean() > 5  # and it differs between patches
+
+
 # --- bundle manifest -------------------------------------------------------------------------
 
 FAKE_META = {

@@ -399,7 +399,9 @@ def test_a_bundle_made_before_the_slide_baseline_reproduces_its_figures_without_
     assert with_step["roc_auc"] != report["roc_auc"]
 
 
-def test_stain_normalised_patches_are_cached_apart_and_train_refuses_them_without_folds(tmp_path):
+def test_stain_normalised_patches_are_cached_apart_and_train_refuses_them_and_context_networks_without_folds(
+    tmp_path,
+):
     from idcmap.jobs.cli import cli
     from idcmap.model import data as datalib
 
@@ -412,7 +414,13 @@ def test_stain_normalised_patches_are_cached_apart_and_train_refuses_them_withou
     again = datalib.load_patches_cached(sparse, tmp_path, stain_normalised=True, limit_per_patient=2)
     assert np.array_equal(again.images, normalised.images)  # read back from its own cache file
 
-    res = CliRunner().invoke(
-        cli, ["train", "--data", sparse[0], "--stain-normalise", "--folds", "0", "--out", str(tmp_path / "b")]
-    )
-    assert res.exit_code != 0 and "--stain-normalise measures cross-validation folds only" in res.output
+    paired = datalib.load_patches_cached(sparse, tmp_path, context=True, limit_per_patient=2)
+    assert len(list(tmp_path.glob("patches-*.npz"))) == 2  # neighbourhoods are not cached
+    assert np.array_equal(paired.images, datalib.with_neighbourhoods(raw).images)
+
+    for option, why in [
+        (["--stain-normalise"], "scoring does not stain-normalise slides yet"),
+        (["--arch", "idcnet_ctx"], "scoring does not read patches with their neighbourhoods yet"),
+    ]:
+        res = CliRunner().invoke(cli, ["train", "--data", sparse[0], *option, "--folds", "0", "--out", str(tmp_path)])
+        assert res.exit_code != 0 and why in res.output and "give --folds >= 2" in res.output

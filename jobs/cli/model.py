@@ -23,7 +23,7 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
     from idcmap.model.train import TrainConfig
 
     cfg = TrainConfig(data_dirs=[str(d) for d in data_dirs], cache_dir=str(cache_dir) if cache_dir else None, **options)
-    return cfg, run_dir or Path("runs") / out_dir.name
+    return cfg, run_dir or (Path("runs") / out_dir.name if out_dir else None)
 
 
 @click.command()
@@ -215,12 +215,12 @@ def train_setup(data_dirs, out_dir, run_dir, cache_dir, **options):
 @click.option("--address", default=None, help="Ray cluster address [default: embedded local Ray].")
 def train(data_dirs, out_dir, resume, run_dir, folds, folds_only, cache_dir, address, **options):
     """Train a model with Ray Train and write a verified model bundle."""
-    from idcmap.model.make_bundle import train_bundle, train_crossvalidated_bundle
+    from idcmap.model.make_bundle import folds_only_reason, train_bundle, train_crossvalidated_bundle
 
-    folds_only = folds_only or options["stain_normalise"]
+    cfg, run_dir = train_setup(data_dirs, out_dir, run_dir, cache_dir, **options)
+    folds_only = folds_only or folds_only_reason(cfg) is not None
     if out_dir is None and not (folds_only and run_dir):
         raise click.UsageError("give --out (or, with --folds-only, --run-dir)")
-    cfg, run_dir = train_setup(data_dirs, out_dir, run_dir, cache_dir, **options)
     if cfg.global_batch_size % cfg.num_workers:
         raise click.ClickException(
             f"--batch-size {cfg.global_batch_size} is not divisible by --num-workers {cfg.num_workers}"
@@ -228,8 +228,8 @@ def train(data_dirs, out_dir, resume, run_dir, folds, folds_only, cache_dir, add
     if folds == 1:
         raise click.ClickException("--folds must be 0 (one validation split) or at least 2")
     if folds_only and not folds:
-        what = "--stain-normalise" if cfg.stain_normalise else "--folds-only"
-        raise click.ClickException(f"{what} measures cross-validation folds only: give --folds >= 2")
+        why = folds_only_reason(cfg) or "--folds-only measures cross-validation folds only"
+        raise click.ClickException(f"{why}: give --folds >= 2")
     if folds_only:
         _cross_validate_only(cfg, folds, run_dir, address)
         return
