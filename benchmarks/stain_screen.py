@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from bench_stain_shift import OTHER_STAINS, _normalised, _vectors_of, oof_images, with_transfer
 
+from idcmap.model.architectures import CONTEXT_ARCHS
 from idcmap.model.crossval import CONTEXT_WEIGHTS
 from idcmap.model.data import neighbourhoods
 from idcmap.model.make_bundle import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches
@@ -60,8 +61,8 @@ def main():
         model = keras.saving.load_model(d / FOLD_MODEL, compile=False)
         score = scoring_function(model, info["normalisation"])
         prepare = (lambda x: _normalised(x, pids)) if info.get("stain_normalised") else (lambda x: x)
-        if model.input_shape[-1] == 6:
-            prepare = lambda x: neighbourhoods(x, *grid)  # noqa: E731
+        if model.name in CONTEXT_ARCHS:
+            prepare = lambda x, k=CONTEXT_ARCHS[model.name]: neighbourhoods(x, *grid, k)  # noqa: E731
         z = {n: idc_logit(predict_batches(score, prepare(x))) for n, x in shifted.items()}
         thr = np.quantile(z["none"][y == 1], 1.0 - SENSITIVITY)
         r = {n: {"roc_auc": roc_auc(y, v), "sensitivity": float((v[y == 1] >= thr).mean())} for n, v in z.items()}

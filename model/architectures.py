@@ -96,9 +96,9 @@ def idcnet(width: int = 32, dropout: float = 0.3, depth: int = 2, name: str = "i
     return keras.Model(inp, out, name=name)
 
 
-def idcnet_ctx(width: int = 32, context_width: int = 16, dropout: float = 0.3) -> keras.Model:
+def idcnet_ctx(width: int = 32, context_width: int = 16, dropout: float = 0.3, name: str = "idcnet_ctx") -> keras.Model:
     """idcnet on the patch beside a narrower idcnet on its neighbourhood (input (N, 50, 50, 6): the
-    patch, then its 3x3 grid cells averaged down 3x, :func:`idcmap.model.data.neighbourhoods`); the
+    patch, then its grid cells around averaged down, :func:`idcmap.model.data.neighbourhoods`); the
     two pooled feature vectors are concatenated before the dropout and the softmax."""
     import keras
     from keras import layers
@@ -108,7 +108,12 @@ def idcnet_ctx(width: int = 32, context_width: int = 16, dropout: float = 0.3) -
     around = _idcnet_trunk(inp[..., 3:], context_width, prefix="ctx_")
     x = layers.Dropout(dropout, name="dropout")(layers.Concatenate(name="features")([patch, around]))
     out = layers.Dense(2, activation="softmax", name="probs")(x)
-    return keras.Model(inp, out, name="idcnet_ctx")
+    return keras.Model(inp, out, name=name)
+
+
+def idcnet_ctx5(width: int = 32) -> keras.Model:
+    """idcnet_ctx on the 5x5 grid cells around each patch (1 mm at 4 um/px) instead of 3x3."""
+    return idcnet_ctx(width=width, name="idcnet_ctx5")
 
 
 def idcnet_deep(width: int = 32) -> keras.Model:
@@ -121,9 +126,10 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
     "idcnet": idcnet,
     "idcnet_deep": idcnet_deep,
     "idcnet_ctx": idcnet_ctx,
+    "idcnet_ctx5": idcnet_ctx5,
 }
-#: networks that see each patch's neighbourhood beside it (6 input channels)
-CONTEXT_ARCHS = {"idcnet_ctx"}
+#: networks that see each patch's neighbourhood beside it (6 input channels): its side in grid cells
+CONTEXT_ARCHS = {"idcnet_ctx": 3, "idcnet_ctx5": 5}
 
 
 def build(name: str, width: int | None = None) -> keras.Model:
@@ -174,4 +180,5 @@ TRAINING: dict[str, dict] = {
     "idcnet": {"lr": 2e-3, "schedule": "cosine"},
     "idcnet_deep": {"lr": 2e-3, "schedule": "cosine"},
     "idcnet_ctx": {"lr": 2e-3, "schedule": "cosine"},
+    "idcnet_ctx5": {"lr": 2e-3, "schedule": "cosine"},
 }

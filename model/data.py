@@ -125,15 +125,13 @@ def load_patches(data_dirs, limit_per_patient: int | None = None, threads: int =
     )
 
 
-def load_patches_cached(
-    data_dirs, cache_dir=None, stain_normalised: bool = False, context: bool = False, **kw
-) -> PatchSet:
+def load_patches_cached(data_dirs, cache_dir=None, stain_normalised: bool = False, context: int = 0, **kw) -> PatchSet:
     """:func:`load_patches`, memoised as an .npz under ``cache_dir`` keyed by the data fingerprint.
     ``stain_normalised``: each patient's patches Macenko-normalised to
     :data:`idcmap.model.stain.REFERENCE` (memoised apart). ``context``: each image with its
-    neighbourhood (:func:`with_neighbourhoods`, not memoised)."""
+    neighbourhood of that many grid cells a side (:func:`with_neighbourhoods`, not memoised)."""
     if context:
-        return with_neighbourhoods(load_patches_cached(data_dirs, cache_dir, stain_normalised, **kw))
+        return with_neighbourhoods(load_patches_cached(data_dirs, cache_dir, stain_normalised, **kw), context)
     if cache_dir is None:
         ps = load_patches(data_dirs, **kw)
         return normalise_patients(ps) if stain_normalised else ps
@@ -153,32 +151,33 @@ def load_patches_cached(
     return ps
 
 
-def neighbourhoods(images: np.ndarray, rows, cols, groups, chunk: int = 2048) -> np.ndarray:
-    """Each patch beside its neighbourhood, (N, 50, 50, 6) uint8: the patch, then its 3x3 cells on
-    its group's grid (150x150 px, the cells with no patch white as background is) averaged down
-    3x to 50x50. ``rows``/``cols`` are grid positions; groups (patients) are never neighbours."""
+def neighbourhoods(images: np.ndarray, rows, cols, groups, cells: int = 3, chunk: int = 2048) -> np.ndarray:
+    """Each patch beside its neighbourhood, (N, 50, 50, 6) uint8: the patch, then the ``cells`` x
+    ``cells`` grid cells around it on its group's grid (the cells with no patch white, as background
+    is) averaged down ``cells`` times to 50x50. ``rows``/``cols`` are grid positions; groups
+    (patients) are never neighbours."""
     rows, cols, groups = (np.asarray(a).tolist() for a in (rows, cols, groups))
     where = {key: i for i, key in enumerate(zip(groups, rows, cols))}
     out = np.empty((len(images), PATCH_SIZE, PATCH_SIZE, 6), np.uint8)
     out[..., :3] = images
     for start in range(0, len(images), chunk):
-        cells = list(zip(groups, rows, cols))[start : start + chunk]
-        canvas = np.full((len(cells), 3 * PATCH_SIZE, 3 * PATCH_SIZE, 3), 255, np.uint8)
-        for dr in (0, 1, 2):
-            for dc in (0, 1, 2):
-                idx = np.array([where.get((g, r + dr - 1, c + dc - 1), -1) for g, r, c in cells])
+        at = list(zip(groups, rows, cols))[start : start + chunk]
+        canvas = np.full((len(at), cells * PATCH_SIZE, cells * PATCH_SIZE, 3), 255, np.uint8)
+        for dr in range(cells):
+            for dc in range(cells):
+                idx = np.array([where.get((g, r + dr - cells // 2, c + dc - cells // 2), -1) for g, r, c in at])
                 has = idx >= 0
                 canvas[has, dr * PATCH_SIZE : (dr + 1) * PATCH_SIZE, dc * PATCH_SIZE : (dc + 1) * PATCH_SIZE] = images[
                     idx[has]
                 ]
-        small = canvas.reshape(len(cells), PATCH_SIZE, 3, PATCH_SIZE, 3, 3).mean(axis=(2, 4))
-        out[start : start + len(cells), ..., 3:] = np.round(small).astype(np.uint8)
+        small = canvas.reshape(len(at), PATCH_SIZE, cells, PATCH_SIZE, cells, 3).mean(axis=(2, 4))
+        out[start : start + len(at), ..., 3:] = np.round(small).astype(np.uint8)
     return out
 
 
-def with_neighbourhoods(ps: PatchSet) -> PatchSet:
+def with_neighbourhoods(ps: PatchSet, cells: int = 3) -> PatchSet:
     """``ps`` with each image beside its neighbourhood (:func:`neighbourhoods`)."""
-    return PatchSet(neighbourhoods(ps.images, *ps.grid), ps.labels, ps.patient_ids, ps.sources, ps.xy)
+    return PatchSet(neighbourhoods(ps.images, *ps.grid, cells), ps.labels, ps.patient_ids, ps.sources, ps.xy)
 
 
 def normalise_patients(ps: PatchSet) -> PatchSet:

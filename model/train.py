@@ -75,7 +75,7 @@ def load_patches(cfg: TrainConfig) -> datalib.PatchSet:
         cfg.data_dirs,
         cfg.cache_dir,
         cfg.stain_normalise,
-        cfg.arch in CONTEXT_ARCHS,
+        CONTEXT_ARCHS.get(cfg.arch, 0),
         limit_per_patient=cfg.limit_per_patient,
     )
 
