@@ -493,18 +493,20 @@ def test_neighbourhoods_are_the_patch_and_its_3x3_cells_averaged_down_and_augmen
     images = rng.integers(0, 255, (len(cells) + 1, 50, 50, 3), dtype=np.uint8)
     rows, cols = np.array([r for r, _ in cells] + [1]), np.array([c for _, c in cells] + [1])
     groups = np.array(["slide"] * len(cells) + ["other"])  # same grid cell as a slide patch, another patient
-    slide = np.full((250, 300, 3), 255.0)  # the slide on white, one cell of margin
+    slide = np.full((350, 400, 3), 255.0)  # the slide on white, two cells of margin
     for i, (r, c) in enumerate(cells):
-        slide[50 + 50 * r : 100 + 50 * r, 50 + 50 * c : 100 + 50 * c] = images[i]
+        slide[100 + 50 * r : 150 + 50 * r, 100 + 50 * c : 150 + 50 * c] = images[i]
 
-    pairs = neighbourhoods(images, rows, cols, groups, chunk=4)
-    assert pairs.shape == (len(images), 50, 50, 6) and np.array_equal(pairs[..., :3], images)
-    for i, (r, c) in enumerate(cells):
-        window = slide[50 * r : 50 * r + 150, 50 * c : 50 * c + 150].reshape(50, 3, 50, 3, 3).mean(axis=(1, 3))
-        assert np.array_equal(pairs[i, ..., 3:], np.round(window))
-    lone = np.full((150, 150, 3), 255.0)
-    lone[50:100, 50:100] = images[-1]
-    assert np.array_equal(pairs[-1, ..., 3:], np.round(lone.reshape(50, 3, 50, 3, 3).mean(axis=(1, 3))))
+    for n in (3, 5):
+        pairs = neighbourhoods(images, rows, cols, groups, n, chunk=4)
+        assert pairs.shape == (len(images), 50, 50, 6) and np.array_equal(pairs[..., :3], images)
+        top = 100 - 50 * (n // 2)
+        for i, (r, c) in enumerate(cells):
+            window = slide[top + 50 * r : top + 50 * (r + n), top + 50 * c : top + 50 * (c + n)]
+            assert np.array_equal(pairs[i, ..., 3:], np.round(window.reshape(50, n, 50, n, 3).mean(axis=(1, 3))))
+        lone, centre = np.full((50 * n, 50 * n, 3), 255.0), 50 * (n // 2)
+        lone[centre : centre + 50, centre : centre + 50] = images[-1]
+        assert np.array_equal(pairs[-1, ..., 3:], np.round(lone.reshape(50, n, 50, n, 3).mean(axis=(1, 3))))
 
     # no colour change: each output is one symmetry of the square, the same for the patch and its neighbourhood
     out = augment(tf.constant(pairs, tf.float32), colour_strength=0.0).numpy()
