@@ -125,13 +125,16 @@ def load_patches(data_dirs, limit_per_patient: int | None = None, threads: int =
     )
 
 
-def load_patches_cached(data_dirs, cache_dir=None, stain_normalised: bool = False, context: int = 0, **kw) -> PatchSet:
+def load_patches_cached(
+    data_dirs, cache_dir=None, stain_normalised: bool = False, neighbourhood: int = 0, **kw
+) -> PatchSet:
     """:func:`load_patches`, memoised as an .npz under ``cache_dir`` keyed by the data fingerprint.
     ``stain_normalised``: each patient's patches Macenko-normalised to
-    :data:`idcmap.model.stain.REFERENCE` (memoised apart). ``context``: each image with its
-    neighbourhood of that many grid cells a side (:func:`with_neighbourhoods`, not memoised)."""
-    if context:
-        return with_neighbourhoods(load_patches_cached(data_dirs, cache_dir, stain_normalised, **kw), context)
+    :data:`idcmap.model.stain.REFERENCE` (memoised apart). ``neighbourhood``: each image beside
+    its neighbourhood of that many grid cells a side (:func:`with_neighbourhoods`, not memoised)."""
+    if neighbourhood:
+        ps = load_patches_cached(data_dirs, cache_dir, stain_normalised, **kw)
+        return with_neighbourhoods(ps, neighbourhood)
     if cache_dir is None:
         ps = load_patches(data_dirs, **kw)
         return normalise_patients(ps) if stain_normalised else ps
@@ -156,20 +159,19 @@ def neighbourhoods(images: np.ndarray, rows, cols, groups, cells: int = 3, chunk
     ``cells`` grid cells around it on its group's grid (the cells with no patch white, as background
     is) averaged down ``cells`` times to 50x50. ``rows``/``cols`` are grid positions; groups
     (patients) are never neighbours."""
-    rows, cols, groups = (np.asarray(a).tolist() for a in (rows, cols, groups))
-    where = {key: i for i, key in enumerate(zip(groups, rows, cols))}
+    keys = list(zip(*(np.asarray(a).tolist() for a in (groups, rows, cols))))
+    where = {key: i for i, key in enumerate(keys)}
     out = np.empty((len(images), PATCH_SIZE, PATCH_SIZE, 6), np.uint8)
     out[..., :3] = images
+    side, half = cells * PATCH_SIZE, cells // 2
     for start in range(0, len(images), chunk):
-        at = list(zip(groups, rows, cols))[start : start + chunk]
-        canvas = np.full((len(at), cells * PATCH_SIZE, cells * PATCH_SIZE, 3), 255, np.uint8)
+        at = keys[start : start + chunk]
+        canvas = np.full((len(at), side, side, 3), 255, np.uint8)
         for dr in range(cells):
             for dc in range(cells):
-                idx = np.array([where.get((g, r + dr - cells // 2, c + dc - cells // 2), -1) for g, r, c in at])
-                has = idx >= 0
-                canvas[has, dr * PATCH_SIZE : (dr + 1) * PATCH_SIZE, dc * PATCH_SIZE : (dc + 1) * PATCH_SIZE] = images[
-                    idx[has]
-                ]
+                idx = np.array([where.get((g, r + dr - half, c + dc - half), -1) for g, r, c in at])
+                top, left = dr * PATCH_SIZE, dc * PATCH_SIZE
+                canvas[idx >= 0, top : top + PATCH_SIZE, left : left + PATCH_SIZE] = images[idx[idx >= 0]]
         small = canvas.reshape(len(at), PATCH_SIZE, cells, PATCH_SIZE, cells, 3).mean(axis=(2, 4))
         out[start : start + len(at), ..., 3:] = np.round(small).astype(np.uint8)
     return out

@@ -414,7 +414,7 @@ def test_stain_normalised_patches_are_cached_apart_and_train_refuses_them_and_co
     again = datalib.load_patches_cached(sparse, tmp_path, stain_normalised=True, limit_per_patient=2)
     assert np.array_equal(again.images, normalised.images)  # read back from its own cache file
 
-    paired = datalib.load_patches_cached(sparse, tmp_path, context=True, limit_per_patient=2)
+    paired = datalib.load_patches_cached(sparse, tmp_path, neighbourhood=3, limit_per_patient=2)
     assert len(list(tmp_path.glob("patches-*.npz"))) == 2  # neighbourhoods are not cached
     assert np.array_equal(paired.images, datalib.with_neighbourhoods(raw).images)
 
