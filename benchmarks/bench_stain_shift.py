@@ -36,6 +36,7 @@ from oof_maps import dice_summary
 
 from idcmap.jobs.render.summaries import DEFAULT_MIN_IDC_AREA_MM2
 from idcmap.model import data as datalib
+from idcmap.model.architectures import CONTEXT_ARCHS
 from idcmap.model.crossval import (
     PER_PATIENT_MIN,
     context_logits,
@@ -54,6 +55,7 @@ from idcmap.model.stain import (
     restain,
     transfer,
 )
+from idcmap.slide_tiling import PATCH_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -277,17 +279,20 @@ def main():
     names = QUICK if args.quick else list(shifts)
 
     trained_normalised = all(info.get("stain_normalised") for info, *_ in folds)
+    cells = CONTEXT_ARCHS.get(folds[0][3].name, 0)  # a network that sees each patch's neighbourhood
+    rows, cols = oof.y.to_numpy() // PATCH_SIZE, oof.x.to_numpy() // PATCH_SIZE
 
     def probabilities(shifted, groups=pids):
         """Each fold model's calibrated probabilities of its held-out patients' ``shifted`` patches
-        (normalised by ``groups`` as the run's training was)."""
+        (normalised by ``groups`` as the run's training was; beside their shifted neighbourhoods
+        for a network that sees them)."""
 
         def prepare(x, m):
             if trained_normalised:
-                return _normalised(x, groups[m])
-            if args.normalise:
-                return _normalised(x, pids[m], _reference(vectors, set(pids[~m])))
-            return x
+                x = _normalised(x, groups[m])
+            elif args.normalise:
+                x = _normalised(x, pids[m], _reference(vectors, set(pids[~m])))
+            return datalib.neighbourhoods(x, rows[m], cols[m], pids[m], cells) if cells else x
 
         return calibrated_as_folds(oof, fold_logits(folds, fold_of, shifted, prepare), per_fold)
 
