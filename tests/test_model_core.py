@@ -482,7 +482,7 @@ def test_patient_weights_trade_patches_for_patients_and_the_classes_stay_balance
         assert weighted.mean() == pytest.approx(1.0)
 
 
-def test_neighbourhoods_are_the_patch_and_its_3x3_cells_averaged_down_and_augmented_as_one():
+def test_neighbourhoods_are_the_patch_and_its_grid_cells_averaged_down_and_augmented_as_one():
     import tensorflow as tf
 
     from idcmap.model.augment import augment
