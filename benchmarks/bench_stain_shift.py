@@ -41,6 +41,7 @@ from idcmap.model.crossval import (
     PER_PATIENT_MIN,
     context_logits,
     cross_fitted,
+    oof_grid,
     per_patient_table,
 )
 from idcmap.model.make_bundle import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches
@@ -55,7 +56,6 @@ from idcmap.model.stain import (
     restain,
     transfer,
 )
-from idcmap.slide_tiling import PATCH_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -280,7 +280,7 @@ def main():
 
     trained_normalised = all(info.get("stain_normalised") for info, *_ in folds)
     cells = CONTEXT_ARCHS.get(folds[0][3].name, 0)  # a network that sees each patch's neighbourhood
-    rows, cols = oof.y.to_numpy() // PATCH_SIZE, oof.x.to_numpy() // PATCH_SIZE
+    rows, cols, _ = oof_grid(oof)
 
     def probabilities(shifted, groups=pids):
         """Each fold model's calibrated probabilities of its held-out patients' ``shifted`` patches

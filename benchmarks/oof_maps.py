@@ -22,7 +22,7 @@ import pandas as pd
 from bench_ensemble import out_of_fold
 
 from idcmap.jobs.render.summaries import idc_mask, patches_for_area
-from idcmap.model.crossval import cross_fitted
+from idcmap.model.crossval import cross_fitted, oof_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,10 +35,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def patient_maps(oof: pd.DataFrame, prob, thr):
     """Per whole patient: (probability grid, NaN off tissue; label grid; threshold; fold)."""
-    out = {}
+    out, (rows, cols, _) = {}, oof_grid(oof)
     for p in sorted(oof.loc[oof.source == "patients", "patient_id"].unique()):
         m = (oof.patient_id == p).to_numpy()
-        col, row = oof.x.to_numpy()[m] // 50, oof.y.to_numpy()[m] // 50
+        row, col = rows[m], cols[m]
         grid = np.full((row.max() + 1, col.max() + 1), np.nan, np.float32)
         grid[row, col] = prob[m]
         labels = np.zeros(grid.shape, bool)

@@ -25,14 +25,22 @@ import pandas as pd
 from bench_stain_shift import OTHER_STAINS, _normalised, _vectors_of, oof_images, with_transfer
 
 from idcmap.model.architectures import CONTEXT_ARCHS
-from idcmap.model.crossval import CONTEXT_WEIGHTS
+from idcmap.model.crossval import choose_context_weight, context_logits, oof_grid
 from idcmap.model.data import neighbourhoods
 from idcmap.model.make_bundle import FOLD_INFO, FOLD_MODEL, FOLD_OOF, predict_batches
 from idcmap.model.metrics import roc_auc
-from idcmap.model.scoring import idc_logit, mix_neighbours, scoring_function
+from idcmap.model.scoring import idc_logit, scoring_function
 
 SENSITIVITY = 0.89  # the shipped model's out-of-fold sensitivity, rounded: the operating point
 NAMES = ["none", "H x0.6", "H x0.5", "E x0.6", "JPEG q50"]
+
+
+def _prepared(x, grid, stain_normalised: bool, cells: int):
+    """Patches as a fold network trained on them: each patient normalised first where the run
+    trained so, beside their neighbourhoods of ``cells`` a side for a network that sees them."""
+    if stain_normalised:
+        x = _normalised(x, grid[2])
+    return neighbourhoods(x, *grid, cells) if cells else x
 
 
 def main():
@@ -48,7 +56,7 @@ def main():
     oof = pd.read_parquet(args.run_dirs[0] / f"fold-{args.fold}" / FOLD_OOF)
     images = oof_images(oof, args.cache_dir)
     y, pids = oof.label.to_numpy(), oof.patient_id.to_numpy()
-    grid = (oof.y.to_numpy() // 50, oof.x.to_numpy() // 50, pids)
+    grid = oof_grid(oof)
     shifts = with_transfer(pids, _vectors_of(images, pids))
     shifted = {n: shifts[n](images) for n in [*NAMES, OTHER_STAINS]}
 
@@ -60,16 +68,14 @@ def main():
         info = json.loads((d / FOLD_INFO).read_text())
         model = keras.saving.load_model(d / FOLD_MODEL, compile=False)
         score = scoring_function(model, info["normalisation"])
-        prepare = (lambda x: _normalised(x, pids)) if info.get("stain_normalised") else (lambda x: x)
-        if model.name in CONTEXT_ARCHS:
-            prepare = lambda x, k=CONTEXT_ARCHS[model.name]: neighbourhoods(x, *grid, k)  # noqa: E731
-        z = {n: idc_logit(predict_batches(score, prepare(x))) for n, x in shifted.items()}
+        normalised, cells = bool(info.get("stain_normalised")), CONTEXT_ARCHS.get(model.name, 0)
+        z = {n: idc_logit(predict_batches(score, _prepared(x, grid, normalised, cells))) for n, x in shifted.items()}
         thr = np.quantile(z["none"][y == 1], 1.0 - SENSITIVITY)
         r = {n: {"roc_auc": roc_auc(y, v), "sensitivity": float((v[y == 1] >= thr).mean())} for n, v in z.items()}
         r["none"]["specificity"] = float((z["none"][y == 0] < thr).mean())
-        stepped = {w: roc_auc(y, mix_neighbours(z["none"], *grid, w)) for w in CONTEXT_WEIGHTS}
-        r["none"]["context_weight"] = max(stepped, key=stepped.get)
-        r["none"]["roc_auc_context"] = stepped[r["none"]["context_weight"]]
+        scored = oof.assign(logit=z["none"])
+        weight = r["none"]["context_weight"] = choose_context_weight(scored)
+        r["none"]["roc_auc_context"] = roc_auc(y, context_logits(scored, weight))
         results[str(run)] = r
         base = r["none"]
         print(
