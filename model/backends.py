@@ -1,6 +1,7 @@
 """Inference backends behind one interface.
 
-``backend.predict(patches)`` takes uint8 RGB patches (N, S, S, 3), S the bundle's patch size, and
+``backend.predict(patches)`` takes uint8 RGB patches (N, S, S, 3), S the bundle's patch size (6
+channels, each patch beside its neighbourhood, for a network that sees it: ``bundle.inputs``), and
 returns float32 (N,): the calibrated probability of IDC (the bundle's temperature applied). Backends: ``keras`` (the
 scoring ``tf.function``), ``onnx`` (ONNX Runtime fp32) and ``onnx-int8`` (ONNX Runtime, static
 int8 quantization; offered only when the bundle says it passed its accuracy check).
@@ -39,10 +40,11 @@ class Backend:
 
     def predict(self, patches: np.ndarray) -> np.ndarray:
         patches = np.asarray(patches)
-        size = self.bundle.patch_size
-        if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[1:] != (size, size, 3):
+        shape = (self.bundle.patch_size, self.bundle.patch_size, self.bundle.channels)
+        if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[1:] != shape:
             raise ValueError(
-                f"expected uint8 RGB patches of shape (N, {size}, {size}, 3), got {patches.dtype} {patches.shape}"
+                f"expected uint8 RGB patches of shape (N, {', '.join(map(str, shape))}), "
+                f"got {patches.dtype} {patches.shape}"
             )
         if not len(patches):
             return np.zeros(0, np.float32)

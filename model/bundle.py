@@ -18,6 +18,7 @@ import numpy as np
 
 from idcmap.atomic import write_bytes_atomic
 from idcmap.errors import BundleError
+from idcmap.slide_tiling import neighbourhoods
 
 from .scoring import with_context
 
@@ -65,6 +66,7 @@ class ModelBundle:
     architecture: str
     flops_per_patch: int | None
     patch_size: int
+    neighbourhood: int  # > 0: the network sees each patch beside its grid cells around, this many a side
     target_mpp: float
     normalisation: dict
     temperature: float
@@ -83,9 +85,9 @@ class ModelBundle:
         try:
             oof = "out_of_fold_metrics" in meta
             baseline = meta.get("context", {}).get("baseline", {})  # absent: a bundle made before the step
-            shape = meta["input"]["shape"]
-            if shape[0] != shape[1] or shape[2] != 3:
-                raise ValueError(f"input shape {shape} is not square RGB")
+            shape, cells = meta["input"]["shape"], int(meta["input"].get("neighbourhood_cells", 0))
+            if shape[0] != shape[1] or shape[2] != (6 if cells else 3) or (cells and cells % 2 == 0):
+                raise ValueError(f"input shape {shape} with neighbourhood_cells {cells} is not square RGB")
             return cls(
                 path=path,
                 meta=meta,
@@ -93,6 +95,7 @@ class ModelBundle:
                 architecture=str(meta["architecture"]["name"]),
                 flops_per_patch=meta["architecture"].get("flops_per_patch"),
                 patch_size=int(shape[0]),
+                neighbourhood=cells,
                 target_mpp=float(meta["input"]["target_mpp"]),
                 normalisation=dict(meta["normalisation"]),
                 temperature=float(meta["calibration"]["temperature"]),
@@ -121,6 +124,16 @@ class ModelBundle:
         """Scoring's last steps on calibrated per-patch probabilities: the neighbour context, then
         the slide baseline (per group: a slide, or a patient's patches)."""
         return with_context(prob_patch, rows, cols, groups, self.context_weight, self.baseline)
+
+    @property
+    def channels(self) -> int:
+        """The network's input channels: 3 (RGB), 6 with each patch's neighbourhood."""
+        return 6 if self.neighbourhood else 3
+
+    def inputs(self, images: np.ndarray, rows, cols, groups) -> np.ndarray:
+        """The network's input for RGB patches at their grid places (each beside its neighbourhood
+        among the patches given, for a network that sees it)."""
+        return neighbourhoods(images, rows, cols, groups, self.neighbourhood) if self.neighbourhood else images
 
     @property
     def sha256(self) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from idcmap.atomic import atomic_path
 from idcmap.errors import InputError
-from idcmap.slide_tiling import PATCH_SIZE, is_patient_dir, list_patches, load_patch
+from idcmap.slide_tiling import PATCH_SIZE, is_patient_dir, list_patches, load_patch, neighbourhoods
 
 #: share of each data directory's patches (whole patients) held out for validation
 VALIDATION_FRACTION = 0.2
@@ -152,29 +152,6 @@ def load_patches_cached(
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=ps.images, labels=ps.labels, patient_ids=ps.patient_ids, sources=ps.sources, xy=ps.xy)
     return ps
-
-
-def neighbourhoods(images: np.ndarray, rows, cols, groups, cells: int = 3, chunk: int = 2048) -> np.ndarray:
-    """Each patch beside its neighbourhood, (N, 50, 50, 6) uint8: the patch, then the ``cells`` x
-    ``cells`` grid cells around it on its group's grid (the cells with no patch white, as background
-    is) averaged down ``cells`` times to 50x50. ``rows``/``cols`` are grid positions; groups
-    (patients) are never neighbours."""
-    keys = list(zip(*(np.asarray(a).tolist() for a in (groups, rows, cols))))
-    where = {key: i for i, key in enumerate(keys)}
-    out = np.empty((len(images), PATCH_SIZE, PATCH_SIZE, 6), np.uint8)
-    out[..., :3] = images
-    side, half = cells * PATCH_SIZE, cells // 2
-    for start in range(0, len(images), chunk):
-        at = keys[start : start + chunk]
-        canvas = np.full((len(at), side, side, 3), 255, np.uint8)
-        for dr in range(cells):
-            for dc in range(cells):
-                idx = np.array([where.get((g, r + dr - half, c + dc - half), -1) for g, r, c in at])
-                top, left = dr * PATCH_SIZE, dc * PATCH_SIZE
-                canvas[idx >= 0, top : top + PATCH_SIZE, left : left + PATCH_SIZE] = images[idx[idx >= 0]]
-        small = canvas.reshape(len(at), PATCH_SIZE, cells, PATCH_SIZE, cells, 3).mean(axis=(2, 4))
-        out[start : start + len(at), ..., 3:] = np.round(small).astype(np.uint8)
-    return out
 
 
 def with_neighbourhoods(ps: PatchSet, cells: int = 3) -> PatchSet:

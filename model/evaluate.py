@@ -47,7 +47,7 @@ def evaluate(
             "every patient); its held-out figures are out-of-fold: use --out-of-fold"
         )
     patches = load_patches(data_dirs, patients=bundle.validation_patients if validation_only else None)
-    patch_prob = make_backend(bundle, backend, threads=threads).predict(patches.images)
+    patch_prob = make_backend(bundle, backend, threads=threads).predict(bundle.inputs(patches.images, *patches.grid))
     prob = bundle.final_probability(patch_prob, *patches.grid)
     report = metrics_report(patches.labels, prob, patches.patient_ids, bundle.threshold)
     if len(np.unique(patches.labels)) == 2:

@@ -198,6 +198,17 @@ def _export_backends(folder: Path, model, cfg: TrainConfig, train, cal: Calibrat
     }
 
 
+def _channels(arch: str) -> dict:
+    if arch not in CONTEXT_ARCHS:
+        return {"channels": "RGB"}
+    cells = CONTEXT_ARCHS[arch]
+    return {
+        "channels": f"RGB of the patch, then RGB of the {cells}x{cells} grid cells around it (the slide's "
+        f"tissue patches; white where there is none) averaged down to the patch's size",
+        "neighbourhood_cells": cells,
+    }
+
+
 def _manifest(
     name: str, model, cfg: TrainConfig, train, cal: Calibrated, state: dict, fingerprint: str, backends: dict
 ) -> dict:
@@ -213,9 +224,9 @@ def _manifest(
             "output": "softmax (no IDC, IDC)",
         },
         "input": {
-            "shape": [PATCH_SIZE, PATCH_SIZE, 3],
+            "shape": [PATCH_SIZE, PATCH_SIZE, 6 if cfg.arch in CONTEXT_ARCHS else 3],
             "dtype": "uint8",
-            "channels": "RGB",
+            **_channels(cfg.arch),
             "target_mpp": KAGGLE_MPP,
             "partial_patches": "padded with white (255) at right/bottom to 50x50",
         },
@@ -526,8 +537,6 @@ def folds_only_reason(cfg: TrainConfig) -> str | None:
     """Why ``cfg`` can be cross-validated but not shipped (scoring lacks a step it needs), or None."""
     if cfg.stain_normalise:
         return "scoring does not stain-normalise slides yet (--stain-normalise measures the folds only)"
-    if cfg.arch in CONTEXT_ARCHS:
-        return f"scoring does not read patches with their neighbourhoods yet ({cfg.arch} measures the folds only)"
     return None
 
 

@@ -2,7 +2,7 @@
 
 from .build_slide import build_slide, write_pyramid
 from .defaults import DEFAULT_MIN_TISSUE, DEFAULT_TARGET_MPP, KAGGLE_MPP, PATCH_SIZE
-from .grid import PatchGrid
+from .grid import PatchGrid, neighbourhoods
 from .kaggle import (
     KaggleFolderReader,
     KagglePatch,
@@ -41,6 +41,7 @@ __all__ = [
     "list_patches",
     "links_back",
     "load_patch",
+    "neighbourhoods",
     "open_slide",
     "pad_patch",
     "parse_patch_name",

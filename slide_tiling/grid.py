@@ -65,3 +65,27 @@ class PatchGrid:
         for r0 in range(0, self.rows, n):
             for c0 in range(0, self.cols, n):
                 yield c0, r0, min(c0 + n, self.cols), min(r0 + n, self.rows)
+
+
+def neighbourhoods(images: np.ndarray, rows, cols, groups, cells: int = 3, chunk: int = 2048) -> np.ndarray:
+    """Each patch beside its neighbourhood, (N, S, S, 6) uint8: the patch, then the ``cells`` x
+    ``cells`` grid cells around it on its group's grid (the cells with no patch white, as background
+    is) averaged down ``cells`` times to SxS. ``rows``/``cols`` are grid positions of patches that
+    tile without overlap; groups (patients, slides) are never neighbours."""
+    size = images.shape[1]
+    keys = list(zip(*(np.asarray(a).tolist() for a in (groups, rows, cols))))
+    where = {key: i for i, key in enumerate(keys)}
+    out = np.empty((len(images), size, size, 6), np.uint8)
+    out[..., :3] = images
+    side, half = cells * size, cells // 2
+    for start in range(0, len(images), chunk):
+        at = keys[start : start + chunk]
+        canvas = np.full((len(at), side, side, 3), 255, np.uint8)
+        for dr in range(cells):
+            for dc in range(cells):
+                idx = np.array([where.get((g, r + dr - half, c + dc - half), -1) for g, r, c in at])
+                top, left = dr * size, dc * size
+                canvas[idx >= 0, top : top + size, left : left + size] = images[idx[idx >= 0]]
+        small = canvas.reshape(len(at), size, cells, size, cells, 3).mean(axis=(2, 4))
+        out[start : start + len(at), ..., 3:] = np.round(small).astype(np.uint8)
+    return out

@@ -8,13 +8,13 @@ measured, and regions without such patches never read.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import cv2
 import numpy as np
 
 from .defaults import DEFAULT_MIN_TISSUE, MAX_INK_FRACTION, PATCH_SIZE
-from .grid import PatchGrid
+from .grid import PatchGrid, neighbourhoods
 from .reader import SlideError, SlideReader
 from .resolution import DEFAULT_TARGET_MPP, LevelChoice, choose_level
 from .tissue import TissueMask
@@ -62,10 +62,13 @@ class PatchBatch:
     x: np.ndarray  # int64 (N,) level-0 left
     y: np.ndarray  # int64 (N,) level-0 top
     tissue_fraction: np.ndarray  # float32 (N,)
-    pixels: np.ndarray  # uint8 (N, patch, patch, 3) RGB
+    pixels: np.ndarray  # uint8 (N, patch, patch, 3) RGB; 6 channels with each patch's neighbourhood
 
     def __len__(self) -> int:
         return len(self.cols)
+
+    def __getitem__(self, keep) -> PatchBatch:
+        return PatchBatch(*(getattr(self, f.name)[keep] for f in fields(self)))
 
 
 def plan_slide(reader: SlideReader, spec: TilingSpec = TilingSpec()) -> SlidePlan:
@@ -127,9 +130,28 @@ def read_region_patches(reader: SlideReader, plan: SlidePlan, region: tuple[int,
     return PatchBatch(cols, rows, x, y, fraction[keep], stack[keep])
 
 
-def iter_patches(reader: SlideReader, plan: SlidePlan) -> Iterator[PatchBatch]:
-    """The tissue patches of the slide (of the plan's regions), one region at a time."""
-    for region in plan.regions:
-        batch = read_region_patches(reader, plan, region)
+def iter_patches(reader: SlideReader, plan: SlidePlan, cells: int = 0) -> Iterator[PatchBatch]:
+    """The tissue patches of the slide (of the plan's regions), one region at a time.
+
+    ``cells`` > 0: each patch beside its neighbourhood of ``cells`` x ``cells`` grid cells
+    (:func:`~idcmap.slide_tiling.grid.neighbourhoods`: 6 channels; cells without a tissue patch are
+    white), for a network that sees it; each region is then read with the cells around it."""
+    margin = cells // 2
+    if margin and plan.spec.stride != plan.spec.patch_size:
+        raise ValueError(
+            f"a {cells}x{cells} neighbourhood needs patches that tile without overlap (stride {plan.spec.patch_size})"
+        )
+    for c0, r0, c1, r1 in plan.regions:
+        wide = (
+            max(0, c0 - margin),
+            max(0, r0 - margin),
+            min(plan.grid.cols, c1 + margin),
+            min(plan.grid.rows, r1 + margin),
+        )
+        batch = read_region_patches(reader, plan, wide)
+        if margin:
+            pixels = neighbourhoods(batch.pixels, batch.rows, batch.cols, np.zeros(len(batch), np.int8), cells)
+            own = (batch.cols >= c0) & (batch.cols < c1) & (batch.rows >= r0) & (batch.rows < r1)
+            batch = replace(batch, pixels=pixels)[own]
         if len(batch):
             yield batch

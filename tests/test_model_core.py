@@ -542,7 +542,9 @@ def _fake_bundle(tmp_path, **changes):
 
 def test_manifest_roundtrip_and_tamper(tmp_path):
     b = load_bundle(_fake_bundle(tmp_path))
-    assert b.temperature == 1.5 and set(b.meta["files"]) == {"weights.bin"}
+    assert b.temperature == 1.5 and set(b.meta["files"]) == {"weights.bin"} and b.channels == 3
+    ctx = load_bundle(_fake_bundle(tmp_path, input={"shape": [50, 50, 6], "neighbourhood_cells": 5, "target_mpp": 4}))
+    assert (ctx.neighbourhood, ctx.channels) == (5, 6)
     data = bytearray((tmp_path / "weights.bin").read_bytes())
     data[100] ^= 1
     (tmp_path / "weights.bin").write_bytes(bytes(data))
@@ -555,6 +557,8 @@ def test_manifest_roundtrip_and_tamper(tmp_path):
     [
         ({"threshold": {}}, "lacks 'value'"),
         ({"input": {"shape": [50, 40, 3], "target_mpp": 4.0}}, "is not square RGB"),
+        ({"input": {"shape": [50, 50, 6], "target_mpp": 4.0}}, "is not square RGB"),  # 6 channels: of which cells?
+        ({"input": {"shape": [50, 50, 6], "neighbourhood_cells": 4, "target_mpp": 4.0}}, "is not square RGB"),
         ({"calibration": {"temperature": "hot"}}, "malformed field"),
     ],
 )

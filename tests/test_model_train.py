@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import shutil
 
+import cv2
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -399,9 +401,7 @@ def test_a_bundle_made_before_the_slide_baseline_reproduces_its_figures_without_
     assert with_step["roc_auc"] != report["roc_auc"]
 
 
-def test_stain_normalised_patches_are_cached_apart_and_train_refuses_them_and_context_networks_without_folds(
-    tmp_path,
-):
+def test_stain_normalised_patches_are_cached_apart_and_train_refuses_them_without_folds(tmp_path):
     from idcmap.jobs.cli import cli
     from idcmap.model import data as datalib
 
@@ -418,9 +418,73 @@ def test_stain_normalised_patches_are_cached_apart_and_train_refuses_them_and_co
     assert len(list(tmp_path.glob("patches-*.npz"))) == 2  # neighbourhoods are not cached
     assert np.array_equal(paired.images, datalib.with_neighbourhoods(raw).images)
 
-    for option, why in [
-        (["--stain-normalise"], "scoring does not stain-normalise slides yet"),
-        (["--arch", "idcnet_ctx"], "scoring does not read patches with their neighbourhoods yet"),
-    ]:
-        res = CliRunner().invoke(cli, ["train", "--data", sparse[0], *option, "--folds", "0", "--out", str(tmp_path)])
-        assert res.exit_code != 0 and why in res.output and "give --folds >= 2" in res.output
+    res = CliRunner().invoke(
+        cli, ["train", "--data", sparse[0], "--stain-normalise", "--folds", "0", "--out", str(tmp_path)]
+    )
+    assert res.exit_code != 0 and "scoring does not stain-normalise slides yet" in res.output
+    assert "give --folds >= 2" in res.output
+
+
+@pytest.fixture(scope="module")
+def context_bundle(ray_session, data_dirs, tmp_path_factory):
+    """One epoch of idcnet_ctx (each patch beside its 3x3 grid cells) on a few hundred real patches."""
+    from idcmap.model.make_bundle import train_bundle
+    from idcmap.model.train import TrainConfig
+
+    root = tmp_path_factory.mktemp("ctx")
+    cfg = TrainConfig(
+        data_dirs=data_dirs, arch="idcnet_ctx", epochs=1, num_workers=1, cpus=2, limit_per_patient=PATCHES_PER_PATIENT
+    )
+    return train_bundle(cfg, root / "bundle", root / "runs")
+
+
+def test_a_context_bundle_scores_slides_uploads_and_patch_folders_beside_each_patch_s_neighbourhood(
+    context_bundle, data_dirs, tmp_path
+):
+    from idcmap.jobs.cli import cli
+    from idcmap.jobs.serve.predict import Predictor
+    from idcmap.model import make_backend
+    from idcmap.model.data import load_patches, with_neighbourhoods
+    from idcmap.model.evaluate import evaluate
+    from idcmap.model.metrics import roc_auc
+    from idcmap.slide_tiling import TilingSpec, iter_patches, neighbourhoods, open_slide, plan_slide
+    from tests.conftest import REPO
+
+    b = load_bundle(context_bundle.path)
+    assert b.meta["input"]["shape"] == [50, 50, 6] and b.meta["input"]["neighbourhood_cells"] == b.neighbourhood == 3
+    onnx, keras = make_backend(b, "onnx", threads=1), make_backend(b, "keras")
+    with pytest.raises(ValueError, match=r"\(N, 50, 50, 6\)"):
+        onnx.predict(np.zeros((1, 50, 50, 3), np.uint8))  # an RGB patch alone is not this network's input
+
+    # a patch folder: each patch beside its patient's patches around it
+    patients = [str(shared_path("idc", "patients", "8863"))]
+    patches = with_neighbourhoods(load_patches(patients))
+    assert np.abs(keras.predict(patches.images) - onnx.predict(patches.images)).max() < 1e-4
+    report = evaluate(b, patients)
+    assert report["n_patches"] == len(patches)
+    assert report["patch_only_roc_auc"] == pytest.approx(roc_auc(patches.labels, onnx.predict(patches.images)))
+
+    # a slide: scored region by region as the whole slide's tissue patches would be, side by side
+    slide = REPO / "examples" / "slides" / "patient-8916.tiff"
+    res = CliRunner().invoke(cli, ["score", str(slide), "--model", str(b.path), "--out", str(tmp_path / "job")])
+    assert res.exit_code == 0, res.output
+    table = pd.read_parquet(tmp_path / "job" / "predictions").sort_values(["row", "col"])
+    with open_slide(slide) as reader:
+        whole = list(iter_patches(reader, plan_slide(reader, TilingSpec(region_size=10_000))))
+    assert len(whole) == 1 and len(table) == len(whole[0])
+    w = whole[0]
+    order = np.lexsort((w.cols, w.rows))
+    direct = onnx.predict(neighbourhoods(w.pixels, w.rows, w.cols, np.zeros(len(w)), 3))[order]
+    assert (table["col"].to_numpy() == w.cols[order]).all() and (table["row"].to_numpy() == w.rows[order]).all()
+    assert np.abs(table["prob_patch"].to_numpy() - direct).max() <= 1e-5
+    final = b.final_probability(direct, w.rows[order], w.cols[order])
+    assert np.abs(table["prob_idc"].to_numpy() - final).max() <= 1e-5
+
+    # an uploaded patch: alone on white, as an isolated patch is
+    patch = patches.images[0, ..., :3]
+    ok, png = cv2.imencode(".png", cv2.cvtColor(patch, cv2.COLOR_RGB2BGR))
+    lone = np.full((150, 150, 3), 255.0)
+    lone[50:100, 50:100] = patch
+    alone = np.concatenate([patch, np.round(lone.reshape(50, 3, 50, 3, 3).mean(axis=(1, 3))).astype(np.uint8)], -1)
+    got = Predictor(b).predict(png.tobytes(), "patch.png", None)["prob_idc"]
+    assert got == pytest.approx(float(onnx.predict(alone[None])[0]), abs=1e-6)

@@ -13,6 +13,7 @@ from idcmap.slide_tiling import (
     TilingSpec,
     choose_level,
     iter_patches,
+    neighbourhoods,
     pad_patch,
     plan_slide,
     read_region_patches,
@@ -198,6 +199,31 @@ def test_tiler_is_independent_of_region_size_and_skips_glass_regions():
         if region == 100:
             assert len(plan.regions) < len(list(plan.grid.regions(1)))  # glass regions never read
     assert results[0] == results[1] == results[2] and len(results[0]) > 0
+
+
+def test_neighbourhoods_read_region_by_region_equal_those_of_the_whole_slide():
+    rng = np.random.default_rng(1)
+    img = np.full((420, 640, 3), GLASS, np.uint8)
+    for _ in range(12):  # tissue blobs of random colour and size, some touching region borders
+        x, y, w, h = rng.integers(0, 600), rng.integers(0, 380), rng.integers(20, 160), rng.integers(20, 120)
+        img[y : y + h, x : x + w] = rng.choice([PINK, PURPLE])
+    img = np.clip(img + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
+    reader = ArrayReader(img, mpp=(0.5, 0.5))
+    whole = plan_slide(reader, TilingSpec(target_mpp=1.0, patch_size=20, stride=20, region_size=4000))
+    ref = list(iter_patches(reader, whole))
+    assert len(ref) == 1 and len(ref[0]) > 50
+    for cells in (3, 5):
+        expected = neighbourhoods(ref[0].pixels, ref[0].rows, ref[0].cols, np.zeros(len(ref[0])), cells)
+        at = {(c, r): i for i, (c, r) in enumerate(zip(ref[0].cols.tolist(), ref[0].rows.tolist()))}
+        plan = plan_slide(reader, TilingSpec(target_mpp=1.0, patch_size=20, stride=20, region_size=60))
+        batches = list(iter_patches(reader, plan, cells))
+        assert len(batches) > 10  # many region borders
+        got = {(c, r): b.pixels[i] for b in batches for i, (c, r) in enumerate(zip(b.cols.tolist(), b.rows.tolist()))}
+        assert sum(map(len, batches)) == len(got) == len(at)  # each tissue patch once
+        for key, pixels in got.items():
+            assert pixels.shape == (20, 20, 6) and np.array_equal(pixels, expected[at[key]]), key
+    with pytest.raises(ValueError, match="tile without overlap"):
+        list(iter_patches(reader, plan_slide(reader, TilingSpec(target_mpp=1.0, stride=25)), 3))
 
 
 def test_region_patches_without_tissue_are_dropped():

@@ -100,8 +100,10 @@ class Scorer:
         self.multi_node = sum(n["Alive"] for n in ray.nodes()) > 1
         self.problem = ""  # why this node cannot score (its copy of the bundle), told by ready()
         try:
+            bundle = load_bundle(bundle_dir)
+            self.cells = bundle.neighbourhood  # > 0: patches are scored beside their neighbourhoods
             self.backend = make_backend(
-                load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size, shared_cores=True, gpu=gpu
+                bundle, backend, threads=threads, batch_size=batch_size, shared_cores=True, gpu=gpu
             )
         except IdcmapError as exc:
             self.problem = f"node {self.node}: {exc}"
@@ -157,7 +159,7 @@ class Scorer:
     def score(self, source: str, plan: SlidePlan) -> ScoredChunk | None:
         """Cut the tissue patches of the plan's regions and score them (None: no tissue patch)."""
         try:
-            batches = list(iter_patches(self._reader(source), plan))
+            batches = list(iter_patches(self._reader(source), plan, self.cells))
         except Exception:
             self._close()
             raise
@@ -302,6 +304,8 @@ def run_scoring(
     tiling = TilingSpec(
         target_mpp=bundle.target_mpp, patch_size=size, stride=spec.stride or size, min_tissue=spec.min_tissue
     )
+    if bundle.neighbourhood and tiling.stride != size:
+        raise IdcmapError(f"{spec.bundle}: its network sees each patch's neighbourhood; score it with stride {size}")
     sched = Scheduler(tasks, 0, spec.max_slides_in_flight, tiling.min_tissue, tiling.target_mpp)
     nodes = {} if nodes is None else nodes
     pool = _Pool(spec, sched, cpus, tiling, nodes)

@@ -87,7 +87,7 @@ class Predictor:
         h, w = image.shape[:2]
         result = {"model_version": self.bundle.version, "threshold": self.bundle.threshold, "width": w, "height": h}
         if (w, h) == (size, size) and mpp in (None, self.bundle.target_mpp):
-            prob = float(self.backend.predict(image[None])[0])
+            prob = float(self.backend.predict(self.bundle.inputs(image[None], [0], [0], [0]))[0])
             return result | {"kind": "patch", "prob_idc": prob, "call": self._call(prob), "patches": []}
         if mpp is None:
             raise InputError(
@@ -109,7 +109,7 @@ class Predictor:
             try:
                 with open_slide(path) as reader:
                     plan = plan_slide(reader, spec)
-                    batches = list(iter_patches(reader, plan))
+                    batches = list(iter_patches(reader, plan, self.bundle.neighbourhood))
             except SlideError as exc:
                 raise InputError(f"upload: {exc.reason}") from None
         if not batches:
