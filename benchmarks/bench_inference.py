@@ -6,11 +6,12 @@ Two set-ups of the same cores: one process whose backend runs one thread per cor
 per core with one thread each (the scoring job's set-up: a scorer actor per CPU), all predicting
 at once.
 
-Patches are real ones from ../shared/data/idc/sparse when present (random pixels otherwise), uint8 in,
-calibrated probabilities out. The fp32 peak is measured here: a float32 matrix product (numpy's BLAS,
-all cores), the best of several. Share = FLOPs/patch x patches/s / peak. int8 counts against its own
-limit, 4x the fp32 peak (AVX-512 VNNI: four int8 multiply-adds per fp32 lane). Each figure is the
-median of ``--repeats`` runs of ``--seconds`` each, with the spread (min..max).
+Patches are real ones from ../shared/data/idc/sparse when present (random pixels otherwise; beside
+their neighbourhoods for a network that sees them), uint8 in, calibrated probabilities out. The fp32
+peak is measured here: a float32 matrix product (numpy's BLAS, all cores), the best of several.
+Share = FLOPs/patch x patches/s / peak. int8 counts against its own limit, 4x the fp32 peak
+(AVX-512 VNNI: four int8 multiply-adds per fp32 lane). Each figure is the median of ``--repeats``
+runs of ``--seconds`` each, with the spread (min..max).
 """
 
 from __future__ import annotations
@@ -31,13 +32,18 @@ from idcmap.model import load_bundle, make_backend
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "idc" / "sparse"
 
 
-def patches(n: int) -> np.ndarray:
+def patches(bundle, n: int) -> np.ndarray:
+    """n patches as ``bundle``'s network takes them (beside their neighbourhoods, for one that sees them)."""
     if DATA.is_dir():
         from idcmap.model.data import load_patches
 
-        imgs = load_patches([DATA], limit_per_patient=20).images
-        return np.resize(imgs, (n,) + imgs.shape[1:])
-    return np.random.default_rng(0).integers(0, 256, (n, 50, 50, 3), dtype=np.uint8)
+        ps = load_patches([DATA], limit_per_patient=20)
+        imgs, grid = ps.images, ps.grid
+    else:
+        imgs = np.random.default_rng(0).integers(0, 256, (n, 50, 50, 3), dtype=np.uint8)
+        grid = (np.arange(n) // 32, np.arange(n) % 32, np.zeros(n))
+    x = bundle.inputs(imgs, *grid)
+    return np.resize(x, (n,) + x.shape[1:])
 
 
 def measured_peak_gflops(n: int = 2048, tries: int = 5) -> float:
@@ -136,9 +142,9 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "patches.npy"
-        np.save(npy, patches(args.patches))
         for path in args.bundles:
             bundle = load_bundle(path)
+            np.save(npy, patches(bundle, args.patches))
             flops = bundle.flops_per_patch
             for name in bundle.backends:
                 limit = peak * (4 if name == "onnx-int8" else 1)
