@@ -198,11 +198,12 @@ def _export_backends(folder: Path, model, cfg: TrainConfig, train, cal: Calibrat
     }
 
 
-def _channels(arch: str) -> dict:
+def _input_channels(arch: str) -> dict:
     if arch not in CONTEXT_ARCHS:
-        return {"channels": "RGB"}
+        return {"shape": [PATCH_SIZE, PATCH_SIZE, 3], "channels": "RGB"}
     cells = CONTEXT_ARCHS[arch]
     return {
+        "shape": [PATCH_SIZE, PATCH_SIZE, 6],
         "channels": f"RGB of the patch, then RGB of the {cells}x{cells} grid cells around it (the slide's "
         f"tissue patches; white where there is none) averaged down to the patch's size",
         "neighbourhood_cells": cells,
@@ -224,9 +225,8 @@ def _manifest(
             "output": "softmax (no IDC, IDC)",
         },
         "input": {
-            "shape": [PATCH_SIZE, PATCH_SIZE, 6 if cfg.arch in CONTEXT_ARCHS else 3],
+            **_input_channels(cfg.arch),
             "dtype": "uint8",
-            **_channels(cfg.arch),
             "target_mpp": KAGGLE_MPP,
             "partial_patches": "padded with white (255) at right/bottom to 50x50",
         },

@@ -100,10 +100,8 @@ class Scorer:
         self.multi_node = sum(n["Alive"] for n in ray.nodes()) > 1
         self.problem = ""  # why this node cannot score (its copy of the bundle), told by ready()
         try:
-            bundle = load_bundle(bundle_dir)
-            self.cells = bundle.neighbourhood  # > 0: patches are scored beside their neighbourhoods
             self.backend = make_backend(
-                bundle, backend, threads=threads, batch_size=batch_size, shared_cores=True, gpu=gpu
+                load_bundle(bundle_dir), backend, threads=threads, batch_size=batch_size, shared_cores=True, gpu=gpu
             )
         except IdcmapError as exc:
             self.problem = f"node {self.node}: {exc}"
@@ -159,7 +157,8 @@ class Scorer:
     def score(self, source: str, plan: SlidePlan) -> ScoredChunk | None:
         """Cut the tissue patches of the plan's regions and score them (None: no tissue patch)."""
         try:
-            batches = list(iter_patches(self._reader(source), plan, self.cells))
+            # each patch beside its neighbourhood, for a network that sees it
+            batches = list(iter_patches(self._reader(source), plan, self.backend.bundle.neighbourhood))
         except Exception:
             self._close()
             raise
