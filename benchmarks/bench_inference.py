@@ -150,7 +150,7 @@ def main():
                 limit = peak * (4 if name == "onnx-int8" else 1)
                 for setup, (processes, threads) in setups.items():
                     row = {
-                        "model": bundle.name,
+                        "model": f"{bundle.name} ({bundle.architecture})",
                         "backend": name,
                         "setup": setup,
                         "limit_gflops": limit,

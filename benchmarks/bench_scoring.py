@@ -1,7 +1,7 @@
 """The scoring job measured: end-to-end throughput against the reference approach and against the
 backend alone, peak memory against slide size and slide count, and 1 vs 2 CPUs.
 
-    python benchmarks/bench_scoring.py [--quick] [--repeats 3] [--work DIR]
+    python benchmarks/bench_scoring.py [--quick] [--repeats 3] [--work DIR] [--model BUNDLE]
 
 Inputs, built once under --work: patients of ../shared/data/idc/patients rebuilt as 2.5x slides
 (`build-slide`), and 40x-style slides (0.25 µm/px, JPEG-tiled pyramids 1/4/16) covered edge to edge
@@ -31,6 +31,7 @@ import seed_loop
 from bench_inference import rates_in_processes
 from bench_tiling_memory import mosaic
 
+from idcmap.model import load_bundle
 from idcmap.slide_tiling import (
     build_slide,
     iter_patches,
@@ -138,12 +139,13 @@ def score(inputs: Path, work: Path, cpus: int | None = None, model: Path = MODEL
     }
 
 
-def save_slide_patches(inputs: Path, npy: Path) -> None:
-    """Cut the tissue patches the job scores, once, into ``npy``."""
+def save_slide_patches(inputs: Path, npy: Path, model: Path) -> None:
+    """Cut the tissue patches the job scores, as ``model``'s network takes them, once, into ``npy``."""
+    cells = load_bundle(model).neighbourhood
     out = []
     for path in sorted(inputs.glob("*/*.tiff")):
         with open_slide(path) as reader:
-            out += [b.pixels for b in iter_patches(reader, plan_slide(reader))]
+            out += [b.pixels for b in iter_patches(reader, plan_slide(reader), cells)]
     np.save(npy, np.concatenate(out))
 
 
@@ -185,16 +187,16 @@ def throughput(args, repeats, patients, bigs, sizes, n_patients, many):
     # (label, slides, model, slides whose patches the backend alone scores: a batch of links to the
     # patients' slides has the patients' patches)
     cases = [
-        (f"{n_patients} rebuilt patients", patients, MODEL, patients),
+        (f"{n_patients} rebuilt patients", patients, args.model, patients),
         (f"{n_patients} rebuilt patients", patients, SEED, patients),
-        (f"1 slide {sizes[-1] * 16:,}² px, 40x-style", big, MODEL, big),
-        (f"{len(list(many.iterdir()))} slides (links to the {n_patients} patients)", many, MODEL, patients),
+        (f"1 slide {sizes[-1] * 16:,}² px, 40x-style", big, args.model, big),
+        (f"{len(list(many.iterdir()))} slides (links to the {n_patients} patients)", many, args.model, patients),
     ]
     pngs = [PATIENTS / p.name for p in sorted(patients.iterdir())]
     ref = [reference(pngs)[1] for _ in range(repeats)]  # the same patches as the rebuilt patients'
     rows, npy = [], args.work / "alone.npy"
     for label, inputs, model, patches_of in cases:
-        save_slide_patches(patches_of, npy)
+        save_slide_patches(patches_of, npy, model)
         e2e, wall, alone = [], [], []
         for _ in range(repeats):
             job = score(inputs, args.work, model=model)
@@ -240,10 +242,10 @@ def memory(args, bigs, sizes, counts, patients):
     print("\n## 3. Peak memory of the scoring job (PSS of all its processes)")
     rows = []
     for s in sizes:
-        job = score(bigs[s], args.work)
+        job = score(bigs[s], args.work, model=args.model)
         rows.append([f"1 slide {s * 16:,}² px", job["patches"], f"{job['peak_mib']:,.0f}", f"{job['rate']:,.0f}"])
     for n in counts:
-        job = score(many_slides(args.work, patients, n), args.work)
+        job = score(many_slides(args.work, patients, n), args.work, model=args.model)
         rows.append([f"{n} slides (2.5x patients)", job["patches"], f"{job['peak_mib']:,.0f}", f"{job['rate']:,.0f}"])
     table(["input", "tissue patches", "peak MiB", "patches/s"], rows)
 
@@ -258,7 +260,7 @@ def scaling(args, repeats, inputs: Path):
     rates = {1: [], 2: []}
     for _ in range(repeats):
         for cpus in (1, 2):
-            rates[cpus].append(score(inputs, args.work, cpus=cpus)["rate"])
+            rates[cpus].append(score(inputs, args.work, cpus=cpus, model=args.model)["rate"])
     table(
         ["cores", "patches/s", "speed-up"],
         [[c, spread(rates[c]), f"{statistics.median(rates[c]) / statistics.median(rates[1]):.2f}x"] for c in (1, 2)],
@@ -271,6 +273,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "idcmap-bench-scoring")
     ap.add_argument("--sections", default="1,3,4", help="which tables: 1 throughput, 3 memory, 4 scaling")
+    ap.add_argument("--model", type=Path, default=MODEL, help="the bundle measured (seed-cnn is always compared)")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     repeats = 1 if args.quick else args.repeats

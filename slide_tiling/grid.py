@@ -67,25 +67,47 @@ class PatchGrid:
                 yield c0, r0, min(c0 + n, self.cols), min(r0 + n, self.rows)
 
 
-def neighbourhoods(images: np.ndarray, rows, cols, groups, cells: int = 3, chunk: int = 2048) -> np.ndarray:
+def neighbourhoods(images: np.ndarray, rows, cols, groups, cells: int = 3, keep=None, chunk: int = 2048) -> np.ndarray:
     """Each patch beside its neighbourhood, (N, S, S, 6) uint8: the patch, then the ``cells`` x
     ``cells`` grid cells around it on its group's grid (the cells with no patch white, as background
     is) averaged down ``cells`` times to SxS. ``rows``/``cols`` are grid positions of patches that
-    tile without overlap; groups (patients, slides) are never neighbours."""
-    size = images.shape[1]
-    keys = list(zip(*(np.asarray(a).tolist() for a in (groups, rows, cols))))
-    where = {key: i for i, key in enumerate(keys)}
-    out = np.empty((len(images), size, size, 6), np.uint8)
-    out[..., :3] = images
-    side, half = cells * size, cells // 2
-    for start in range(0, len(images), chunk):
-        at = keys[start : start + chunk]
-        canvas = np.full((len(at), side, side, 3), 255, np.uint8)
-        for dr in range(cells):
-            for dc in range(cells):
-                idx = np.array([where.get((g, r + dr - half, c + dc - half), -1) for g, r, c in at])
-                top, left = dr * size, dc * size
-                canvas[idx >= 0, top : top + size, left : left + size] = images[idx[idx >= 0]]
-        small = canvas.reshape(len(at), size, cells, size, cells, 3).mean(axis=(2, 4))
-        out[start : start + len(at), ..., 3:] = np.round(small).astype(np.uint8)
+    tile without overlap; groups (patients, slides) are never neighbours. ``keep`` (a boolean mask):
+    only those patches' are returned, every patch still serving as a neighbour."""
+    size, half = images.shape[1], cells // 2
+    at = np.arange(len(images)) if keep is None else np.flatnonzero(keep)
+    out = np.full((len(at), size, size, 6), 255, np.uint8)
+    out[..., :3] = images[at]
+    if not len(at):
+        return out
+    # each patch's neighbours by a sorted code of (group, row, col): -1 where a cell holds none
+    group = np.unique(np.asarray(groups), return_inverse=True)[1].astype(np.int64).ravel()
+    row, col = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    height, width = row.max() - row.min() + cells, col.max() - col.min() + cells
+    code = lambda g, r, c: (g * height + r - row.min() + half) * width + c - col.min() + half  # noqa: E731
+    order = np.argsort(code(group, row, col), kind="stable")
+    codes = code(group, row, col)[order]
+    offsets = [(dr, dc) for dr in range(cells) for dc in range(cells)]
+    neighbour = np.empty((len(at), len(offsets)), np.int64)
+    for k, (dr, dc) in enumerate(offsets):
+        want = code(group[at], row[at] + dr - half, col[at] + dc - half)
+        pos = np.maximum(np.searchsorted(codes, want, side="right") - 1, 0)  # the last such patch
+        neighbour[:, k] = np.where(codes[pos] == want, order[pos], -1)
+    if size % cells == 0:  # each cell's share of the average is its own patch averaged down alone
+        part = size // cells
+        wide = images.astype(np.uint16 if cells**2 * 255 < 2**16 else np.uint32)
+        strips = sum(wide[:, i::cells] for i in range(cells))  # strided sums: a reshaped sum is slower
+        small = np.round(sum(strips[:, :, i::cells] for i in range(cells)) / cells**2).astype(np.uint8)
+        for k, (dr, dc) in enumerate(offsets):
+            j = neighbour[:, k]
+            out[j >= 0, dr * part : (dr + 1) * part, dc * part : (dc + 1) * part, 3:] = small[j[j >= 0]]
+        return out
+    side = cells * size
+    for start in range(0, len(at), chunk):
+        near = neighbour[start : start + chunk]
+        canvas = np.full((len(near), side, side, 3), 255, np.uint8)
+        for k, (dr, dc) in enumerate(offsets):
+            j = near[:, k]
+            canvas[j >= 0, dr * size : (dr + 1) * size, dc * size : (dc + 1) * size] = images[j[j >= 0]]
+        small = canvas.reshape(len(near), size, cells, size, cells, 3).mean(axis=(2, 4))
+        out[start : start + len(near), ..., 3:] = np.round(small).astype(np.uint8)
     return out

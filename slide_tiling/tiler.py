@@ -150,8 +150,8 @@ def iter_patches(reader: SlideReader, plan: SlidePlan, cells: int = 0) -> Iterat
         )
         batch = read_region_patches(reader, plan, wide)
         if margin:
-            pixels = neighbourhoods(batch.pixels, batch.rows, batch.cols, np.zeros(len(batch), np.int8), cells)
             own = (batch.cols >= c0) & (batch.cols < c1) & (batch.rows >= r0) & (batch.rows < r1)
-            batch = replace(batch, pixels=pixels)[own]
+            zeros = np.zeros(len(batch), np.int8)
+            batch = replace(batch[own], pixels=neighbourhoods(batch.pixels, batch.rows, batch.cols, zeros, cells, own))
         if len(batch):
             yield batch

@@ -251,9 +251,9 @@ def test_normalising_each_group_alone_undoes_its_stain_and_ignores_how_much_nucl
     assert np.array_equal(alone[0], out[0])
 
 
-@pytest.mark.parametrize("arch", ["idcnet", "seed_cnn"])
+@pytest.mark.parametrize("arch", ["idcnet_ctx5", "seed_cnn"])
 def test_the_documented_runs_resume_under_their_commands(arch):
-    """The cross-validation runs in the repository (`runs/idc-k5` for the shipped bundle,
+    """The cross-validation runs in the repository (`runs/idcnet-ctx5` for the shipped bundle,
     `runs/seed-cnn` for the comparison) resume under the commands models/README.md gives: each
     passes its recipe check, keeps its fold assignment (the bundle's own; for seed_cnn the 3-fold
     `runs/idc-default`'s, so the two compare patient by patient), each fold holds its patients,
@@ -282,7 +282,7 @@ def test_the_documented_runs_resume_under_their_commands(arch):
     check_recipe(cfg, k, run_dir)  # raises if it would not resume
 
     folds = {p: int(f) for p, f in json.loads((run_dir / "folds.json").read_text()).items()}
-    if arch == "idcnet":
+    if arch == "idcnet_ctx5":
         expected = json.loads((REPO / "models" / "idc-default" / "model.json").read_text())["split"]["folds"]
     else:
         expected = json.loads((REPO / "runs" / "idc-default" / "folds.json").read_text())
@@ -294,6 +294,6 @@ def test_the_documented_runs_resume_under_their_commands(arch):
         oof = pd.read_parquet(path)
         assert set(oof.patient_id) == {p for p, f in folds.items() if f == fold} and (oof.fold == fold).all()
         assert np.isfinite(oof.logit).all()
-    if arch == "idcnet":
+    if arch == "idcnet_ctx5":
         stored = pd.read_parquet(REPO / "models" / "idc-default" / "oof_predictions.parquet")
         pd.testing.assert_frame_equal(stored, pd.concat(map(pd.read_parquet, done), ignore_index=True))

@@ -507,6 +507,8 @@ def test_neighbourhoods_are_the_patch_and_its_grid_cells_averaged_down_and_augme
         lone, centre = np.full((50 * n, 50 * n, 3), 255.0), 50 * (n // 2)
         lone[centre : centre + 50, centre : centre + 50] = images[-1]
         assert np.array_equal(pairs[-1, ..., 3:], np.round(lone.reshape(50, n, 50, n, 3).mean(axis=(1, 3))))
+        some = np.arange(len(images)) % 3 == 0  # only these returned, the rest still their neighbours
+        assert np.array_equal(neighbourhoods(images, rows, cols, groups, n, keep=some), pairs[some])
 
     # no colour change: each output is one symmetry of the square, the same for the patch and its neighbourhood
     out = augment(tf.constant(pairs, tf.float32), colour_strength=0.0).numpy()

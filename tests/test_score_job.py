@@ -75,7 +75,7 @@ def test_examples_end_to_end_with_a_corrupt_and_a_missing_slide(tmp_path, bundle
         # one row per tissue patch, each probability the bundle's own prediction on those pixels
         with open_slide(meta.source) as reader:
             plan = plan_slide(reader, TilingSpec())
-            batches = list(iter_patches(reader, plan))
+            batches = list(iter_patches(reader, plan, bundle.neighbourhood))  # as the network takes them
         cols = np.concatenate([b.cols for b in batches])
         rows = np.concatenate([b.rows for b in batches])
         direct = backend.predict(np.concatenate([b.pixels for b in batches]))

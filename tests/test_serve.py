@@ -180,9 +180,8 @@ def test_predict_scores_a_patch_like_the_backend(served, bundle):
         pytest.skip("real data not available: ../shared/data/idc/patients is absent")
     data = patch_file[0].read_bytes()
     status, answer = served.upload(data)
-    expected = make_backend(bundle, "onnx").predict(
-        cv2.cvtColor(cv2.imread(str(patch_file[0])), cv2.COLOR_BGR2RGB)[None]
-    )[0]
+    rgb = cv2.cvtColor(cv2.imread(str(patch_file[0])), cv2.COLOR_BGR2RGB)
+    expected = make_backend(bundle, "onnx").predict(bundle.inputs(rgb[None], [0], [0], [0]))[0]  # a lone patch
     assert status == 200 and answer["kind"] == "patch" and answer["model_version"] == bundle.version
     assert abs(answer["prob_idc"] - expected) < 1e-5
     assert answer["call"] == ("IDC" if expected >= bundle.threshold else "no IDC")
