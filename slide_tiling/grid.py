@@ -82,10 +82,12 @@ def neighbourhoods(images: np.ndarray, rows, cols, groups, cells: int = 3, keep=
     # each patch's neighbours by a sorted code of (group, row, col): -1 where a cell holds none
     group = np.unique(np.asarray(groups), return_inverse=True)[1].astype(np.int64).ravel()
     row, col = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-    height, width = row.max() - row.min() + cells, col.max() - col.min() + cells
-    code = lambda g, r, c: (g * height + r - row.min() + half) * width + c - col.min() + half  # noqa: E731
-    order = np.argsort(code(group, row, col), kind="stable")
-    codes = code(group, row, col)[order]
+    top, left = row.min() - half, col.min() - half
+    height, width = row.max() - top + cells, col.max() - left + cells
+    code = lambda g, r, c: (g * height + r - top) * width + c - left  # noqa: E731
+    codes = code(group, row, col)
+    order = np.argsort(codes, kind="stable")
+    codes = codes[order]
     offsets = [(dr, dc) for dr in range(cells) for dc in range(cells)]
     neighbour = np.empty((len(at), len(offsets)), np.int64)
     for k, (dr, dc) in enumerate(offsets):
